@@ -1,0 +1,109 @@
+"""One settings object for every process (server, worker, beat, CLI).
+
+Values come from, in order of precedence: command-line flags (the CLI passes them as keyword
+arguments), `RLHF_*` environment variables, then the defaults below. `REDIS_URL` is accepted as
+an alias of `RLHF_REDIS_URL`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration of rlhf-serve. Each field maps to the env var `RLHF_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="RLHF_", extra="ignore")
+
+    # --- network -----------------------------------------------------------------------------
+    host: str = "0.0.0.0"
+    """Address the gRPC server binds to."""
+    port: int = 50051
+    """gRPC port; 0 picks a free one (the chosen port is logged)."""
+    metrics_port: int = 9090
+    """Port of the Prometheus /metrics HTTP endpoint; 0 picks a free one; -1 disables it."""
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("RLHF_REDIS_URL", "REDIS_URL"),
+    )
+    """Redis holding generation records, the feedback stream, the current-version pointer and the
+    Celery broker. Plain `REDIS_URL` is accepted too."""
+    key_prefix: str = "rlhf:"
+    """Prefix of every Redis key this deployment uses (run several deployments on one Redis)."""
+
+    # --- model registry ----------------------------------------------------------------------
+    registry: Path = Path("var/registry")
+    """Directory of immutable model versions (shared by servers and workers, e.g. a PVC)."""
+    base_model: Path | None = None
+    """A local Hugging Face causal-LM directory to register as version 1 instead of building the
+    built-in model (used by `bootstrap` only when the registry is empty)."""
+    device: str = "auto"
+    """Torch device for serving and training: auto (cuda when present, else cpu), cpu, cuda, cuda:N."""
+
+    # --- generation --------------------------------------------------------------------------
+    max_batch_size: int = 16
+    """Most sequences (candidates) decoded together in one batch."""
+    batch_wait_ms: float = 5.0
+    """How long the scheduler waits to fill a batch after the first request arrives."""
+    max_queue: int = 256
+    """Most requests waiting for a batch; beyond this Generate answers RESOURCE_EXHAUSTED."""
+    max_prompt_chars: int = 8000
+    """Longest prompt accepted, in characters (token length is checked against the model too)."""
+    default_max_new_tokens: int = 64
+    """max_new_tokens when a request leaves it 0."""
+    max_new_tokens_limit: int = 512
+    """Largest max_new_tokens a request may ask for."""
+    loaded_versions: int = 3
+    """How many model versions a server keeps in memory (current + pinned ones, LRU)."""
+
+    # --- feedback store ----------------------------------------------------------------------
+    generation_ttl_s: int = 7 * 24 * 3600
+    """Retention of generation records: feedback on an older response gets NOT_FOUND."""
+    idempotency_ttl_s: int = 7 * 24 * 3600
+    """How long an idempotency key is remembered."""
+    recent_prompts: int = 2000
+    """How many recent real prompts are kept for PPO rollouts."""
+
+    # --- auth --------------------------------------------------------------------------------
+    api_tokens: str = ""
+    """Comma-separated bearer tokens required on PolicyService calls; empty: open."""
+    admin_token: str = ""
+    """Bearer token required on AdminService calls; empty: admin RPCs are open (dev only)."""
+
+    # --- training loop (workers) -------------------------------------------------------------
+    min_new_feedback: int = 32
+    """A scheduled round runs only when at least this many new feedback items are pending."""
+    schedule_s: float = 300.0
+    """How often beat checks whether a round should run."""
+    round_lock_ttl_s: int = 3600
+    """Lifetime of the one-round-at-a-time lock (a crashed worker's lock expires after this)."""
+    train_window: int = 5000
+    """Most recent feedback items a round trains the reward model on."""
+    kl_bound: float = 10.0
+    """Promotion gate: a candidate with mean KL to the SFT reference above this (nats per
+    response) is not promoted."""
+    ppo_steps: int = 8
+    """PPO iterations per round."""
+    reward_epochs: int = 3
+    """Reward-model epochs per round."""
+    seed: int = 0
+    """Seed of training rounds (a round's seed is seed + round number)."""
+    eval_prompts: int = 48
+    """Held-out prompts scored at the promotion gate."""
+
+    # --- logging -----------------------------------------------------------------------------
+    log_level: str = "INFO"
+    """Python logging level."""
+
+    @property
+    def stream_key(self) -> str:
+        """The Redis Stream of accepted feedback events."""
+        return f"{self.key_prefix}feedback"
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment, with explicit (non-None) overrides on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,1 @@
+"""The gRPC serving process: generation, feedback intake, hot-swap, auth, metrics."""

@@ -1,0 +1,84 @@
+"""AdminService: operator RPCs (trigger a round, promote, roll back, list models)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+import redis
+
+from registry import ChecksumError, Registry, VersionNotFound
+from registry.info import model_info
+from registry.pointer import current_version, set_current
+from rlhf.v1 import admin_pb2, admin_pb2_grpc
+from rlhf_serve.keys import Keys
+from rlhf_serve.tasks import DEFAULT_QUEUE, ROUND_TASK
+from service.errors import FailedPrecondition, NotFound
+from service.servicer import translate_errors
+
+
+class AdminCore:
+    """Blocking operator actions (run them off the event loop)."""
+
+    def __init__(self, settings, registry: Registry, keys: Keys):
+        self.settings = settings
+        self.registry = registry
+        self.keys = keys
+        self.redis = redis.Redis.from_url(settings.redis_url)
+        self._celery = None
+
+    def trigger_round(self, force: bool) -> str:
+        if self._celery is None:
+            from celery import Celery
+            self._celery = Celery("rlhf-admin", broker=self.settings.redis_url)
+        result = self._celery.send_task(ROUND_TASK, kwargs={"force": force, "reason": "admin"}, queue=DEFAULT_QUEUE)
+        return result.id
+
+    def move_pointer(self, version: str, action: str):
+        try:
+            set_current(self.redis, self.keys, self.registry, version, action)
+        except VersionNotFound as exc:
+            raise NotFound(f"model_version {version!r} is not registered") from exc
+        except ChecksumError as exc:
+            raise FailedPrecondition(f"refusing {version}: {exc}") from exc
+        return model_info(self.registry.manifest(version), version)
+
+    def rollback_target(self, version: str) -> str:
+        if version:
+            return version
+        current = current_version(self.redis, self.keys, self.registry)
+        parent = self.registry.manifest(current).parent_version if current else ""
+        if not parent:
+            raise FailedPrecondition(f"current version {current} has no parent to roll back to")
+        return parent
+
+    def list_models(self) -> admin_pb2.ListModelsResponse:
+        current = current_version(self.redis, self.keys, self.registry)
+        return admin_pb2.ListModelsResponse(
+            models=[model_info(self.registry.manifest(v), current) for v in self.registry.list_versions()])
+
+
+def _off_loop(fn, *args):
+    return asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, core: AdminCore):
+        self.core = core
+
+    @translate_errors
+    async def TriggerRound(self, request, context):
+        return admin_pb2.TriggerRoundResponse(task_id=await _off_loop(self.core.trigger_round, request.force))
+
+    @translate_errors
+    async def Promote(self, request, context):
+        return await _off_loop(self.core.move_pointer, request.model_version, "promote")
+
+    @translate_errors
+    async def Rollback(self, request, context):
+        target = await _off_loop(self.core.rollback_target, request.model_version)
+        return await _off_loop(self.core.move_pointer, target, "rollback")
+
+    @translate_errors
+    async def ListModels(self, request, context):
+        return await _off_loop(self.core.list_models)

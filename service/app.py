@@ -1,0 +1,107 @@
+"""Wiring: settings -> parts -> grpc.aio server with health, reflection and /metrics.
+
+`Server` is what the CLI runs and what tests start on a loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from registry import Registry
+from rlhf.v1 import admin_pb2, admin_pb2_grpc, policy_pb2, policy_pb2_grpc
+from rlhf_serve.keys import Keys
+from rlhf_serve.settings import Settings
+from service.admin import AdminCore, AdminServicer
+from service.engine import Engine
+from service.feedback import FeedbackStore
+from service.interceptors import Authorizer, ServerInterceptor
+from service.metrics import Metrics
+from service.model_pool import ModelPool, resolve_device
+from service.model_watcher import ModelWatcher
+from service.policy import PolicyCore
+from service.servicer import PolicyServicer
+
+log = logging.getLogger("rlhf_serve.server")
+SERVICES = ("rlhf.v1.PolicyService", "rlhf.v1.AdminService")
+
+
+class Server:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.registry = Registry(settings.registry)
+        self.metrics = Metrics()
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        self.redis = aioredis.Redis.from_url(s.redis_url)
+        await self.redis.ping()
+        self.pool = ModelPool(self.registry, resolve_device(s.device), s.loaded_versions)
+        self.watcher = ModelWatcher(self.redis, self.keys, self.registry, self.pool, self.metrics)
+        version = await self.watcher.load_initial()
+        self.engine = Engine(self.metrics, s.max_batch_size, s.batch_wait_ms, s.max_queue)
+        store = FeedbackStore(self.redis, self.keys, s.generation_ttl_s, s.idempotency_ttl_s, s.recent_prompts)
+        core = PolicyCore(s, self.registry, self.pool, self.engine, store, self.metrics)
+        self.server = grpc.aio.server(
+            interceptors=[ServerInterceptor(self.metrics, Authorizer(s.api_tokens, s.admin_token))],
+            options=[("grpc.so_reuseport", 0)])
+        policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(core), self.server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(AdminCore(s, self.registry, self.keys)), self.server)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = (policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
+                 admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, self.server)
+        self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        if s.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(s.metrics_port, s.host)
+        self.engine.start()
+        self.watcher.start()
+        await self.server.start()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("gRPC listening on %s:%s; metrics on http://%s:%s/metrics; serving model %s",
+                 s.host, self.port, s.host, self.metrics_port, version)
+
+    async def _set_health(self, status) -> None:
+        for name in ("",) + SERVICES:
+            result = self.health.set(name, status)
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Graceful: NOT_SERVING for probes, refuse new calls, finish in-flight ones, close Redis."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        stopping = asyncio.ensure_future(self.server.stop(grace))
+        await self.engine.stop(grace)
+        await stopping
+        await self.watcher.stop()
+        await self.redis.aclose()
+        self.metrics.close()
+        log.info("server stopped")
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def serve_forever(settings: Settings) -> None:
+    """Runs a server until SIGTERM or SIGINT, then shuts it down gracefully."""
+    server = Server(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received: draining")
+    await server.stop()

@@ -1,0 +1,87 @@
+"""Prometheus metric families of the serving process, in one place.
+
+Each server owns a CollectorRegistry (several servers can live in one test process). Naming
+follows Prometheus conventions (base units, `_total`, `_seconds`); the gRPC families follow
+go-grpc-prometheus so that stock dashboards work.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        grpc_labels = ["grpc_service", "grpc_method", "grpc_type"]
+        self.grpc_started = Counter("grpc_server_started_total", "RPCs started on the server.", grpc_labels, registry=r)
+        self.grpc_handled = Counter("grpc_server_handled_total", "RPCs completed, by status code.",
+                                    grpc_labels + ["grpc_code"], registry=r)
+        self.grpc_seconds = Histogram("grpc_server_handling_seconds", "RPC handling time, by status code.",
+                                      grpc_labels + ["grpc_code"], buckets=LATENCY_BUCKETS, registry=r)
+        self.grpc_msg_sent = Counter("grpc_server_msg_sent_total", "Stream messages sent.", grpc_labels, registry=r)
+        v = ["model_version"]
+        self.ttft = Histogram("rlhf_time_to_first_token_seconds", "Enqueue to first generated token.", v,
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram("rlhf_inter_token_latency_seconds", "Time between consecutive tokens of a candidate.",
+                             v, buckets=TOKEN_LATENCY_BUCKETS, registry=r)
+        self.e2e = Histogram("rlhf_e2e_request_latency_seconds", "Generate/GenerateStream latency, end to end.",
+                             v, buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_time = Histogram("rlhf_queue_time_seconds", "Time a request waited for its batch.", v,
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.generation_tokens = Counter("rlhf_generation_tokens_total", "Generated tokens.", v, registry=r)
+        self.prompt_tokens = Counter("rlhf_prompt_tokens_total", "Prompt tokens processed (per candidate).", v,
+                                     registry=r)
+        self.requests_finished = Counter("rlhf_request_success_total", "Finished candidates by finish reason.",
+                                         v + ["finish_reason"], registry=r)
+        self.batch_size = Histogram("rlhf_batch_size", "Candidates decoded together in one batch.",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge("rlhf_queue_depth", "Generate requests waiting for a batch.", registry=r)
+        self.running = Gauge("rlhf_num_sequences_running", "Candidates being decoded now.", registry=r)
+        self.feedback = Counter("rlhf_feedback_total", "Accepted feedback items (duplicates excluded).",
+                                ["kind", "model_version"], registry=r)
+        self.feedback_duplicates = Counter("rlhf_feedback_duplicates_total",
+                                           "Feedback retries answered from the idempotency key.", registry=r)
+        self.model_info = Gauge("rlhf_model_info", "1 for the model version being served.", v, registry=r)
+        self.swaps = Counter("rlhf_model_swaps_total", "Hot-swaps to a new current version.", registry=r)
+        self.swap_failures = Counter("rlhf_model_swap_failures_total",
+                                     "Versions refused at hot-swap (checksum mismatch, load error).", registry=r)
+        self.swap_seconds = Histogram("rlhf_model_swap_duration_seconds", "Load and verify time of a hot-swap.",
+                                      buckets=LATENCY_BUCKETS, registry=r)
+        self._served: str | None = None
+
+    def set_served_version(self, version: str) -> None:
+        if self._served is not None:
+            self.model_info.remove(self._served)
+        self.model_info.labels(version).set(1)
+        self._served = version
+
+    def observe_rows(self, version: str, jobs, rows) -> None:
+        """Token and latency figures of a finished batch."""
+        for job in jobs:
+            firsts = [r.first_token_at for r in job.rows if r.first_token_at]
+            if firsts:
+                self.ttft.labels(version).observe(min(firsts) - job.enqueued_at)
+        for row in rows:
+            times = row.token_times
+            for a, b in zip(times, times[1:]):
+                self.itl.labels(version).observe(b - a)
+            self.generation_tokens.labels(version).inc(len(row.tokens))
+            self.prompt_tokens.labels(version).inc(len(row.prompt_ids))
+            self.requests_finished.labels(version, row.finish or "unknown").inc()
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> int:
+        """Starts the /metrics HTTP endpoint; returns the bound port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http = server
+        return server.server_port
+
+    def close(self) -> None:
+        http = getattr(self, "_http", None)
+        if http is not None:
+            http.shutdown()
+            http.server_close()

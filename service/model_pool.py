@@ -1,0 +1,86 @@
+"""Model versions held in memory: the current one plus a few pinned ones (LRU).
+
+`current` is a plain attribute: swapping it is one reference assignment, so a batch that already
+took the old LoadedModel finishes on it while the next batch gets the new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from registry import Registry
+from service.decoder import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_model_dir(path, version: str, device: torch.device) -> LoadedModel:
+    """Loads a Hugging Face causal LM and its tokenizer from a local directory."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    eos = model.generation_config.eos_token_id if model.generation_config else None
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        eos_ids.add(tokenizer.eos_token_id)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids, default=0)
+    max_context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 2048)
+    return LoadedModel(version=version, model=model, tokenizer=tokenizer, device=device,
+                       max_context=int(max_context), eos_ids=frozenset(eos_ids), pad_id=int(pad_id))
+
+
+class ModelPool:
+    def __init__(self, registry: Registry, device: torch.device, capacity: int = 3):
+        self.registry = registry
+        self.device = device
+        self.capacity = max(1, capacity)
+        self.current: LoadedModel | None = None
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, version: str) -> LoadedModel | None:
+        """A loaded version, or None (call `load` off the event loop)."""
+        with self._lock:
+            lm = self._loaded.get(version)
+            if lm is not None:
+                self._loaded.move_to_end(version)
+            return lm
+
+    def load(self, version: str) -> LoadedModel:
+        """Verifies checksums and loads a version (blocking). Raises ChecksumError, VersionNotFound."""
+        lm = self.get(version)
+        if lm is not None:
+            return lm
+        self.registry.verify(version)
+        lm = load_model_dir(self.registry.path(version), version, self.device)
+        with self._lock:
+            self._loaded[version] = lm
+            self._evict()
+        log.info("loaded model %s on %s", version, self.device)
+        return lm
+
+    def set_current(self, lm: LoadedModel) -> None:
+        with self._lock:
+            self._loaded[lm.version] = lm
+            self.current = lm
+            self._evict()
+
+    def _evict(self) -> None:
+        while len(self._loaded) > self.capacity:
+            for version in self._loaded:
+                if self.current is None or version != self.current.version:
+                    del self._loaded[version]
+                    break
+            else:
+                return

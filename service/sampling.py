@@ -1,0 +1,78 @@
+"""Per-sequence sampling: temperature, top-k, top-p (nucleus), seeded generators.
+
+Pure functions on one row of logits, so each candidate in a batch can carry its own settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """Validated sampling settings of one candidate."""
+
+    max_new_tokens: int
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0  # 1: off
+    top_k: int = 0  # 0: off
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Masks (to -inf) tokens outside the top-k and outside the top-p nucleus.
+
+    logits: (V,) already divided by the temperature.
+    """
+    out = logits.clone()
+    if 0 < top_k < out.numel():
+        kth = torch.topk(out, top_k).values[-1]
+        out[out < kth] = float("-inf")
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(out, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)  # (V,) sorted probabilities
+        mass_before = torch.cumsum(probs, dim=-1) - probs  # (V,) mass of strictly better tokens
+        drop_sorted = mass_before >= top_p  # keeps the smallest set whose mass reaches top_p
+        drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
+        out[drop] = float("-inf")
+    return out
+
+
+def sample_token(logits: torch.Tensor, spec: SamplingSpec, generator: torch.Generator | None) -> int:
+    """Draws the next token id from one row of logits (V,)."""
+    if spec.temperature <= 0.0:
+        return int(torch.argmax(logits))
+    scaled = logits.float() / spec.temperature
+    filtered = filter_logits(scaled, spec.top_k, spec.top_p)
+    probs = torch.softmax(filtered, dim=-1)  # (V,)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    """A generator for a seeded candidate (None: the global RNG)."""
+    if seed is None:
+        return None
+    gen_device = device if device.type == "cuda" else torch.device("cpu")
+    generator = torch.Generator(device=gen_device)
+    generator.manual_seed(seed)
+    return generator
+
+
+def stop_holdback(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest suffix of `text` that could still grow into a stop string."""
+    best = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:k]):
+                best = max(best, k)
+                break
+    return best
+
+
+def find_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    """Index where the earliest stop string starts, or None."""
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(hits) if hits else None
