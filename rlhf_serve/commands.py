@@ -132,10 +132,13 @@ def cmd_train(args, settings: Settings) -> int:
     task_id = _admin(settings).trigger_round(force=args.force)
     print(f"queued training round: task {task_id}")
     if args.wait:
-        from celery.result import AsyncResult
-        from celery import Celery
-        app = Celery("rlhf-cli", broker=settings.redis_url, backend=settings.redis_url)
-        print(json.dumps(AsyncResult(task_id, app=app).get(timeout=24 * 3600), indent=1, default=str))
+        from workers.celery_app import app
+        started = app.AsyncResult(task_id).get(timeout=3600)
+        if not started.get("started"):
+            print(f"round not started: {started.get('why')}")
+            return 1
+        summary = app.AsyncResult(started["result_id"]).get(timeout=24 * 3600, propagate=False)
+        print(json.dumps(summary, indent=1, default=str))
     return 0
 
 

@@ -78,13 +78,17 @@ class Settings(BaseSettings):
     """A scheduled round runs only when at least this many new feedback items are pending."""
     schedule_s: float = 300.0
     """How often beat checks whether a round should run."""
-    round_lock_ttl_s: int = 3600
-    """Lifetime of the one-round-at-a-time lock (a crashed worker's lock expires after this)."""
+    round_lock_ttl_s: float = 60.0
+    """Expiry of the one-round-at-a-time lock; a running stage extends it every third of this,
+    so a killed worker's lock lapses after at most this long."""
     train_window: int = 5000
     """Most recent feedback items a round trains the reward model on."""
     kl_bound: float = 10.0
     """Promotion gate: a candidate with mean KL to the SFT reference above this (nats per
     response) is not promoted."""
+    gate_min_reward_gain: float = 0.0
+    """Promotion gate: the candidate's mean reward-model score must exceed its parent's by more
+    than this (negative values let a slightly worse candidate through; useful in tests)."""
     ppo_steps: int = 8
     """PPO iterations per round."""
     reward_epochs: int = 3
@@ -93,6 +97,22 @@ class Settings(BaseSettings):
     """Seed of training rounds (a round's seed is seed + round number)."""
     eval_prompts: int = 48
     """Held-out prompts scored at the promotion gate."""
+    reward_lr: float = 5e-5
+    """Reward-model learning rate."""
+    ppo_lr: float = 1e-5
+    """PPO learning rate (policy and value model)."""
+    ppo_batch_size: int = 16
+    """Rollouts per PPO step."""
+    ppo_max_new_tokens: int = 48
+    """Longest rollout response during PPO."""
+    kl_coef: float = 0.15
+    """Initial coefficient of the per-token KL penalty against the SFT reference."""
+    adaptive_kl: bool = False
+    """Adapt the KL coefficient to hold `kl_target` (Ziegler et al. 2019)."""
+    kl_target: float = 6.0
+    """Target KL (nats per response) of the adaptive controller."""
+    worker_metrics_port: int = 9091
+    """Prometheus port of a worker process; 0 picks a free one; -1 disables it."""
 
     # --- logging -----------------------------------------------------------------------------
     log_level: str = "INFO"

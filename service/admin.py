@@ -12,7 +12,7 @@ from registry.info import model_info
 from registry.pointer import current_version, set_current
 from rlhf.v1 import admin_pb2, admin_pb2_grpc
 from rlhf_serve.keys import Keys
-from rlhf_serve.tasks import DEFAULT_QUEUE, ROUND_TASK
+from rlhf_serve.tasks import DEFAULT_QUEUE, ROUND_TASK, make_sender
 from service.errors import FailedPrecondition, NotFound
 from service.servicer import translate_errors
 
@@ -29,8 +29,7 @@ class AdminCore:
 
     def trigger_round(self, force: bool) -> str:
         if self._celery is None:
-            from celery import Celery
-            self._celery = Celery("rlhf-admin", broker=self.settings.redis_url)
+            self._celery = make_sender(self.settings)
         result = self._celery.send_task(ROUND_TASK, kwargs={"force": force, "reason": "admin"}, queue=DEFAULT_QUEUE)
         return result.id
 

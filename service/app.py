@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from registry import Registry
 from rlhf.v1 import admin_pb2, admin_pb2_grpc, policy_pb2, policy_pb2_grpc
+from rlhf_serve import quiet_transformers
 from rlhf_serve.keys import Keys
 from rlhf_serve.settings import Settings
 from service.admin import AdminCore, AdminServicer
@@ -34,6 +35,7 @@ SERVICES = ("rlhf.v1.PolicyService", "rlhf.v1.AdminService")
 
 class Server:
     def __init__(self, settings: Settings):
+        quiet_transformers()
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.registry = Registry(settings.registry)

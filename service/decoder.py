@@ -44,6 +44,7 @@ class LoadedModel:
     max_context: int
     eos_ids: frozenset[int]
     pad_id: int
+    cache_arg: str = "past_key_values"  # forward()'s KV-cache argument ("cache" in newer transformers)
 
 
 def _left_pad(rows: list[Row], pad_id: int, device: torch.device):
@@ -106,8 +107,8 @@ def decode_batch(lm: LoadedModel, rows: list[Row]) -> None:
         if all(r.finish for r in rows):
             return
         out = lm.model(input_ids=step_input, attention_mask=mask, position_ids=step_pos,
-                       past_key_values=past, use_cache=True)
-        past = out.past_key_values
+                       use_cache=True, **{lm.cache_arg: past})
+        past = getattr(out, lm.cache_arg)
         logits = out.logits[:, -1, :].float().cpu()  # (B, V) next-token logits
         context += 1
         next_ids = [

@@ -6,6 +6,7 @@ took the old LoadedModel finishes on it while the next batch gets the new one.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections import OrderedDict
@@ -36,8 +37,11 @@ def load_model_dir(path, version: str, device: torch.device) -> LoadedModel:
         eos_ids.add(tokenizer.eos_token_id)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids, default=0)
     max_context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 2048)
+    params = inspect.signature(model.forward).parameters
+    cache_arg = "cache" if "cache" in params else "past_key_values"
     return LoadedModel(version=version, model=model, tokenizer=tokenizer, device=device,
-                       max_context=int(max_context), eos_ids=frozenset(eos_ids), pad_id=int(pad_id))
+                       max_context=int(max_context), eos_ids=frozenset(eos_ids), pad_id=int(pad_id),
+                       cache_arg=cache_arg)
 
 
 class ModelPool:

@@ -1,0 +1,1 @@
+"""Celery workers: scheduled reward-model and PPO rounds, weight publishing."""

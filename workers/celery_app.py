@@ -1,0 +1,52 @@
+"""The Celery app: Redis broker, queues (`default`, `gpu`), routes and the beat schedule.
+
+    rlhf-serve worker -Q default,gpu --pool=solo     # one worker for everything
+    rlhf-serve worker -Q gpu --pool=solo             # training workers (GPU nodes)
+    rlhf-serve worker -Q default                     # cheap workers
+    rlhf-serve beat                                  # exactly one, triggers rounds on a schedule
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery, signals
+from kombu import Queue
+
+from rlhf_serve import quiet_transformers
+from rlhf_serve.settings import load_settings
+from rlhf_serve.tasks import DEFAULT_QUEUE, GPU_QUEUE, ROUND_TASK, celery_connection_conf
+
+quiet_transformers()
+settings = load_settings()
+app = Celery("rlhf", include=["workers.tasks"])
+app.conf.update(celery_connection_conf(settings))
+app.conf.update(
+    task_queues=[Queue(DEFAULT_QUEUE), Queue(GPU_QUEUE)],
+    task_default_queue=DEFAULT_QUEUE,
+    task_routes={
+        "rlhf.train_reward_model": {"queue": GPU_QUEUE},
+        "rlhf.run_ppo": {"queue": GPU_QUEUE},
+        "rlhf.evaluate": {"queue": GPU_QUEUE},
+    },
+    task_acks_late=True,  # a task whose worker dies is redelivered, not lost
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_expires=7 * 24 * 3600,
+    beat_schedule={
+        "training-round": {"task": ROUND_TASK, "schedule": settings.schedule_s,
+                           "kwargs": {"force": False, "reason": "schedule"}},
+    },
+    timezone="UTC",
+)
+
+
+@signals.worker_init.connect
+def _start_metrics(**_):
+    from workers import metrics
+    port = metrics.serve(settings.worker_metrics_port)
+    if port:
+        logging.getLogger(__name__).info("worker metrics on http://0.0.0.0:%s/metrics", port)

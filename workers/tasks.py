@@ -1,0 +1,93 @@
+"""Thin Celery tasks: each runs one stage of workers.rounds and passes the state on.
+
+`rlhf.round` (beat, `rlhf-serve train --now`, AdminService.TriggerRound) checks the backlog,
+takes the round lock and launches the chain; training stages run on the `gpu` queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from celery import chain
+
+from rlhf_serve.tasks import ROUND_TASK
+from workers import metrics, rounds
+from workers.celery_app import app, settings
+from workers.lock import LockLost
+
+log = logging.getLogger(__name__)
+RETRY = dict(autoretry_for=(Exception,), dont_autoretry_for=(LockLost,), retry_backoff=5, retry_backoff_max=120,
+             retry_jitter=True, max_retries=2)
+_ctx: rounds.Context | None = None
+
+
+def ctx() -> rounds.Context:
+    global _ctx
+    if _ctx is None:
+        _ctx = rounds.Context(settings)
+    return _ctx
+
+
+def _stage(name: str, fn, state: dict) -> dict:
+    started = time.perf_counter()
+    try:
+        return fn(ctx(), state)
+    finally:
+        metrics.STAGE_SECONDS.labels(name).observe(time.perf_counter() - started)
+
+
+@app.task(name=ROUND_TASK)
+def start_round(force: bool = False, reason: str = "") -> dict:
+    run, pending = rounds.should_run(ctx(), force)
+    metrics.BACKLOG.set(pending)
+    if not run:
+        metrics.ROUNDS.labels("skipped").inc()
+        return {"started": False, "why": f"{pending} new feedback items < {settings.min_new_feedback}"}
+    round_id = uuid.uuid4().hex[:12]
+    state = rounds.begin(ctx(), round_id)
+    if state is None:
+        return {"started": False, "why": "another round is running"}
+    state["reason"] = reason
+    pipeline = chain(snapshot.s(state), train_reward_model.s(), run_ppo.s(), evaluate.s(), publish.s())
+    result = pipeline.apply_async(link_error=round_failed.si(round_id))
+    log.info("round %s started (%s): chain %s", round_id, reason, result.id)
+    return {"started": True, "round_id": round_id, "result_id": result.id}
+
+
+@app.task(name="rlhf.snapshot", **RETRY)
+def snapshot(state: dict) -> dict:
+    state = _stage("snapshot", rounds.snapshot, state)
+    metrics.BACKLOG.set(rounds.snapshots.backlog(ctx().redis, ctx().keys))
+    return state
+
+
+@app.task(name="rlhf.train_reward_model", **RETRY)
+def train_reward_model(state: dict) -> dict:
+    return _stage("reward_model", rounds.train_reward, state)
+
+
+@app.task(name="rlhf.run_ppo", **RETRY)
+def run_ppo(state: dict) -> dict:
+    return _stage("ppo", rounds.ppo, state)
+
+
+@app.task(name="rlhf.evaluate", **RETRY)
+def evaluate(state: dict) -> dict:
+    return _stage("evaluate", rounds.evaluate, state)
+
+
+@app.task(name="rlhf.publish", **RETRY)
+def publish(state: dict) -> dict:
+    summary = _stage("publish", rounds.publish, state)
+    metrics.observe_round(summary)
+    return summary
+
+
+@app.task(name="rlhf.round_failed")
+def round_failed(round_id: str) -> None:
+    """Error callback of the chain: the registry was not touched; free the lock for the next round."""
+    metrics.ROUNDS.labels("failed").inc()
+    rounds.finish(ctx(), round_id, {"round_id": round_id, "failed": True, "at": time.time()})
+    log.error("round %s failed; the registry is unchanged", round_id)
