@@ -1,0 +1,89 @@
+"""End-to-end PPO on a 1-layer GPT-2 with a toy reward (vowels in the sequence)."""
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from training.config import PPOConfig
+from training.ppo_trainer import evaluate_policy, load_causal_lm, run_ppo
+from training.reward_model import RewardModel
+
+CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 :\n.,?!'"
+PROMPTS = [f"hi {i}" for i in range(8)]
+STEP_KEYS = {"mean_reward", "kl", "entropy", "clipfrac", "value_loss", "policy_loss", "kl_coef", "approxkl"}
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
+    for c in CHARS:
+        vocab.setdefault(c, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+
+
+def tiny_gpt2(vocab_size: int, seed: int) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_layer=1, n_embd=32, n_head=2, n_positions=64,
+                                      eos_token_id=1, bos_token_id=1, pad_token_id=0))
+
+
+class VowelReward(RewardModel):
+    """Toy reward: the number of lower-case vowels in the (prompt + response) sequence."""
+
+    def forward(self, input_ids, attention_mask):
+        vowels = torch.tensor(self.tokenizer.convert_tokens_to_ids(list("aeiou")), device=input_ids.device)
+        return (torch.isin(input_ids, vowels) & attention_mask.bool()).float().sum(-1)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: threads only add contention (and keep runs reproducible)
+    tok = char_tokenizer()
+    policy_dir = tmp_path_factory.mktemp("policy")
+    tiny_gpt2(len(tok.get_vocab()), 0).save_pretrained(policy_dir)
+    tok.save_pretrained(policy_dir)
+    yield tok, policy_dir
+    torch.set_num_threads(threads)
+
+
+def config(**kw) -> PPOConfig:
+    base = dict(steps=8, rollout_batch_size=16, mini_batch_size=8, ppo_epochs=2, lr=1e-2, max_new_tokens=6,
+                temperature=1.0, init_kl_coef=0.01, seed=0, device="cpu", max_prompt_len=32)
+    return PPOConfig(**{**base, **kw})
+
+
+def test_run_ppo_raises_reward_and_is_reproducible(setup):
+    tok, policy_dir = setup
+    rm = VowelReward(tiny_gpt2(len(tok.get_vocab()), 1).transformer, tok, 64)
+    policy, hist = run_ppo(policy_dir, policy_dir, rm, PROMPTS, config(), log=lambda s: None)
+    assert len(hist) == 8 and STEP_KEYS <= hist[0].keys()
+    rewards = [h["mean_reward"] for h in hist]
+    assert sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2 + 1.0, rewards
+    assert type(policy) is GPT2LMHeadModel  # a plain causal LM, no value head inside
+    assert all(h["kl_coef"] == 0.01 for h in hist)
+
+    policy2, hist2 = run_ppo(policy_dir, policy_dir, rm, PROMPTS, config(), log=lambda s: None)
+    assert hist2 == hist
+    for (name, a), (_, b) in zip(policy.state_dict().items(), policy2.state_dict().items()):
+        assert torch.equal(a, b), name
+
+    ref = load_causal_lm(policy_dir, torch.device("cpu"), trainable=False)
+    eval_cfg = config(rollout_batch_size=8, mini_batch_size=8)
+    before = evaluate_policy(ref, ref, rm, tok, PROMPTS * 2, eval_cfg)
+    after = evaluate_policy(policy, ref, rm, tok, PROMPTS * 2, eval_cfg)
+    assert before["kl"] == 0.0 and after["kl"] > 0.0
+    assert after["mean_reward"] > before["mean_reward"]
+
+
+def test_kl_stop_adaptive_kl_and_real_reward_model(setup):
+    tok, policy_dir = setup
+    rm = RewardModel(tiny_gpt2(len(tok.get_vocab()), 2).transformer, tok, 64)
+    cfg = config(steps=2, kl_stop=0.0, adaptive_kl=True, kl_target=0.001, kl_horizon=16, lr=1e-2)
+    logs = []
+    _, hist = run_ppo(policy_dir, policy_dir, rm, PROMPTS, cfg, log=logs.append)
+    assert len(logs) == 2 and "mean_reward=" in logs[0]
+    assert hist[0]["updates"] == 1.0 and hist[0]["early_stopped"] == 1.0
+    error = min(max(hist[0]["kl"] / 0.001 - 1.0, -0.2), 0.2)  # Ziegler et al. eq. 2, n_steps = horizon
+    assert hist[1]["kl_coef"] == pytest.approx(hist[0]["kl_coef"] * (1 + error))

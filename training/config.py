@@ -1,0 +1,101 @@
+"""Hyper-parameters of reward-model training and PPO, as plain dataclasses.
+
+Defaults follow Ziegler et al. 2019 ("Fine-Tuning Language Models from Human
+Preferences", the lm-human-preferences code), Ouyang et al. 2022 (InstructGPT)
+and Huang et al. 2023 ("The N Implementation Details of RLHF with PPO"); the
+numbered items of ``IMPLEMENTATION_DETAILS.md`` say where each one is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class RewardConfig:
+    """Training of the Bradley-Terry reward model on preference pairs."""
+
+    lr: float = 5e-5
+    """Adam learning rate for backbone and scalar head."""
+    epochs: int = 1
+    """Passes over the training pairs (1 as in Ouyang et al. 2022 sec. C.2: more overfits)."""
+    batch_size: int = 8
+    """Pairs per optimiser step (each pair gives a chosen and a rejected sequence)."""
+    max_len: int = 128
+    """Maximum tokens of prompt + response; the prompt's start is dropped first."""
+    heldout_fraction: float = 0.2
+    """Fraction of pairs held out (split by prompt) to report ``heldout_accuracy``."""
+    seed: int = 0
+    """Seed of the split, the shuffling and the head's initialisation."""
+    rating_pair_weight: float = 0.5
+    """Weight of cross-prompt pairs from unpartnered ratings; pass to ``pairs_from_ratings`` (detail 3)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip of each step."""
+    device: str | None = None
+    """``"cpu"``/``"cuda"``; ``None`` picks CUDA when available."""
+
+
+@dataclass
+class PPOConfig:
+    """PPO fine-tuning of the policy against a reward model with a KL penalty."""
+
+    steps: int = 10
+    """PPO iterations: each samples one rollout batch and optimises on it."""
+    rollout_batch_size: int = 16
+    """Prompts (= responses) sampled per PPO iteration."""
+    mini_batch_size: int = 4
+    """Responses per gradient step; must divide ``rollout_batch_size``."""
+    ppo_epochs: int = 4
+    """Passes over each rollout batch (Huang et al. 2023, detail 14)."""
+    lr: float = 1e-5
+    """Adam learning rate of policy and value model."""
+    adam_eps: float = 1e-5
+    """Adam epsilon (1e-5 as in lm-human-preferences; detail 19)."""
+    gamma: float = 1.0
+    """Discount factor; 1 for episodic text generation (detail 10)."""
+    lam: float = 0.95
+    """GAE lambda (detail 10)."""
+    cliprange: float = 0.2
+    """PPO ratio clip epsilon (detail 12)."""
+    cliprange_value: float = 0.2
+    """Value-prediction clip around the rollout values (detail 13)."""
+    vf_coef: float = 0.1
+    """Weight of the value loss in the joint loss (detail 13)."""
+    ent_coef: float = 0.0
+    """Entropy bonus weight; 0 as in lm-human-preferences (detail 15)."""
+    init_kl_coef: float = 0.15
+    """Initial KL penalty coefficient beta (detail 8)."""
+    adaptive_kl: bool = False
+    """Adapt beta towards ``kl_target`` (Ziegler et al. 2019 eq. 2; detail 9)."""
+    kl_target: float = 6.0
+    """Target KL (nats per response) of the adaptive controller."""
+    kl_horizon: int = 10000
+    """Horizon (in responses) of the adaptive controller."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip of each step (detail 18)."""
+    whiten_advantages: bool = True
+    """Whiten advantages over the rollout batch (detail 11)."""
+    normalize_reward: bool = True
+    """Fix a gain/bias so initial-policy RM scores have mean 0, std 1 (detail 6)."""
+    whiten_scores: bool = False
+    """Additionally whiten the RM scores of every rollout batch (detail 6)."""
+    missing_eos_penalty: float | None = None
+    """If set, a response without EOS gets this (normalised) score (detail 7)."""
+    max_new_tokens: int = 32
+    """Maximum sampled response tokens (detail 4)."""
+    max_prompt_len: int = 96
+    """Maximum prompt tokens; longer prompts keep their end."""
+    temperature: float = 0.7
+    """Sampling temperature, also applied when scoring logprobs (detail 5)."""
+    kl_stop: float | None = None
+    """Stop the current step's updates once approx-KL(old||new) exceeds this (detail 17)."""
+    seed: int = 0
+    """Seed of prompt order, sampling and minibatch permutations."""
+    device: str | None = None
+    """``"cpu"``/``"cuda"``; ``None`` picks CUDA when available."""
+
+    def __post_init__(self) -> None:
+        if self.rollout_batch_size % self.mini_batch_size:
+            raise ValueError("mini_batch_size must divide rollout_batch_size")

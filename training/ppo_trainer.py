@@ -1,0 +1,175 @@
+"""The PPO loop: rollouts -> KL-penalised rewards -> GAE -> clipped PPO updates.
+
+The value model is a copy of the reward model's transformer trunk with a fresh,
+zero-initialised scalar head applied at every position (detail 20).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from training.config import PPOConfig
+from training.kl_controller import make_kl_controller
+from training.ppo import (clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_penalised_rewards,
+                          logprobs_from_logits, masked_mean, masked_whiten)
+from training.reward_model import RewardModel, pick_device
+from training.rollout import Rollout, response_logits, response_values, sample_rollouts
+
+
+def load_causal_lm(path: str | Path, device: torch.device, trainable: bool) -> nn.Module:
+    """An HF causal LM from a local dir, dropout off (detail 16), frozen unless ``trainable``."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path)).to(device).eval()
+    return model.requires_grad_(trainable)
+
+
+def make_value_model(reward_model: RewardModel) -> RewardModel:
+    """Value model V(s_t): the RM trunk (Ouyang et al. 2022 App. C.4) + zero head (detail 20)."""
+    value_model = copy.deepcopy(reward_model).eval().requires_grad_(True)
+    value_model.tokenizer = None
+    nn.init.zeros_(value_model.head.weight)
+    nn.init.zeros_(value_model.head.bias)
+    return value_model
+
+
+def reward_norm_from(scores: Tensor) -> tuple[float, float]:
+    """(gain, bias) making initial-policy scores mean 0, std 1 (detail 6)."""
+    bias = float(scores.mean())
+    gain = float(scores.std()) if scores.numel() > 1 else 1.0
+    return (gain if gain > 1e-6 else 1.0), bias
+
+
+def shaped_scores(rollout: Rollout, gain: float, bias: float, cfg: PPOConfig) -> Tensor:
+    """(B,) normalised RM scores with the missing-EOS penalty and optional whitening (details 6-7)."""
+    scores = (rollout.scores - bias) / gain  # (B,) normalised r(x, y)
+    if cfg.missing_eos_penalty is not None:
+        scores = torch.where(rollout.has_eos, scores, torch.full_like(scores, cfg.missing_eos_penalty))
+    if cfg.whiten_scores and scores.numel() > 1:
+        scores = masked_whiten(scores, torch.ones_like(scores))
+    return scores
+
+
+def minibatch_losses(policy: nn.Module, value_model: RewardModel, ro: Rollout, idx: Tensor,
+                     advantages: Tensor, returns: Tensor, cfg: PPOConfig) -> tuple[Tensor, dict[str, float]]:
+    """Joint loss L = L^CLIP + c_vf L^VF - c_ent H on the responses ``idx``, and its stats."""
+    q, qm, r, rm = ro.query[idx], ro.query_mask[idx], ro.response[idx], ro.response_mask[idx]
+    logits = response_logits(policy, q, qm, r, rm, cfg.temperature)  # (b, T, V) detail 5
+    logprobs = logprobs_from_logits(logits, r)  # (b, T) log pi_theta(a_t|s_t)
+    values = response_values(value_model, q, qm, r, rm)  # (b, T) V_phi(s_t)
+    pg_loss, clipfrac, approxkl = clipped_policy_loss(logprobs, ro.logprobs[idx], advantages[idx], rm, cfg.cliprange)
+    vf_loss, vf_clipfrac = clipped_value_loss(values, ro.values[idx], returns[idx], rm, cfg.cliprange_value)
+    entropy = masked_mean(entropy_from_logits(logits), rm)  # () mean per-token H(pi)
+    loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy  # detail 13, 15
+    stats = {"policy_loss": float(pg_loss.detach()), "value_loss": float(vf_loss.detach()), "clipfrac": float(clipfrac),
+             "vf_clipfrac": float(vf_clipfrac), "approxkl": float(approxkl), "entropy": float(entropy.detach())}
+    return loss, stats
+
+
+def ppo_update(policy: nn.Module, value_model: RewardModel, optimizer: torch.optim.Optimizer, ro: Rollout,
+               advantages: Tensor, returns: Tensor, cfg: PPOConfig, gen: torch.Generator) -> dict[str, float]:
+    """``cfg.ppo_epochs`` passes of shuffled minibatch updates; stops early past ``cfg.kl_stop`` (detail 17)."""
+    params = [p for p in list(policy.parameters()) + list(value_model.parameters()) if p.requires_grad]
+    B = ro.response.shape[0]
+    all_stats: list[dict[str, float]] = []
+    stopped = False
+    for _ in range(cfg.ppo_epochs):  # detail 14
+        perm = torch.randperm(B, generator=gen)
+        for start in range(0, B, cfg.mini_batch_size):
+            idx = perm[start : start + cfg.mini_batch_size].to(ro.response.device)
+            loss, stats = minibatch_losses(policy, value_model, ro, idx, advantages, returns, cfg)
+            if all_stats and cfg.kl_stop is not None and stats["approxkl"] > cfg.kl_stop:
+                stopped = True  # pi drifted past the bound: skip this and all later updates
+                break
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)  # detail 18
+            optimizer.step()
+            all_stats.append(stats)
+        if stopped:
+            break
+    means = {k: sum(s[k] for s in all_stats) / len(all_stats) for k in all_stats[0]}
+    return {**means, "updates": float(len(all_stats)), "early_stopped": float(stopped)}
+
+
+def next_prompts(prompts: list[str], order: list[int], rng: random.Random, n: int) -> list[str]:
+    """The next ``n`` prompts of a reshuffled-each-pass cycle over ``prompts`` (``order`` is consumed)."""
+    batch = []
+    for _ in range(n):
+        if not order:
+            order.extend(rng.sample(range(len(prompts)), len(prompts)))
+        batch.append(prompts[order.pop()])
+    return batch
+
+
+def rollout_stats(ro: Rollout, kl: Tensor) -> dict[str, float]:
+    """Per-batch means: RM score, KL summed over each response's tokens, response length."""
+    return {"mean_reward": float(ro.scores.mean()), "kl": float(kl.sum(-1).mean()),
+            "mean_response_len": float(ro.response_mask.sum(-1).float().mean()),
+            "eos_fraction": float(ro.has_eos.float().mean())}
+
+
+def run_ppo(policy_dir: str | Path, reference_dir: str | Path, reward_model: RewardModel, prompts: list[str],
+            cfg: PPOConfig, log: Callable[[str], Any] = print) -> tuple[nn.Module, list[dict[str, float]]]:
+    """Fine-tune the policy at ``policy_dir`` with PPO; returns the plain HF causal LM and per-step metrics."""
+    from transformers import AutoTokenizer
+
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(policy_dir))
+    policy = load_causal_lm(policy_dir, device, trainable=True)
+    ref_policy = load_causal_lm(reference_dir, device, trainable=False)  # frozen pi_ref (detail 8)
+    reward_model = reward_model.to(device).eval().requires_grad_(False)
+    value_model = make_value_model(reward_model)
+    params = list(policy.parameters()) + list(value_model.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)  # detail 19
+    kl_ctl = make_kl_controller(cfg.init_kl_coef, cfg.adaptive_kl, cfg.kl_target, cfg.kl_horizon)
+    sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    perm_gen = torch.Generator().manual_seed(cfg.seed)
+    rng, order = random.Random(cfg.seed), []
+    gain, bias = 1.0, 0.0
+    history: list[dict[str, float]] = []
+    for step in range(cfg.steps):
+        batch_prompts = next_prompts(prompts, order, rng, cfg.rollout_batch_size)
+        ro = sample_rollouts(policy, ref_policy, value_model, reward_model, tokenizer, batch_prompts, cfg, sample_gen)
+        if step == 0 and cfg.normalize_reward:
+            gain, bias = reward_norm_from(ro.scores)  # detail 6: fixed from the initial policy
+        kl_coef = kl_ctl.value
+        rewards, kl = kl_penalised_rewards(shaped_scores(ro, gain, bias, cfg), ro.logprobs, ro.ref_logprobs,
+                                           ro.response_mask, kl_coef)  # (B, T) r_t, detail 8
+        advantages, returns = gae(rewards, ro.values, ro.response_mask, cfg.gamma, cfg.lam)  # detail 10
+        if cfg.whiten_advantages:
+            advantages = masked_whiten(advantages, ro.response_mask)  # detail 11
+        update = ppo_update(policy, value_model, optimizer, ro, advantages, returns, cfg, perm_gen)
+        stats = rollout_stats(ro, kl)
+        kl_ctl.update(stats["kl"], cfg.rollout_batch_size)  # detail 9
+        metrics = {"step": float(step), **stats, **update, "kl_coef": kl_coef}
+        history.append(metrics)
+        log(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return policy.eval(), history
+
+
+@torch.no_grad()
+def evaluate_policy(policy: nn.Module, reference: nn.Module, reward_model: RewardModel, tokenizer: Any,
+                    prompts: list[str], cfg: PPOConfig) -> dict[str, float]:
+    """Mean RM score and mean KL(pi || pi_ref) per response on ``prompts`` (seeded sampling)."""
+    device = next(policy.parameters()).device
+    reward_model = reward_model.to(device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    scores, kls, lens = [], [], []
+    for i in range(0, len(prompts), cfg.rollout_batch_size):
+        ro = sample_rollouts(policy, reference, None, reward_model, tokenizer,
+                             prompts[i : i + cfg.rollout_batch_size], cfg, gen)
+        scores.append(ro.scores.cpu())
+        kls.append(((ro.logprobs - ro.ref_logprobs) * ro.response_mask).sum(-1).cpu())
+        lens.append(ro.response_mask.sum(-1).float().cpu())
+    if not scores:
+        return {"mean_reward": float("nan"), "kl": float("nan"), "mean_response_len": 0.0, "n_prompts": 0.0}
+    return {"mean_reward": float(torch.cat(scores).mean()), "kl": float(torch.cat(kls).mean()),
+            "mean_response_len": float(torch.cat(lens).mean()), "n_prompts": float(len(prompts))}
