@@ -1,0 +1,1 @@
+"""Simulated-annotator harness that measures whether RLHF rounds improve the served policy."""

@@ -1,0 +1,314 @@
+"""Plays simulated end users against a running rlhf-serve through its public gRPC API only.
+
+- :func:`collect_feedback`: users ask, the annotator compares two candidates (or rates one);
+- :func:`evaluate`: the served version against the SFT version on held-out prompts;
+- :func:`trigger_and_wait`: an operator forces a training round and waits for its outcome;
+- :func:`run`: R rounds of the above, one record per round.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import grpc
+
+from benchmarks.learning import metrics
+from benchmarks.learning.annotators import Annotator, classify_style, make_annotator
+from rlhf.v1 import admin_pb2, admin_pb2_grpc, policy_pb2, policy_pb2_grpc
+
+Metadata = Sequence[tuple[str, str]] | None
+TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+MAX_CANDIDATES = 8
+
+
+def _call(method: Callable, request: Any, metadata: Metadata = None, timeout: float = 120.0,
+          attempts: int = 5) -> Any:
+    """Call a unary RPC, retrying transient failures (overload, a restarting server) with backoff."""
+    for attempt in range(attempts):
+        try:
+            return method(request, metadata=metadata, timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() not in TRANSIENT or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class FeedbackCounts:
+    """What one :func:`collect_feedback` call sent."""
+
+    generations: int = 0
+    comparisons: int = 0
+    ratings: int = 0
+    thumbs_up: int = 0
+    thumbs_down: int = 0
+    duplicates: int = 0
+    identical_pairs: int = 0
+
+    @property
+    def submitted(self) -> int:
+        return self.comparisons + self.ratings
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "submitted": self.submitted}
+
+
+def _feedback_request(prompt: str, cands: Sequence[policy_pb2.Candidate], annotator: Annotator,
+                      rng: random.Random, rating_share: float, user_id: str,
+                      counts: FeedbackCounts) -> policy_pb2.FeedbackRequest:
+    """The annotator's verdict on one Generate response: a comparison, or a rating for
+    ``rating_share`` of the traffic (and when both candidates are the same text)."""
+    a, b = cands[0], cands[1]
+    identical = a.text == b.text
+    counts.identical_pairs += identical
+    if identical or rng.random() < rating_share:
+        cand = rng.choice((a, b))
+        up = annotator.rate(prompt, cand.text, rng)
+        counts.ratings += 1
+        counts.thumbs_up += up
+        counts.thumbs_down += not up
+        return policy_pb2.FeedbackRequest(
+            rating=policy_pb2.Rating(response_id=cand.response_id, thumbs_up=up),
+            user_id=user_id, idempotency_key=f"{user_id}:{cand.response_id}")
+    chosen, rejected = (a, b) if annotator.prefer(prompt, a.text, b.text, rng) == 0 else (b, a)
+    counts.comparisons += 1
+    return policy_pb2.FeedbackRequest(
+        comparison=policy_pb2.Comparison(chosen_response_id=chosen.response_id,
+                                         rejected_response_id=rejected.response_id),
+        user_id=user_id, idempotency_key=f"{user_id}:{chosen.response_id}:{rejected.response_id}")
+
+
+def collect_feedback(policy_stub: policy_pb2_grpc.PolicyServiceStub, prompts: Sequence[str],
+                     annotator: Annotator, rng: random.Random, rating_share: float = 0.0,
+                     user_id: str = "sim-user", sampling: policy_pb2.SamplingParams | None = None,
+                     metadata: Metadata = None) -> FeedbackCounts:
+    """One feedback item per prompt: Generate two candidates from the current version, then submit
+    the annotator's comparison (or, for ``rating_share`` of prompts, a thumbs up/down)."""
+    counts = FeedbackCounts()
+    for prompt in prompts:
+        params = policy_pb2.SamplingParams()
+        if sampling is not None:
+            params.CopyFrom(sampling)
+        params.seed = rng.getrandbits(62)
+        resp = _call(policy_stub.Generate, policy_pb2.GenerateRequest(
+            prompt=prompt, sampling=params, num_candidates=2, user_id=user_id), metadata)
+        counts.generations += 1
+        req = _feedback_request(prompt, resp.candidates, annotator, rng, rating_share, user_id, counts)
+        ack = _call(policy_stub.SubmitFeedback, req, metadata)
+        counts.duplicates += ack.duplicate
+    return counts
+
+
+def sample_responses(policy_stub: policy_pb2_grpc.PolicyServiceStub, prompt: str, version: str, n: int,
+                     seed: int, sampling: policy_pb2.SamplingParams | None = None, user_id: str = "sim-eval",
+                     metadata: Metadata = None) -> tuple[list[str], str]:
+    """``n`` responses to ``prompt`` from ``version`` ("" = current), in requests of at most 8
+    candidates; returns the texts and the version that produced them."""
+    texts: list[str] = []
+    served = version
+    while len(texts) < n:
+        params = policy_pb2.SamplingParams()
+        if sampling is not None:
+            params.CopyFrom(sampling)
+        params.seed = seed + len(texts)
+        k = min(MAX_CANDIDATES, n - len(texts))
+        resp = _call(policy_stub.Generate, policy_pb2.GenerateRequest(
+            prompt=prompt, sampling=params, num_candidates=k, model_version=version, user_id=user_id), metadata)
+        texts.extend(c.text for c in resp.candidates)
+        served = resp.model_version
+    return texts, served
+
+
+def _side_summary(prompts: Sequence[str], groups: list[list[str]], scores: list[list[float]]) -> dict[str, Any]:
+    """Gold score, diversity, length and style mix of one side of an evaluation."""
+    flat = [t for g in groups for t in g]
+    m, lo, hi = metrics.mean_ci([s for g in scores for s in g])
+    return {"mean_score": m, "score_lo": lo, "score_hi": hi, **metrics.summarize_responses(flat),
+            "styles": metrics.shares([classify_style(t) for t in flat]),
+            "examples": [{"prompt": p, "response": g[0]} for p, g in list(zip(prompts, groups))[:3]]}
+
+
+def evaluate(policy_stub: policy_pb2_grpc.PolicyServiceStub, prompts: Sequence[str], annotator: Annotator,
+             version: str = "", sft_version: str = "v0001", samples_per_prompt: int = 4, seed: int = 0,
+             sampling: policy_pb2.SamplingParams | None = None, metadata: Metadata = None) -> dict[str, Any]:
+    """Served ``version`` ("" = current) against the SFT version under the annotator's gold score.
+
+    Both sides sample ``samples_per_prompt`` responses per prompt with the same seeds; the win
+    rate compares every served sample with every SFT sample of the same prompt (ties half) and
+    its 95% CI bootstraps over prompts.
+    """
+    sides: dict[str, dict[str, Any]] = {}
+    served_version = version
+    for name, ver in (("served", version), ("sft", sft_version)):
+        groups, scores = [], []
+        for i, prompt in enumerate(prompts):
+            texts, produced = sample_responses(policy_stub, prompt, ver, samples_per_prompt, seed + 1000 * i,
+                                               sampling, metadata=metadata)
+            groups.append(texts)
+            scores.append([annotator.score(prompt, t) for t in texts])
+            if name == "served":
+                served_version = produced
+        sides[name] = {"groups": groups, "scores": scores}
+    win = metrics.grouped_win_rate(sides["served"]["scores"], sides["sft"]["scores"], seed=seed)
+    return {
+        "version": served_version, "sft_version": sft_version, "annotator": annotator.name,
+        "n_prompts": len(prompts), "samples_per_prompt": samples_per_prompt,
+        "win_rate": win.rate, "win_rate_lo": win.lo, "win_rate_hi": win.hi,
+        "served": _side_summary(prompts, sides["served"]["groups"], sides["served"]["scores"]),
+        "sft": _side_summary(prompts, sides["sft"]["groups"], sides["sft"]["scores"]),
+    }
+
+
+@dataclass
+class RoundOutcome:
+    """Result of :func:`trigger_and_wait`. ``new_version`` is set when serving moved to a new
+    version; ``rejected`` when a new version was registered but not promoted by the gate."""
+
+    task_id: str
+    previous_version: str
+    new_version: str | None = None
+    candidate_version: str | None = None
+    rejected: bool = False
+    timed_out: bool = False
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _registered(admin_stub: admin_pb2_grpc.AdminServiceStub, metadata: Metadata) -> dict[str, policy_pb2.ModelInfo]:
+    resp = _call(admin_stub.ListModels, admin_pb2.ListModelsRequest(), metadata)
+    return {m.model_version: m for m in resp.models}
+
+
+def current_version(policy_stub: policy_pb2_grpc.PolicyServiceStub, metadata: Metadata = None) -> str:
+    """The version the server answers with now."""
+    return _call(policy_stub.GetModel, policy_pb2.GetModelRequest(), metadata).model_version
+
+
+def trigger_and_wait(admin_stub: admin_pb2_grpc.AdminServiceStub, policy_stub: policy_pb2_grpc.PolicyServiceStub,
+                     timeout: float = 900.0, poll_s: float = 1.0, admin_metadata: Metadata = None,
+                     metadata: Metadata = None) -> RoundOutcome:
+    """Force a training round, then poll until the served version changes (promoted), a new
+    version shows up unpromoted in ListModels (rejected by the gate), or ``timeout`` passes."""
+    start = time.monotonic()
+    before = current_version(policy_stub, metadata)
+    known = set(_registered(admin_stub, admin_metadata))
+    task = _call(admin_stub.TriggerRound, admin_pb2.TriggerRoundRequest(force=True), admin_metadata)
+    out = RoundOutcome(task_id=task.task_id, previous_version=before)
+    while time.monotonic() - start < timeout:
+        now = current_version(policy_stub, metadata)
+        if now != before:
+            out.new_version = out.candidate_version = now
+            break
+        new = {v: m for v, m in _registered(admin_stub, admin_metadata).items() if v not in known}
+        if new:
+            latest = new[max(new)]
+            out.candidate_version = latest.model_version
+            if not latest.promotion.promoted:
+                out.rejected = True
+                break
+        time.sleep(poll_s)
+    else:
+        out.timed_out = True
+    out.seconds = time.monotonic() - start
+    return out
+
+
+def model_summary(info: policy_pb2.ModelInfo) -> dict[str, Any]:
+    """Training and promotion-gate numbers of one version (ModelInfo.training / .promotion)."""
+    t, p = info.training, info.promotion
+    return {
+        "version": info.model_version, "parent_version": info.parent_version, "current": info.current,
+        "reward_model_accuracy": t.reward_model_accuracy, "reward_model_loss": t.reward_model_loss,
+        "ppo_mean_reward": t.ppo_mean_reward, "ppo_kl": t.ppo_kl, "num_comparisons": t.num_comparisons,
+        "num_ratings": t.num_ratings, "train_seconds": t.seconds, "description": t.description,
+        "promoted": p.promoted, "reason": p.reason, "candidate_reward": p.candidate_reward,
+        "parent_reward": p.parent_reward, "kl_to_reference": p.kl_to_reference, "kl_bound": p.kl_bound,
+    }
+
+
+@dataclass
+class LearningConfig:
+    """One benchmark run against a server at ``target`` (server and worker started elsewhere)."""
+
+    target: str = "127.0.0.1:50051"
+    annotator: str = "empathetic"
+    noise: float = 0.1
+    temperature: float = 0.0
+    rounds: int = 3
+    feedback_per_round: int = 64
+    rating_share: float = 0.2
+    eval_prompts: int = 0
+    """How many held-out prompts to evaluate on; 0: all of them."""
+    eval_samples: int = 4
+    max_new_tokens: int = 0
+    """Per-response token cap for every Generate; 0: the server default."""
+    sft_version: str = "v0001"
+    round_timeout_s: float = 900.0
+    seed: int = 0
+    user_id: str = "sim-user"
+    api_token: str = ""
+    admin_token: str = ""
+    train_prompts: list[str] = field(default_factory=list)
+    """Prompts the simulated users ask; empty: the dataset's train split."""
+    heldout_prompts: list[str] = field(default_factory=list)
+    """Evaluation prompts; empty: the dataset's held-out split."""
+
+
+def _bearer(token: str) -> Metadata:
+    return [("authorization", f"Bearer {token}")] if token else None
+
+
+def _eval_record(ev: dict[str, Any]) -> dict[str, Any]:
+    """Flat per-round fields of an evaluation (the full dict stays under "eval")."""
+    s, b = ev["served"], ev["sft"]
+    return {"win_rate": ev["win_rate"], "win_rate_lo": ev["win_rate_lo"], "win_rate_hi": ev["win_rate_hi"],
+            "score_served": s["mean_score"], "score_sft": b["mean_score"],
+            "distinct_1": s["distinct_1"], "distinct_2": s["distinct_2"], "mean_length": s["mean_length"],
+            "sft_distinct_2": b["distinct_2"], "sft_mean_length": b["mean_length"]}
+
+
+def run(cfg: LearningConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """R rounds of: users give feedback, a round is forced, the served version is evaluated vs SFT.
+    Round 0 is the evaluation before any training."""
+    from training.text_format import heldout_prompts, train_prompts
+    start = time.monotonic()
+    rng = random.Random(cfg.seed)
+    annotator = make_annotator(cfg.annotator, cfg.noise, cfg.temperature)
+    train = cfg.train_prompts or train_prompts()
+    heldout = cfg.heldout_prompts or heldout_prompts()
+    heldout = heldout[:cfg.eval_prompts] if cfg.eval_prompts else heldout
+    md, admin_md = _bearer(cfg.api_token), _bearer(cfg.admin_token)
+    sampling = policy_pb2.SamplingParams(max_new_tokens=cfg.max_new_tokens)
+    with grpc.insecure_channel(cfg.target) as channel:
+        grpc.channel_ready_future(channel).result(timeout=120)
+        policy = policy_pb2_grpc.PolicyServiceStub(channel)
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        rounds: list[dict[str, Any]] = []
+        for r in range(cfg.rounds + 1):
+            t0 = time.monotonic()
+            rec: dict[str, Any] = {"round": r}
+            if r > 0:
+                prompts = [rng.choice(train) for _ in range(cfg.feedback_per_round)]
+                rec["feedback"] = collect_feedback(policy, prompts, annotator, rng, cfg.rating_share,
+                                                   cfg.user_id, sampling, md).as_dict()
+                outcome = trigger_and_wait(admin, policy, cfg.round_timeout_s, admin_metadata=admin_md, metadata=md)
+                rec["outcome"] = outcome.as_dict()
+                if outcome.candidate_version:
+                    info = _call(policy.GetModel, policy_pb2.GetModelRequest(
+                        model_version=outcome.candidate_version), md)
+                    rec["model"] = model_summary(info)
+            version = current_version(policy, md)
+            ev = evaluate(policy, heldout, annotator, version, cfg.sft_version, cfg.eval_samples,
+                          seed=cfg.seed, sampling=sampling, metadata=md)
+            rec.update(version=version, **_eval_record(ev), eval=ev, wall_s=time.monotonic() - t0)
+            rounds.append(rec)
+            log(f"round {r}: {version} win={ev['win_rate']:.3f} [{ev['win_rate_lo']:.3f}, {ev['win_rate_hi']:.3f}] "
+                f"score {rec['score_served']:.2f} vs sft {rec['score_sft']:.2f} ({rec['wall_s']:.0f}s)")
+    return {"config": asdict(cfg), "annotator": annotator.name, "rounds": rounds,
+            "wall_s": time.monotonic() - start}

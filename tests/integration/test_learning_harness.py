@@ -1,0 +1,70 @@
+"""The simulated-annotator harness against a real server (no worker): feedback lands in the stream,
+evaluation yields a win rate with a CI, and a forced round with no worker times out cleanly."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import redis
+
+from benchmarks.learning.annotators import EmpatheticAnnotator
+from benchmarks.learning.harness import (LearningConfig, collect_feedback, evaluate, model_summary, run,
+                                         trigger_and_wait)
+from rlhf.v1 import policy_pb2
+from training.text_format import heldout_prompts, train_prompts
+
+SHORT = policy_pb2.SamplingParams(max_new_tokens=24)
+
+
+def test_collect_feedback_writes_one_stream_entry_per_prompt(server, settings):
+    prompts = train_prompts()[:4]
+    counts = collect_feedback(server.policy, prompts, EmpatheticAnnotator(noise=0.1), random.Random(0),
+                              rating_share=0.5, user_id="sim-test", sampling=SHORT)
+    assert counts.generations == 4
+    assert counts.submitted == 4 and counts.duplicates == 0
+    assert counts.thumbs_up + counts.thumbs_down == counts.ratings
+    r = redis.Redis.from_url(settings.redis_url)
+    assert r.xlen(settings.key_prefix + "feedback") == 4
+
+
+def test_evaluate_returns_win_rate_with_ci(server):
+    prompts = heldout_prompts()[:2]
+    ev = evaluate(server.policy, prompts, EmpatheticAnnotator(), version="", sft_version="v0001",
+                  samples_per_prompt=2, seed=0, sampling=SHORT)
+    assert ev["version"] == "v0001"
+    assert 0.0 <= ev["win_rate_lo"] <= ev["win_rate"] <= ev["win_rate_hi"] <= 1.0
+    assert ev["n_prompts"] == 2
+    for side in ("served", "sft"):
+        s = ev[side]
+        assert 0.0 <= s["distinct_1"] <= 1.0 and 0.0 <= s["distinct_2"] <= 1.0
+        assert s["mean_length"] >= 0 and abs(sum(s["styles"].values()) - 1.0) < 1e-9
+
+
+def _drop_queued_task(redis_url: str, keys: list[str], task_id: str) -> None:
+    """Remove our own queued round from the broker so no worker picks it up later."""
+    r = redis.Redis.from_url(redis_url)
+    for key in keys:
+        if r.type(key) != b"list":
+            continue
+        for raw in r.lrange(key, 0, -1):
+            if json.loads(raw).get("headers", {}).get("id") == task_id:
+                r.lrem(key, 1, raw)
+
+
+def test_trigger_and_wait_times_out_without_a_worker(server, settings):
+    out = trigger_and_wait(server.admin, server.policy, timeout=1.5, poll_s=0.5)
+    _drop_queued_task(settings.redis_url, [settings.key_prefix + "celery:default", "default"], out.task_id)
+    assert out.task_id and out.timed_out and out.new_version is None and not out.rejected
+    assert out.previous_version == "v0001"
+    info = server.policy.GetModel(policy_pb2.GetModelRequest(model_version="v0001"))
+    assert model_summary(info)["version"] == "v0001"
+
+
+def test_run_with_zero_rounds_evaluates_the_baseline(server):
+    cfg = LearningConfig(target=server.target, rounds=0, eval_prompts=2, eval_samples=2, max_new_tokens=16)
+    result = run(cfg, log=lambda _: None)
+    [base] = result["rounds"]
+    assert base["round"] == 0 and base["version"] == "v0001"
+    # served == SFT here, and both sides use the same seeds
+    assert base["eval"]["sft_version"] == "v0001" and 0.0 <= base["win_rate"] <= 1.0
