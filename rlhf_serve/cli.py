@@ -76,13 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for the round and print its summary")
     _common(p)
     for name in ("worker", "beat"):
-        p = sub.add_parser(name, help=f"start a Celery {name} (extra args go to celery)")
-        p.add_argument("celery_args", nargs=argparse.REMAINDER)
+        sub.add_parser(name, help=f"start a Celery {name}; other arguments go to `celery {name}`")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command in ("worker", "beat"):
+        args.celery_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     settings = _settings(args)
     logging.basicConfig(level=args.log_level or settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

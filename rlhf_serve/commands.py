@@ -142,13 +142,18 @@ def cmd_train(args, settings: Settings) -> int:
     return 0
 
 
+def _celery_args(args) -> list[str]:
+    extra = list(args.celery_args)
+    return extra[1:] if extra[:1] == ["--"] else extra
+
+
 def cmd_worker(args, settings: Settings) -> int:
     from workers.celery_app import app
-    app.worker_main(["worker", *args.celery_args])
+    app.worker_main(["worker", *_celery_args(args)])
     return 0
 
 
 def cmd_beat(args, settings: Settings) -> int:
     from workers.celery_app import app
-    app.start(["beat", *args.celery_args])
+    app.start(["beat", *_celery_args(args)])
     return 0

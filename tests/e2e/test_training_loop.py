@@ -1,0 +1,118 @@
+"""The whole loop through the real API: feedback -> Celery round -> new version -> hot-swap."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import grpc
+import pytest
+
+from rlhf.v1 import admin_pb2, policy_pb2
+from tests.e2e.conftest import stream_stats, wait_for
+from training.text_format import train_prompts
+
+pytestmark = pytest.mark.timeout(400)
+
+
+def give_feedback(server, prompts: list[str]) -> int:
+    """Two candidates per prompt; the longer answer wins (a consistent, learnable taste)."""
+    for i, prompt in enumerate(prompts):
+        resp = server.policy.Generate(policy_pb2.GenerateRequest(
+            prompt=prompt, num_candidates=2, user_id="e2e",
+            sampling=policy_pb2.SamplingParams(max_new_tokens=24, seed=i)))
+        a, b = resp.candidates
+        chosen, rejected = (a, b) if len(a.text) >= len(b.text) else (b, a)
+        ack = server.policy.SubmitFeedback(policy_pb2.FeedbackRequest(
+            comparison=policy_pb2.Comparison(chosen_response_id=chosen.response_id,
+                                             rejected_response_id=rejected.response_id),
+            user_id="e2e", idempotency_key=f"fb-{i}"))
+        assert ack.feedback_id and not ack.duplicate
+    return len(prompts)
+
+
+class Traffic:
+    """Generate calls from a background thread for the whole test: every one must succeed."""
+
+    def __init__(self, server):
+        self.server, self.versions, self.errors = server, [], []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                resp = self.server.policy.Generate(policy_pb2.GenerateRequest(
+                    prompt="My order hasn't arrived. What should I do?",
+                    sampling=policy_pb2.SamplingParams(max_new_tokens=8)), timeout=60)
+                self.versions.append(resp.model_version)
+            except grpc.RpcError as exc:
+                self.errors.append(f"{exc.code().name}: {exc.details()}")
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join(60)
+
+
+def current_version(server) -> str:
+    return server.policy.GetModel(policy_pb2.GetModelRequest()).model_version
+
+
+def test_round_publishes_promotes_and_hot_swaps(server, settings, start_worker):
+    worker = start_worker(RLHF_GATE_MIN_REWARD_GAIN="-1e9")  # the gate passes on reward; KL bound still applies
+    submitted = give_feedback(server, train_prompts()[:12])
+    traffic = Traffic(server)
+    task = server.admin.TriggerRound(admin_pb2.TriggerRoundRequest(force=True))
+    assert task.task_id
+    wait_for(lambda: worker.alive() and current_version(server) == "v0002", 240, 0.5, "hot-swap to v0002")
+    wait_for(lambda: traffic.versions[-3:] == ["v0002"] * 3, 60, what="new requests on v0002")
+    traffic.finish()
+    assert traffic.errors == []
+    assert traffic.versions[0] == "v0001"
+    info = server.policy.GetModel(policy_pb2.GetModelRequest())
+    assert info.parent_version == "v0001" and info.current
+    assert info.promotion.promoted and info.promotion.kl_bound == settings.kl_bound
+    assert info.training.num_comparisons == submitted
+    assert 0.0 <= info.training.reward_model_accuracy <= 1.0
+    assert stream_stats(settings)["pending"] == 0
+    metrics = server.metrics_text()
+    assert "rlhf_model_swaps_total 1.0" in metrics
+
+
+def test_round_failing_the_gate_keeps_the_current_version(server, settings, start_worker):
+    start_worker(RLHF_GATE_MIN_REWARD_GAIN="1e9")
+    give_feedback(server, train_prompts()[:8])
+    server.admin.TriggerRound(admin_pb2.TriggerRoundRequest(force=True))
+    models = wait_for(lambda: [m for m in server.admin.ListModels(admin_pb2.ListModelsRequest()).models
+                               if m.model_version == "v0002"], 240, 0.5, "a rejected v0002")
+    assert not models[0].promotion.promoted and "not above" in models[0].promotion.reason
+    time.sleep(1.0)
+    assert current_version(server) == "v0001"
+
+
+def test_killed_worker_leaves_no_version_and_loses_no_feedback(server, settings, start_worker):
+    slow = start_worker(RLHF_PPO_STEPS="500", RLHF_GATE_MIN_REWARD_GAIN="-1e9")
+    submitted = give_feedback(server, train_prompts()[:10])
+    server.admin.TriggerRound(admin_pb2.TriggerRoundRequest(force=True))
+    tmp = settings.registry / ".tmp"
+    wait_for(lambda: any(tmp.glob("round-*/reward_model")), 180, 0.2, "the round to reach PPO")
+    slow.kill()
+    versions = settings.registry / "versions"
+    assert sorted(p.name for p in versions.iterdir()) == ["v0001"]  # nothing half-written
+    datasets = list((settings.registry / "datasets").glob("feedback-*.jsonl"))
+    rows = [json.loads(line) for path in datasets for line in path.read_text().splitlines()]
+    assert len({row["feedback_id"] for row in rows}) == submitted  # acknowledged only once saved
+    start_worker(RLHF_GATE_MIN_REWARD_GAIN="-1e9")
+    wait_for(lambda: not _lock_held(settings), 30, 0.5, "the dead round's lock to lapse")
+    server.admin.TriggerRound(admin_pb2.TriggerRoundRequest(force=True))
+    wait_for(lambda: current_version(server) == "v0002", 240, 0.5, "the next round to publish")
+    info = server.policy.GetModel(policy_pb2.GetModelRequest())
+    assert info.training.num_comparisons == submitted  # every item, once
+    assert sorted(p.name for p in versions.iterdir()) == ["v0001", "v0002"]
+
+
+def _lock_held(settings) -> bool:
+    import redis
+    return bool(redis.Redis.from_url(settings.redis_url).exists(settings.key_prefix + "train:lock"))
