@@ -113,6 +113,7 @@ class Engine:
     async def _collect(self) -> list[Job]:
         """A batch: jobs on one model version with at most max_batch_size candidates."""
         first = await self._next_job(None)
+        self._busy = True  # a job has left the queue: stop() must wait for it (it is no longer in `depth`)
         batch, size = [first], len(first.specs)
         end = time.perf_counter() + self.batch_wait
         while size < self.max_batch_size:
@@ -136,8 +137,8 @@ class Engine:
                     self._finish(job, cancelled=True)
             self.metrics.queue_depth.set(self.depth)
             if not live:
+                self._busy = False
                 continue
-            self._busy = True
             try:
                 await loop.run_in_executor(self._executor, self._decode, live)
             except Exception as exc:  # a model failure fails the batch, never the server
@@ -145,10 +146,9 @@ class Engine:
                 for job in live:
                     if not job.done.done():
                         job.done.set_exception(exc)
-            finally:
-                self._busy = False
             for job in live:
                 self._finish(job)
+            self._busy = False
 
     def _decode(self, jobs: list[Job]) -> None:
         started = time.perf_counter()

@@ -90,3 +90,46 @@ class ServerThread:
         import urllib.request
         with urllib.request.urlopen(f"http://127.0.0.1:{self.server.metrics_port}/metrics", timeout=10) as resp:
             return resp.read().decode()
+
+
+# --- added for the integration suite: module-scoped servers -----------------------------------
+
+def make_settings(redis_url: str, registry_root: Path, **overrides) -> Settings:
+    """Settings for a test server on loopback with free ports and a unique key prefix."""
+    values = dict(redis_url=redis_url, key_prefix=unique_prefix(), registry=registry_root, port=0, metrics_port=0,
+                  host="127.0.0.1", device="cpu", batch_wait_ms=20.0)
+    values.update(overrides)
+    return Settings(**values)
+
+
+class ServingStack:
+    """A registry holding the tiny model as v0001 (current) and a running server on it."""
+
+    def __init__(self, redis_url: str, registry_root: Path, model_dir: Path, start: bool = True, **overrides):
+        self.settings = make_settings(redis_url, registry_root, **overrides)
+        self.model_dir = model_dir
+        self.registry = Registry(self.settings.registry)
+        self.v1 = publish_model(self.registry, model_dir, description="tiny sft")
+        point_at(self.settings, self.v1)
+        self.redis = redis.Redis.from_url(redis_url)
+        self.server = ServerThread(self.settings).start() if start else None
+
+    def close(self) -> None:
+        try:
+            if self.server is not None:
+                self.server.stop()
+        finally:
+            delete_prefix(self.settings.redis_url, self.settings.key_prefix)
+            self.redis.close()
+
+
+def metric_samples(text: str) -> list:
+    """Every sample of a /metrics page, as prometheus_client Sample tuples."""
+    from prometheus_client.parser import text_string_to_metric_families
+    return [s for fam in text_string_to_metric_families(text) for s in fam.samples]
+
+
+def metric_value(text: str, name: str, **labels) -> float:
+    """Sum of the samples named `name` whose labels include `labels` (0.0 when none)."""
+    return sum(s.value for s in metric_samples(text)
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
