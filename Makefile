@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/rlhf/v1/*.proto)
 GEN_STAMP := rlhf/v1/.generated
 
-.PHONY: run test install proto bootstrap redis clean benchmark bench-learning
+.PHONY: run test install proto bootstrap redis clean bench-learning check-deploy
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,21 +33,26 @@ proto: | $(VENV)/bin/python
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 	touch rlhf/__init__.py rlhf/v1/__init__.py $(GEN_STAMP)
 
-redis: install
-	$(PY) -m rlhf_serve.redis_check
+redis:
+	bash scripts/ensure_redis.sh
 
 bootstrap: install
 	$(VENV)/bin/rlhf-serve bootstrap
 
 run: install
+	bash scripts/ensure_redis.sh
 	$(VENV)/bin/rlhf-serve up
 
 test: install
 	bash scripts/ensure_redis.sh
 	$(PY) -m pytest -q
 
-benchmark bench-learning: install
-	$(PY) -m benchmarks.learning
+bench-learning: install
+	bash scripts/ensure_redis.sh
+	$(PY) -m benchmarks.learning --annotator empathetic --noise 0.1
+
+check-deploy: install
+	bash scripts/check_deploy.sh
 
 clean:
 	rm -rf rlhf build *.egg-info .pytest_cache

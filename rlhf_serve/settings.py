@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Configuration of rlhf-serve. Each field maps to the env var `RLHF_<FIELD>`."""
 
-    model_config = SettingsConfigDict(env_prefix="RLHF_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="RLHF_", extra="ignore", use_attribute_docstrings=True)
 
     # --- network -----------------------------------------------------------------------------
     host: str = "0.0.0.0"
@@ -127,3 +127,18 @@ class Settings(BaseSettings):
 def load_settings(**overrides) -> Settings:
     """Settings from the environment, with explicit (non-None) overrides on top."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def settings_table() -> str:
+    """The configuration reference as a Markdown table (kept in the README)."""
+    lines = ["| env var | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        env = "RLHF_" + name.upper() + (" / REDIS_URL" if name == "redis_url" else "")
+        default = field.default if field.default is not None else ""
+        desc = (field.description or "").replace("\n", " ")
+        lines.append(f"| `{env}` | `{default}` | {desc} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(settings_table())
