@@ -134,16 +134,21 @@ def _side_summary(prompts: Sequence[str], groups: list[list[str]], scores: list[
 
 def evaluate(policy_stub: policy_pb2_grpc.PolicyServiceStub, prompts: Sequence[str], annotator: Annotator,
              version: str = "", sft_version: str = "v0001", samples_per_prompt: int = 4, seed: int = 0,
-             sampling: policy_pb2.SamplingParams | None = None, metadata: Metadata = None) -> dict[str, Any]:
+             sampling: policy_pb2.SamplingParams | None = None, metadata: Metadata = None,
+             sft_cache: dict[str, Any] | None = None) -> dict[str, Any]:
     """Served ``version`` ("" = current) against the SFT version under the annotator's gold score.
 
     Both sides sample ``samples_per_prompt`` responses per prompt with the same seeds; the win
     rate compares every served sample with every SFT sample of the same prompt (ties half) and
-    its 95% CI bootstraps over prompts.
+    its 95% CI bootstraps over prompts. Pass the same ``sft_cache`` dict to repeated calls (same
+    prompts, seed and sampling) to sample the SFT side only once.
     """
     sides: dict[str, dict[str, Any]] = {}
     served_version = version
     for name, ver in (("served", version), ("sft", sft_version)):
+        if name == "sft" and sft_cache is not None and sft_cache.get("version") == sft_version:
+            sides[name] = sft_cache["side"]
+            continue
         groups, scores = [], []
         for i, prompt in enumerate(prompts):
             texts, produced = sample_responses(policy_stub, prompt, ver, samples_per_prompt, seed + 1000 * i,
@@ -153,6 +158,8 @@ def evaluate(policy_stub: policy_pb2_grpc.PolicyServiceStub, prompts: Sequence[s
             if name == "served":
                 served_version = produced
         sides[name] = {"groups": groups, "scores": scores}
+        if name == "sft" and sft_cache is not None:
+            sft_cache.update(version=sft_version, side=sides[name])
     win = metrics.grouped_win_rate(sides["served"]["scores"], sides["sft"]["scores"], seed=seed)
     return {
         "version": served_version, "sft_version": sft_version, "annotator": annotator.name,
@@ -192,15 +199,18 @@ def current_version(policy_stub: policy_pb2_grpc.PolicyServiceStub, metadata: Me
 
 def trigger_and_wait(admin_stub: admin_pb2_grpc.AdminServiceStub, policy_stub: policy_pb2_grpc.PolicyServiceStub,
                      timeout: float = 900.0, poll_s: float = 1.0, admin_metadata: Metadata = None,
-                     metadata: Metadata = None) -> RoundOutcome:
+                     metadata: Metadata = None, on_poll: Callable[[], None] | None = None) -> RoundOutcome:
     """Force a training round, then poll until the served version changes (promoted), a new
-    version shows up unpromoted in ListModels (rejected by the gate), or ``timeout`` passes."""
+    version shows up unpromoted in ListModels (rejected by the gate), or ``timeout`` passes.
+    ``on_poll`` runs every poll (e.g. to raise when the worker process died)."""
     start = time.monotonic()
     before = current_version(policy_stub, metadata)
     known = set(_registered(admin_stub, admin_metadata))
     task = _call(admin_stub.TriggerRound, admin_pb2.TriggerRoundRequest(force=True), admin_metadata)
     out = RoundOutcome(task_id=task.task_id, previous_version=before)
     while time.monotonic() - start < timeout:
+        if on_poll is not None:
+            on_poll()
         now = current_version(policy_stub, metadata)
         if now != before:
             out.new_version = out.candidate_version = now
@@ -248,6 +258,8 @@ class LearningConfig:
     eval_samples: int = 4
     max_new_tokens: int = 0
     """Per-response token cap for every Generate; 0: the server default."""
+    sampling_temperature: float | None = None
+    """Sampling temperature of every Generate (feedback and evaluation); None: the server default."""
     sft_version: str = "v0001"
     round_timeout_s: float = 900.0
     seed: int = 0
@@ -273,9 +285,24 @@ def _eval_record(ev: dict[str, Any]) -> dict[str, Any]:
             "sft_distinct_2": b["distinct_2"], "sft_mean_length": b["mean_length"]}
 
 
-def run(cfg: LearningConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+def _round_note(rec: dict[str, Any]) -> str:
+    """Promotion outcome and training figures of a round, for the log line."""
+    if "outcome" not in rec:
+        return ""
+    o, m = rec["outcome"], rec.get("model", {})
+    state = "timed out" if o["timed_out"] else "rejected" if o["rejected"] else "promoted"
+    note = f" | {o['candidate_version'] or '-'} {state} after {o['seconds']:.0f}s"
+    if m:
+        note += (f": RM acc {m['reward_model_accuracy']:.2f}, gate reward {m['candidate_reward']:.3f} vs "
+                 f"{m['parent_reward']:.3f}, KL {m['kl_to_reference']:.2f}")
+    return note
+
+
+def run(cfg: LearningConfig, log: Callable[[str], None] = print, on_poll: Callable[[], None] | None = None,
+        deadline_s: float | None = None) -> dict[str, Any]:
     """R rounds of: users give feedback, a round is forced, the served version is evaluated vs SFT.
-    Round 0 is the evaluation before any training."""
+    Round 0 is the evaluation before any training. ``on_poll`` runs while waiting for a round;
+    no new round starts once ``deadline_s`` seconds have passed."""
     from training.text_format import heldout_prompts, train_prompts
     start = time.monotonic()
     rng = random.Random(cfg.seed)
@@ -285,30 +312,42 @@ def run(cfg: LearningConfig, log: Callable[[str], None] = print) -> dict[str, An
     heldout = heldout[:cfg.eval_prompts] if cfg.eval_prompts else heldout
     md, admin_md = _bearer(cfg.api_token), _bearer(cfg.admin_token)
     sampling = policy_pb2.SamplingParams(max_new_tokens=cfg.max_new_tokens)
+    if cfg.sampling_temperature is not None:
+        sampling.temperature = cfg.sampling_temperature
     with grpc.insecure_channel(cfg.target) as channel:
         grpc.channel_ready_future(channel).result(timeout=120)
         policy = policy_pb2_grpc.PolicyServiceStub(channel)
         admin = admin_pb2_grpc.AdminServiceStub(channel)
         rounds: list[dict[str, Any]] = []
+        served_kl, sft_cache = 0.0, {}
         for r in range(cfg.rounds + 1):
+            if r > 0 and deadline_s is not None and time.monotonic() - start > deadline_s:
+                log(f"stopping after round {r - 1}: the {deadline_s:.0f}s budget is spent")
+                break
             t0 = time.monotonic()
             rec: dict[str, Any] = {"round": r}
             if r > 0:
                 prompts = [rng.choice(train) for _ in range(cfg.feedback_per_round)]
                 rec["feedback"] = collect_feedback(policy, prompts, annotator, rng, cfg.rating_share,
                                                    cfg.user_id, sampling, md).as_dict()
-                outcome = trigger_and_wait(admin, policy, cfg.round_timeout_s, admin_metadata=admin_md, metadata=md)
+                outcome = trigger_and_wait(admin, policy, cfg.round_timeout_s, admin_metadata=admin_md, metadata=md,
+                                           on_poll=on_poll)
                 rec["outcome"] = outcome.as_dict()
                 if outcome.candidate_version:
                     info = _call(policy.GetModel, policy_pb2.GetModelRequest(
                         model_version=outcome.candidate_version), md)
                     rec["model"] = model_summary(info)
+                    if outcome.new_version:
+                        served_kl = rec["model"]["kl_to_reference"]
             version = current_version(policy, md)
             ev = evaluate(policy, heldout, annotator, version, cfg.sft_version, cfg.eval_samples,
-                          seed=cfg.seed, sampling=sampling, metadata=md)
-            rec.update(version=version, **_eval_record(ev), eval=ev, wall_s=time.monotonic() - t0)
+                          seed=cfg.seed, sampling=sampling, metadata=md, sft_cache=sft_cache)
+            rec.update(version=version, **_eval_record(ev), kl_to_sft=served_kl, eval=ev,
+                       wall_s=time.monotonic() - t0, elapsed_s=time.monotonic() - start)
             rounds.append(rec)
             log(f"round {r}: {version} win={ev['win_rate']:.3f} [{ev['win_rate_lo']:.3f}, {ev['win_rate_hi']:.3f}] "
-                f"score {rec['score_served']:.2f} vs sft {rec['score_sft']:.2f} ({rec['wall_s']:.0f}s)")
+                f"score {rec['score_served']:.2f} vs sft {rec['score_sft']:.2f} KL {served_kl:.2f} "
+                f"distinct-2 {rec['distinct_2']:.3f} vs {rec['sft_distinct_2']:.3f} len {rec['mean_length']:.1f} "
+                f"({rec['wall_s']:.0f}s, total {rec['elapsed_s']:.0f}s)" + _round_note(rec))
     return {"config": asdict(cfg), "annotator": annotator.name, "rounds": rounds,
             "wall_s": time.monotonic() - start}

@@ -1,0 +1,152 @@
+"""The one-command learning benchmark ("Prove that it learns").
+
+    python -m benchmarks.learning --annotator empathetic --noise 0.1 --rounds 3 \\
+        --feedback-per-round 64 --out benchmarks/results/empathetic
+
+starts a throw-away stack (fresh registry + Redis prefix, the built-in SFT model as v0001, the
+gRPC server and one `rlhf-serve worker`), lets simulated users give feedback through the public
+API, forces R training rounds, evaluates every served version against SFT on the held-out
+prompts, and writes result.json, the plots and REPORT.md into ``--out``. ``--all-annotators``
+runs empathetic, concise and clarifying in sequence (one sub-directory each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.learning import report
+from benchmarks.learning.annotators import ANNOTATORS, make_annotator
+from benchmarks.learning.harness import LearningConfig, run, sample_responses
+from benchmarks.learning.stack import TRAINING_KNOBS, Stack, StackConfig
+
+STORY_PROMPT = "My order hasn't arrived. What should I do?"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.learning", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--annotator", default="empathetic", choices=sorted(ANNOTATORS))
+    p.add_argument("--all-annotators", action="store_true", help="run every annotator in sequence")
+    p.add_argument("--noise", type=float, default=0.1, help="share of flipped labels")
+    p.add_argument("--annotator-temperature", type=float, default=0.0,
+                   help="> 0: Bradley-Terry labels instead of the hard argmax")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--feedback-per-round", type=int, default=64)
+    p.add_argument("--rating-share", type=float, default=0.2, help="share of feedback given as thumbs up/down")
+    p.add_argument("--out", type=Path, default=None, help="output dir (default benchmarks/results/<annotator>)")
+    p.add_argument("--seed", type=int, default=0, help="seed of users, SFT model and rounds")
+    p.add_argument("--eval-prompts", type=int, default=0, help="held-out prompts to evaluate on; 0 = all")
+    p.add_argument("--eval-samples", type=int, default=4, help="samples per prompt and side")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="token cap of every Generate")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature of feedback and evaluation Generates (default: server's, 1.0)")
+    p.add_argument("--time-budget", type=float, default=report.TIME_BUDGET_S,
+                   help="seconds: the wall-time target, and no round starts after it")
+    p.add_argument("--round-timeout", type=float, default=1200.0, help="seconds to wait for one round")
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="SFT model to start from (default: the built-in model, cached in benchmarks/.cache)")
+    p.add_argument("--device", default="auto", help="torch device of server and worker")
+    p.add_argument("--redis-url", default=None)
+    p.add_argument("--keep-going", action="store_true", help="run all rounds even after the budget is spent")
+    g = p.add_argument_group("round size (passed to the worker as RLHF_* settings; default: the worker's)")
+    g.add_argument("--ppo-steps", type=int)
+    g.add_argument("--ppo-batch-size", type=int)
+    g.add_argument("--ppo-max-new-tokens", type=int)
+    g.add_argument("--ppo-lr", type=float)
+    g.add_argument("--kl-coef", type=float)
+    g.add_argument("--adaptive-kl", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--kl-target", type=float)
+    g.add_argument("--reward-epochs", type=int)
+    g.add_argument("--reward-lr", type=float)
+    g.add_argument("--gate-eval-prompts", type=int, dest="eval_prompts_gate",
+                   help="held-out prompts the promotion gate scores (RLHF_EVAL_PROMPTS)")
+    g.add_argument("--gate-min-reward-gain", type=float)
+    g.add_argument("--kl-bound", type=float)
+    g.add_argument("--train-window", type=int)
+    return p
+
+
+def training_settings(args: argparse.Namespace) -> dict[str, Any]:
+    knobs = {k: getattr(args, k, None) for k in TRAINING_KNOBS if k != "eval_prompts"}
+    knobs["eval_prompts"] = args.eval_prompts_gate
+    return {k: v for k, v in knobs.items() if v is not None}
+
+
+def story_example(target: str, annotator_name: str, sft_version: str, final_version: str, cfg: LearningConfig,
+                  n: int = 3) -> dict[str, Any]:
+    """The product-story prompt answered by SFT and by the final version (same seeds)."""
+    import grpc
+
+    from rlhf.v1 import policy_pb2, policy_pb2_grpc
+    annotator = make_annotator(annotator_name)
+    sampling = policy_pb2.SamplingParams(max_new_tokens=cfg.max_new_tokens)
+    if cfg.sampling_temperature is not None:
+        sampling.temperature = cfg.sampling_temperature
+    out: dict[str, Any] = {"prompt": STORY_PROMPT, "sft_version": sft_version, "final_version": final_version}
+    with grpc.insecure_channel(target) as channel:
+        stub = policy_pb2_grpc.PolicyServiceStub(channel)
+        for side, version in (("sft", sft_version), ("final", final_version)):
+            texts, _ = sample_responses(stub, STORY_PROMPT, version, n, seed=cfg.seed + 7, sampling=sampling)
+            out[side] = [{"text": t, "score": annotator.score(STORY_PROMPT, t)} for t in texts]
+    return out
+
+
+def run_one(args: argparse.Namespace, annotator: str, out_dir: Path, command: str) -> dict[str, Any]:
+    started = time.monotonic()
+    training = training_settings(args)
+    stack_cfg = StackConfig(model_dir=args.model_dir, seed=args.seed, device=args.device, training=training,
+                            log_dir=out_dir / ".logs", max_new_tokens_default=args.max_new_tokens or 64)
+    if args.redis_url:
+        stack_cfg.redis_url = args.redis_url
+    cfg = LearningConfig(annotator=annotator, noise=args.noise, temperature=args.annotator_temperature,
+                         rounds=args.rounds, feedback_per_round=args.feedback_per_round,
+                         rating_share=args.rating_share, eval_prompts=args.eval_prompts,
+                         eval_samples=args.eval_samples, max_new_tokens=args.max_new_tokens,
+                         sampling_temperature=args.temperature, round_timeout_s=args.round_timeout,
+                         seed=args.seed, user_id=f"sim-{annotator}")
+    print(f"== {annotator}: {args.rounds} round(s) x {args.feedback_per_round} feedback, noise {args.noise:g}, "
+          f"training {training or 'worker defaults'}", flush=True)
+    with Stack(stack_cfg, log=lambda s: print(s, flush=True)) as stack:
+        cfg.target, cfg.sft_version = stack.target, stack.sft_version
+        result = run(cfg, log=lambda s: print(s, flush=True), on_poll=stack.check_worker,
+                     deadline_s=None if args.keep_going else args.time_budget)
+        final = result["rounds"][-1]["version"]
+        result["example"] = story_example(stack.target, annotator, stack.sft_version, final, cfg)
+    result.update(command=command, training=training, total_wall_s=time.monotonic() - started,
+                  model=str(args.model_dir) if args.model_dir else f"built-in SFT (seed {args.seed})")
+    head = report.write(result, out_dir, args.time_budget)
+    t = head["targets"]
+    print(f"== {annotator} final {head['final_version']}: win rate {head['win_rate']:.3f} "
+          f"[{head['win_rate_lo']:.3f}, {head['win_rate_hi']:.3f}] ({'met' if t['win_rate']['met'] else 'NOT met'}), "
+          f"KL {head['kl_to_sft']:.2f}, distinct-2 ratio {head['distinct_2_ratio']:.2f}, "
+          f"time to target {head['time_to_target_s'] if head['time_to_target_s'] is None else round(head['time_to_target_s'])}s, "
+          f"total {head['total_wall_s']:.0f}s; all targets met: {head['all_targets_met']}; report {out_dir / 'REPORT.md'}",
+          flush=True)
+    return head
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = "python -m benchmarks.learning " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    random.seed(args.seed)
+    if args.all_annotators:
+        out = args.out or Path("benchmarks/results/all-annotators")
+        heads = [run_one(args, name, out / name, command) for name in ("empathetic", "concise", "clarifying")]
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(heads, indent=1, default=str) + "\n")
+        (out / "REPORT.md").write_text(report.summary_markdown(heads, command))
+        return 0 if all(h["targets"]["win_rate"]["met"] for h in heads) else 1
+    out = args.out or Path("benchmarks/results") / args.annotator
+    head = run_one(args, args.annotator, out, command)
+    return 0 if head["all_targets_met"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""Start and stop a throw-away rlhf-serve stack for one benchmark run.
+
+A :class:`Stack` owns
+
+- a fresh registry directory (a temp dir unless one is given) whose version 1 is the SFT model:
+  the built-in model (built once per seed and cached under ``benchmarks/.cache/sft-seed<N>``) or
+  any local Hugging Face directory (e.g. the tests' tiny model);
+- a unique Redis key prefix, deleted again on :meth:`Stack.stop`;
+- the gRPC server, in-process on a background thread with its own event loop and a free port;
+- one ``rlhf-serve worker`` subprocess (solo pool, queues default and gpu) whose training
+  hyper-parameters come from ``RLHF_*`` environment variables (:func:`worker_env`).
+
+The harness talks to the server only through its public gRPC API (``Stack.target``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / "benchmarks" / ".cache"
+
+# Round-size knobs the CLI exposes; each maps to an RLHF_* setting of the worker.
+TRAINING_KNOBS = ("ppo_steps", "ppo_batch_size", "ppo_max_new_tokens", "ppo_lr", "kl_coef", "adaptive_kl",
+                  "kl_target", "reward_epochs", "reward_lr", "eval_prompts", "gate_min_reward_gain", "kl_bound",
+                  "train_window")
+
+
+def worker_env(training: dict[str, Any]) -> dict[str, str]:
+    """``RLHF_*`` variables for the non-None entries of ``training`` (bools as true/false)."""
+    out = {}
+    for name, value in training.items():
+        if value is None:
+            continue
+        out[f"RLHF_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out
+
+
+def builtin_sft_dir(seed: int = 0, cache: Path = CACHE, log: Callable[[str], Any] = print) -> Path:
+    """The built-in SFT model for ``seed``, built on first use (minutes on CPU) and cached."""
+    from training.sft import SFTConfig, build_default_model
+    out = cache / f"sft-seed{seed}"
+    if (out / "config.json").is_file():
+        return out
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f"sft-seed{seed}.tmp-{uuid.uuid4().hex[:6]}"
+    log(f"building the built-in SFT model (seed {seed}) into {out}; this is cached for later runs")
+    started = time.monotonic()
+    build_default_model(tmp, SFTConfig(seed=seed), log=lambda *_: None)
+    if (out / "config.json").is_file():  # another run won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    log(f"built the SFT model in {time.monotonic() - started:.0f}s")
+    return out
+
+
+def register_sft(settings, model_dir: Path, base_model: str) -> str:
+    """Publish ``model_dir`` as the registry's first version and point serving at it."""
+    import redis
+
+    from registry import Registry
+    from registry.pointer import set_current
+    from rlhf.v1 import records_pb2
+    from rlhf_serve.keys import Keys
+
+    registry = Registry(settings.registry)
+    manifest = records_pb2.ModelManifest(base_model=base_model)
+    manifest.training.description = f"benchmark SFT reference ({base_model})"
+    manifest.promotion.promoted = True
+    manifest.promotion.reason = "bootstrap: the SFT reference"
+    manifest.promotion.decided_at.GetCurrentTime()
+    version = registry.publish(model_dir, manifest).version
+    r = redis.Redis.from_url(settings.redis_url)
+    try:
+        set_current(r, Keys(settings.key_prefix), registry, version, "benchmark bootstrap")
+    finally:
+        r.close()
+    return version
+
+
+class _ServerThread:
+    """`service.app.Server` on a background thread with its own asyncio loop."""
+
+    def __init__(self, settings):
+        from service.app import Server
+        self.loop = asyncio.new_event_loop()
+        self.server = Server(settings)
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="bench-server", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.server.start())
+        except BaseException as exc:  # re-raised by start()
+            self._error = exc
+            self._started.set()
+            return
+        self._started.set()
+        self.loop.run_forever()
+
+    def start(self, timeout: float = 180.0) -> int:
+        self.thread.start()
+        if not self._started.wait(timeout):
+            raise RuntimeError("the server did not start in time")
+        if self._error:
+            raise self._error
+        return int(self.server.port)
+
+    def stop(self, grace: float = 5.0) -> None:
+        if not self.thread.is_alive():
+            return
+        fut = asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop)
+        try:
+            fut.result(grace + 30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(30)
+
+
+@dataclass
+class StackConfig:
+    """What a benchmark stack runs on."""
+
+    redis_url: str = field(default_factory=lambda: os.environ.get(
+        "RLHF_REDIS_URL", os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")))
+    model_dir: Path | None = None
+    """SFT model to register as v0001; None: the built-in model (cached per seed)."""
+    seed: int = 0
+    """Seed of the built-in SFT model and of training rounds (RLHF_SEED)."""
+    device: str = "auto"
+    """Torch device of server and worker."""
+    registry: Path | None = None
+    """Registry directory (must be new/empty); None: a temp dir removed on stop."""
+    training: dict[str, Any] = field(default_factory=dict)
+    """Round-size settings for the worker (names of :data:`TRAINING_KNOBS`), None = default."""
+    log_dir: Path | None = None
+    """Where worker.log goes; None: next to the registry."""
+    max_new_tokens_default: int = 64
+    """Server default for a Generate that leaves max_new_tokens 0."""
+    cache: Path = CACHE
+
+
+class Stack:
+    """Server + worker on a fresh registry and Redis prefix; use as a context manager."""
+
+    def __init__(self, cfg: StackConfig, log: Callable[[str], Any] = print):
+        self.cfg, self.log = cfg, log
+        self.key_prefix = f"bench-{uuid.uuid4().hex[:10]}:"
+        self._tmp: Path | None = None
+        self.server: _ServerThread | None = None
+        self.worker: subprocess.Popen | None = None
+        self.worker_log: Path | None = None
+        self.target = ""
+        self.sft_version = ""
+        self.settings = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> "Stack":
+        from rlhf_serve.settings import Settings
+        cfg = self.cfg
+        if cfg.registry is None:
+            self._tmp = Path(tempfile.mkdtemp(prefix="rlhf-bench-"))
+            registry = self._tmp / "registry"
+        else:
+            registry = Path(cfg.registry)
+            if registry.exists() and any(registry.iterdir()):
+                raise SystemExit(f"registry {registry} is not empty; a benchmark needs a fresh one")
+        log_dir = Path(cfg.log_dir) if cfg.log_dir else registry.parent
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.settings = Settings(redis_url=cfg.redis_url, key_prefix=self.key_prefix, registry=registry,
+                                 host="127.0.0.1", port=0, metrics_port=-1, device=cfg.device, seed=cfg.seed,
+                                 default_max_new_tokens=cfg.max_new_tokens_default, batch_wait_ms=10.0)
+        self._check_redis()
+        if cfg.model_dir is not None:
+            model_dir, base = Path(cfg.model_dir), str(cfg.model_dir)
+        else:
+            model_dir, base = builtin_sft_dir(cfg.seed, cfg.cache, self.log), "builtin-sft"
+        try:
+            self.sft_version = register_sft(self.settings, model_dir, base)
+            self.server = _ServerThread(self.settings)
+            self.target = f"127.0.0.1:{self.server.start()}"
+            self._start_worker(log_dir)
+        except BaseException:
+            self.stop()
+            raise
+        self.log(f"stack up: server {self.target}, SFT {self.sft_version}, redis prefix {self.key_prefix}, "
+                 f"registry {registry}, worker log {self.worker_log}")
+        return self
+
+    def _check_redis(self) -> None:
+        import redis
+        try:
+            redis.Redis.from_url(self.cfg.redis_url, socket_connect_timeout=3).ping()
+        except redis.exceptions.ConnectionError as exc:
+            raise SystemExit(f"Redis is not reachable at {self.cfg.redis_url} ({exc}); start one "
+                             f"(`bash scripts/ensure_redis.sh`) or set REDIS_URL") from None
+
+    def worker_environment(self) -> dict[str, str]:
+        s = self.settings
+        env = dict(os.environ, RLHF_REDIS_URL=s.redis_url, RLHF_KEY_PREFIX=s.key_prefix,
+                   RLHF_REGISTRY=str(s.registry), RLHF_DEVICE=s.device, RLHF_SEED=str(self.cfg.seed),
+                   RLHF_MIN_NEW_FEEDBACK="1", RLHF_WORKER_METRICS_PORT="-1",
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        env.update(worker_env(self.cfg.training))
+        return env
+
+    def _start_worker(self, log_dir: Path) -> None:
+        self.worker_log = log_dir / "worker.log"
+        with open(self.worker_log, "ab") as out:
+            self.worker = subprocess.Popen(
+                [sys.executable, "-m", "rlhf_serve.cli", "worker", "--pool=solo", "-Q", "default,gpu",
+                 "--loglevel=INFO", "--without-heartbeat", "--without-gossip", "--without-mingle"],
+                cwd=ROOT, env=self.worker_environment(), stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True)
+
+    def check_worker(self) -> None:
+        """Raise when the worker process has died (with the end of its log)."""
+        if self.worker is not None and self.worker.poll() is not None:
+            tail = self.worker_log.read_text(errors="replace")[-3000:] if self.worker_log else ""
+            raise RuntimeError(f"worker exited with {self.worker.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        if self.worker is not None and self.worker.poll() is None:
+            try:
+                os.killpg(self.worker.pid, signal.SIGTERM)
+                self.worker.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.worker.pid, signal.SIGKILL)
+                self.worker.wait(10)
+            except ProcessLookupError:
+                pass
+        if self.server is not None:
+            try:
+                self.server.stop()
+            except Exception as exc:  # noqa: BLE001 - best effort on the way out
+                self.log(f"server stop: {exc}")
+            self.server = None
+        if self.settings is not None:
+            self._delete_prefix()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def _delete_prefix(self) -> None:
+        import redis
+        try:
+            r = redis.Redis.from_url(self.cfg.redis_url)
+            keys = list(r.scan_iter(match=f"{self.key_prefix}*", count=1000))
+            if keys:
+                r.delete(*keys)
+            r.close()
+        except redis.exceptions.RedisError as exc:
+            self.log(f"could not delete redis prefix {self.key_prefix}: {exc}")
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
