@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 
 from celery import Celery, signals
 from kombu import Queue
@@ -41,6 +43,8 @@ app.conf.update(
                            "kwargs": {"force": False, "reason": "schedule"}},
     },
     timezone="UTC",
+    # beat's state file (last run times); not in the working directory
+    beat_schedule_filename=os.path.join(tempfile.gettempdir(), f"rlhf-beat-{settings.key_prefix.strip(':')}"),
 )
 
 

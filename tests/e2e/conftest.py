@@ -90,3 +90,31 @@ def stream_stats(settings) -> dict:
     group = next((g for g in groups if g["name"] == b"trainers"), None)
     return {"length": r.xlen(key), "pending": group["pending"] if group else None,
             "lag": group.get("lag") if group else None}
+
+
+class Beat(Worker):
+    """`rlhf-serve beat` in a child process."""
+
+    def __init__(self, settings, tmp_path: Path, **env_overrides: str):
+        env = dict(os.environ, RLHF_REDIS_URL=settings.redis_url, RLHF_KEY_PREFIX=settings.key_prefix,
+                   RLHF_REGISTRY=str(settings.registry), PYTHONPATH=str(ROOT), **FAST_ROUND)
+        env.update(env_overrides)
+        self.log_path = tmp_path / f"beat-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rlhf_serve.cli", "beat", "--loglevel=INFO",
+             "--schedule", str(tmp_path / "beat-schedule")],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.fixture
+def start_beat(settings, tmp_path):
+    beats: list[Beat] = []
+
+    def start(**env) -> Beat:
+        beat = Beat(settings, tmp_path, **env)
+        beats.append(beat)
+        return beat
+    yield start
+    for beat in beats:
+        beat.stop()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -27,7 +30,7 @@ def give_feedback(server, prompts: list[str]) -> int:
         ack = server.policy.SubmitFeedback(policy_pb2.FeedbackRequest(
             comparison=policy_pb2.Comparison(chosen_response_id=chosen.response_id,
                                              rejected_response_id=rejected.response_id),
-            user_id="e2e", idempotency_key=f"fb-{i}"))
+            user_id="e2e", idempotency_key=f"fb-{prompt}"))
         assert ack.feedback_id and not ack.duplicate
     return len(prompts)
 
@@ -84,12 +87,28 @@ def test_round_publishes_promotes_and_hot_swaps(server, settings, start_worker):
 def test_round_failing_the_gate_keeps_the_current_version(server, settings, start_worker):
     start_worker(RLHF_GATE_MIN_REWARD_GAIN="1e9")
     give_feedback(server, train_prompts()[:8])
-    server.admin.TriggerRound(admin_pb2.TriggerRoundRequest(force=True))
-    models = wait_for(lambda: [m for m in server.admin.ListModels(admin_pb2.ListModelsRequest()).models
-                               if m.model_version == "v0002"], 240, 0.5, "a rejected v0002")
-    assert not models[0].promotion.promoted and "not above" in models[0].promotion.reason
-    time.sleep(1.0)
+    result = subprocess.run(  # the operator's way: `rlhf-serve train --now --force --wait`
+        [sys.executable, "-m", "rlhf_serve.cli", "train", "--now", "--force", "--wait",
+         "--redis-url", settings.redis_url, "--registry", str(settings.registry), "--key-prefix", settings.key_prefix],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, RLHF_KEY_PREFIX=settings.key_prefix))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    assert summary["version"] == "v0002" and summary["promoted"] is False
+    models = {m.model_version: m for m in server.admin.ListModels(admin_pb2.ListModelsRequest()).models}
+    assert not models["v0002"].promotion.promoted and "not above" in models["v0002"].promotion.reason
+    assert models["v0002"].training.num_comparisons == 8
+    time.sleep(2.5)  # longer than the servers' pointer poll
     assert current_version(server) == "v0001"
+
+
+def test_beat_starts_a_round_once_enough_feedback_arrived(server, settings, start_worker, start_beat):
+    worker = start_worker(RLHF_GATE_MIN_REWARD_GAIN="-1e9", RLHF_MIN_NEW_FEEDBACK="6")
+    start_beat(RLHF_SCHEDULE_S="1", RLHF_MIN_NEW_FEEDBACK="6")
+    give_feedback(server, train_prompts()[:3])
+    time.sleep(8)  # several beat ticks with 3 < 6 new items: no round
+    assert [m.model_version for m in server.admin.ListModels(admin_pb2.ListModelsRequest()).models] == ["v0001"]
+    give_feedback(server, train_prompts()[3:6])
+    wait_for(lambda: worker.alive() and current_version(server) == "v0002", 240, 0.5, "a scheduled round")
 
 
 def test_killed_worker_leaves_no_version_and_loses_no_feedback(server, settings, start_worker):
