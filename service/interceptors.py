@@ -72,7 +72,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     def _record(self, labels, context, started, error) -> None:
         if isinstance(error, asyncio.CancelledError):
-            code = "CANCELLED"
+            remaining = context.time_remaining()
+            code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
         elif error is not None and not isinstance(error, grpc.aio.AbortError):
             code = _code_name(context.code()) if context.code() else "UNKNOWN"
         else:

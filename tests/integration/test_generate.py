@@ -10,7 +10,7 @@ import pytest
 
 from rlhf.v1 import policy_pb2, records_pb2
 from rlhf_serve.keys import Keys
-from tests.helpers import ServerThread, ServingStack, make_settings, publish_model
+from tests.helpers import ServerThread, ServingStack, make_settings, metric_value, publish_model
 
 PROMPT = "How do I make a cup of tea?"
 
@@ -196,6 +196,12 @@ def test_deadline_exceeded_then_still_serving(stack):
     resp = gen(stack, sampling=policy_pb2.SamplingParams(max_new_tokens=4), timeout=20)
     assert resp.candidates
     assert time.monotonic() - started < 10
+    counted = lambda: metric_value(stack.server.metrics_text(), "grpc_server_handled_total",
+                                   grpc_method="Generate", grpc_code="DEADLINE_EXCEEDED")
+    end = time.monotonic() + 10
+    while counted() < 1 and time.monotonic() < end:
+        time.sleep(0.1)
+    assert counted() >= 1  # operators see expired calls as DEADLINE_EXCEEDED, not CANCELLED
 
 
 def test_deadline_exceeded_stream(stack):
