@@ -59,7 +59,7 @@ def _left_pad(rows: list[Row], pad_id: int, device: torch.device):
 
 def _advance_text(lm: LoadedModel, row: Row) -> None:
     """Re-decodes the row's tokens; applies stop strings; emits text that is final."""
-    text = lm.tokenizer.decode(row.tokens, skip_special_tokens=True)
+    text = lm.tokenizer.decode(row.tokens, skip_special_tokens=True).lstrip()  # the format puts a space first
     cut = find_stop(text, row.spec.stop)
     if cut is not None:
         text, row.finish = text[:cut], STOP
