@@ -31,6 +31,8 @@ class Row:
     finish: str | None = None
     first_token_at: float | None = None
     token_times: list[float] = field(default_factory=list)
+    on_finished: Callable[["Row"], None] | None = None  # called once, from the decode thread
+    notified: bool = False
 
 
 @dataclass
@@ -90,22 +92,45 @@ def _step_row(lm: LoadedModel, row: Row, logits: torch.Tensor, generator, contex
     return token
 
 
+def _compact(past, keep: list[int], tensors: list[torch.Tensor]):
+    """Drops finished rows from the KV cache and the per-row tensors (batch dimension 0)."""
+    idx = torch.tensor(keep, device=tensors[0].device)
+    if hasattr(past, "batch_select_indices"):
+        past.batch_select_indices(idx)
+    return [t.index_select(0, idx) for t in tensors]
+
+
 @torch.inference_mode()
 def decode_batch(lm: LoadedModel, rows: list[Row]) -> None:
-    """Decodes every row to completion (EOS, length, stop string or cancellation)."""
+    """Decodes every row to completion (EOS, length, stop string or cancellation).
+
+    A row that finishes is reported at once (`on_finished`) and dropped from the batch, so its
+    caller does not wait for the longest row and the batch stops paying for it.
+    """
     device = lm.device
+    active = list(rows)
     generators = [make_generator(r.spec.seed, device) for r in rows]
-    ids, mask = _left_pad(rows, lm.pad_id, device)
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T0) positions, pads at 0
-    past = None
-    step_input, step_pos = ids, position_ids
-    context = ids.shape[1]
+    ids, mask = _left_pad(rows, lm.pad_id, device)  # (B, T0), (B, T0)
+    step_pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T0) positions, pads at 0
+    step_input, past, context = ids, None, ids.shape[1]
     while True:
-        for r in rows:
+        for r in active:
             if r.finish is None and r.is_cancelled():
                 r.finish = CANCELLED
-        if all(r.finish for r in rows):
+        keep = [i for i, r in enumerate(active) if r.finish is None]
+        for r in active:
+            if r.finish is not None and not r.notified:
+                r.notified = True
+                if r.on_finished is not None:
+                    r.on_finished(r)
+        if not keep:
             return
+        if len(keep) < len(active):
+            if not hasattr(past, "batch_select_indices") and past is not None:
+                keep = list(range(len(active)))  # a cache without row selection: keep the rows
+            else:
+                step_input, mask, step_pos = _compact(past, keep, [step_input, mask, step_pos])
+                active, generators = [active[i] for i in keep], [generators[i] for i in keep]
         out = lm.model(input_ids=step_input, attention_mask=mask, position_ids=step_pos,
                        use_cache=True, **{lm.cache_arg: past})
         past = getattr(out, lm.cache_arg)
@@ -113,8 +138,8 @@ def decode_batch(lm: LoadedModel, rows: list[Row]) -> None:
         context += 1
         next_ids = [
             lm.pad_id if r.finish else _step_row(lm, r, logits[i], generators[i], context)
-            for i, r in enumerate(rows)
+            for i, r in enumerate(active)
         ]
         step_input = torch.tensor(next_ids, device=device).unsqueeze(1)  # (B, 1)
-        mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
+        mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=device)], dim=1)
         step_pos = step_pos[:, -1:] + 1  # (B, 1)

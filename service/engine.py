@@ -87,7 +87,11 @@ class Engine:
         def on_delta(delta: str) -> None:
             if job.stream is not None:
                 loop.call_soon_threadsafe(job.stream.put_nowait, (index, delta))
-        return Row(prompt_ids=job.prompt_ids, spec=spec, on_delta=on_delta, is_cancelled=job.is_cancelled)
+        def on_finished(_row: Row) -> None:
+            if all(r.finish for r in job.rows):  # the job's last candidate: answer without waiting for the batch
+                loop.call_soon_threadsafe(self._finish, job)
+        return Row(prompt_ids=job.prompt_ids, spec=spec, on_delta=on_delta, is_cancelled=job.is_cancelled,
+                   on_finished=on_finished)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stops accepting work, lets queued and running jobs finish (up to `grace` seconds)."""
