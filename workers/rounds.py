@@ -30,6 +30,10 @@ from workers.lock import RoundLock
 log = logging.getLogger(__name__)
 
 
+class NothingToTrain(RuntimeError):
+    """The round has no feedback to train on (not worth retrying)."""
+
+
 class Context:
     """Connections and paths every stage needs, built from Settings."""
 
@@ -71,7 +75,7 @@ def snapshot(ctx: Context, state: dict) -> dict:
         snap = snapshots.take_snapshot(ctx.redis, ctx.keys, ctx.datasets)
         pairs, ratings, info = snapshots.load_training_set(ctx.datasets, ctx.settings.train_window)
     if not pairs and not ratings:
-        raise RuntimeError("no feedback to train on yet")
+        raise NothingToTrain("no feedback to train on yet")
     return {**state, "snapshot": {"path": snap.path, "count": snap.count}, "data": info}
 
 

@@ -18,8 +18,8 @@ from workers.celery_app import app, settings
 from workers.lock import LockLost
 
 log = logging.getLogger(__name__)
-RETRY = dict(autoretry_for=(Exception,), dont_autoretry_for=(LockLost,), retry_backoff=5, retry_backoff_max=120,
-             retry_jitter=True, max_retries=2)
+RETRY = dict(autoretry_for=(Exception,), dont_autoretry_for=(LockLost, rounds.NothingToTrain),
+             retry_backoff=5, retry_backoff_max=120, retry_jitter=True, max_retries=2)
 _ctx: rounds.Context | None = None
 
 

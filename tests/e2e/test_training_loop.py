@@ -10,6 +10,7 @@ import threading
 import time
 
 import grpc
+import redis
 import pytest
 
 from rlhf.v1 import admin_pb2, policy_pb2
@@ -135,3 +136,15 @@ def test_killed_worker_leaves_no_version_and_loses_no_feedback(server, settings,
 def _lock_held(settings) -> bool:
     import redis
     return bool(redis.Redis.from_url(settings.redis_url).exists(settings.key_prefix + "train:lock"))
+
+
+def test_failed_round_frees_the_lock_and_leaves_the_registry_untouched(server, settings, start_worker):
+    worker = start_worker()
+    rounds_key = settings.key_prefix + "train:rounds"
+    r = redis.Redis.from_url(settings.redis_url)
+    server.admin.TriggerRound(admin_pb2.TriggerRoundRequest(force=True))  # forced, but nothing to train on
+    record = wait_for(lambda: worker.alive() and r.lindex(rounds_key, 0), 120, 0.3, "the round to end")
+    assert json.loads(record)["failed"] is True
+    assert not _lock_held(settings)
+    assert sorted(p.name for p in (settings.registry / "versions").iterdir()) == ["v0001"]
+    assert current_version(server) == "v0001"
