@@ -11,12 +11,14 @@ GEN_STAMP := rlhf/v1/.generated
 .PHONY: run test install proto bootstrap redis clean bench-learning check-deploy
 
 $(VENV)/bin/python:
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { rm -rf $(VENV); echo "installing python3-venv with apt-get"; \
+	  apt-get install -y -q python3-venv >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q python3-venv >/dev/null; }; \
+	  $(PYTHON) -m venv $(VENV); }
 
 # torch first, pinned to the local CPU wheel; pyproject's range is satisfied so pip adds nothing.
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q torch==2.13.0 || $(PIP) install -q "torch>=2.4,<2.15"
 	$(PIP) install -q "grpcio-tools>=1.70"
 	$(MAKE) proto
 	$(PIP) install -q -e ".[dev,bench]"
