@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     """Rollouts per PPO step."""
     ppo_max_new_tokens: int = 48
     """Longest rollout response during PPO."""
+    ppo_temperature: float = 1.0
+    """Rollout (and log-prob) temperature of PPO. Keep it equal to the temperature clients sample
+    at (the server's default is 1.0): PPO optimises the policy at this temperature."""
     kl_coef: float = 0.15
     """Initial coefficient of the per-token KL penalty against the SFT reference."""
     adaptive_kl: bool = False

@@ -223,7 +223,8 @@ def ppo_config(ctx: Context, state: dict):
     s = ctx.settings
     return PPOConfig(steps=s.ppo_steps, seed=state["seed"], device=_device(ctx), init_kl_coef=s.kl_coef,
                      adaptive_kl=s.adaptive_kl, kl_target=s.kl_target, lr=s.ppo_lr,
-                     rollout_batch_size=s.ppo_batch_size, max_new_tokens=s.ppo_max_new_tokens)
+                     rollout_batch_size=s.ppo_batch_size, max_new_tokens=s.ppo_max_new_tokens,
+                     temperature=s.ppo_temperature)
 
 
 def _device(ctx: Context) -> str | None:
