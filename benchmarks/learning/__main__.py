@@ -7,7 +7,8 @@ starts a throw-away stack (fresh registry + Redis prefix, the built-in SFT model
 gRPC server and one `rlhf-serve worker`), lets simulated users give feedback through the public
 API, forces R training rounds, evaluates every served version against SFT on the held-out
 prompts, and writes result.json, the plots and REPORT.md into ``--out``. ``--all-annotators``
-runs empathetic, concise and clarifying in sequence (one sub-directory each).
+runs empathetic, concise and clarifying in sequence (one sub-directory each). Creating the file
+``<out>/STOP`` ends a run after its current round (the report covers the rounds done).
 """
 
 from __future__ import annotations
@@ -115,8 +116,11 @@ def run_one(args: argparse.Namespace, annotator: str, out_dir: Path, command: st
           f"training {training or 'worker defaults'}", flush=True)
     with Stack(stack_cfg, log=lambda s: print(s, flush=True)) as stack:
         cfg.target, cfg.sft_version = stack.target, stack.sft_version
+        stop_file = out_dir / "STOP"
+        stop_file.unlink(missing_ok=True)
         result = run(cfg, log=lambda s: print(s, flush=True), on_poll=stack.check_worker,
-                     deadline_s=None if args.keep_going else args.time_budget)
+                     deadline_s=None if args.keep_going else args.time_budget, interrupted=stop_file.exists)
+        stop_file.unlink(missing_ok=True)
         final = result["rounds"][-1]["version"]
         result["example"] = story_example(stack.target, annotator, stack.sft_version, final, cfg)
     result.update(command=command, training=training, total_wall_s=time.monotonic() - started,

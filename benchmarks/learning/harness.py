@@ -299,10 +299,10 @@ def _round_note(rec: dict[str, Any]) -> str:
 
 
 def run(cfg: LearningConfig, log: Callable[[str], None] = print, on_poll: Callable[[], None] | None = None,
-        deadline_s: float | None = None) -> dict[str, Any]:
+        deadline_s: float | None = None, interrupted: Callable[[], bool] = lambda: False) -> dict[str, Any]:
     """R rounds of: users give feedback, a round is forced, the served version is evaluated vs SFT.
     Round 0 is the evaluation before any training. ``on_poll`` runs while waiting for a round;
-    no new round starts once ``deadline_s`` seconds have passed."""
+    no new round starts once ``deadline_s`` seconds have passed or once ``interrupted()`` is true."""
     from training.text_format import heldout_prompts, train_prompts
     start = time.monotonic()
     rng = random.Random(cfg.seed)
@@ -323,6 +323,9 @@ def run(cfg: LearningConfig, log: Callable[[str], None] = print, on_poll: Callab
         for r in range(cfg.rounds + 1):
             if r > 0 and deadline_s is not None and time.monotonic() - start > deadline_s:
                 log(f"stopping after round {r - 1}: the {deadline_s:.0f}s budget is spent")
+                break
+            if r > 0 and interrupted():
+                log(f"stopping after round {r - 1}: interrupted")
                 break
             t0 = time.monotonic()
             rec: dict[str, Any] = {"round": r}

@@ -142,7 +142,9 @@ class StackConfig:
     model_dir: Path | None = None
     """SFT model to register as v0001; None: the built-in model (cached per seed)."""
     seed: int = 0
-    """Seed of the built-in SFT model and of training rounds (RLHF_SEED)."""
+    """Seed of training rounds (RLHF_SEED) and, unless ``sft_seed`` is set, of the built-in SFT model."""
+    sft_seed: int | None = None
+    """Seed of the built-in SFT model (None: ``seed``)."""
     device: str = "auto"
     """Torch device of server and worker."""
     registry: Path | None = None
@@ -190,7 +192,8 @@ class Stack:
         if cfg.model_dir is not None:
             model_dir, base = Path(cfg.model_dir), str(cfg.model_dir)
         else:
-            model_dir, base = builtin_sft_dir(cfg.seed, cfg.cache, self.log), "builtin-sft"
+            sft_seed = cfg.seed if cfg.sft_seed is None else cfg.sft_seed
+            model_dir, base = builtin_sft_dir(sft_seed, cfg.cache, self.log), f"builtin-sft (seed {sft_seed})"
         try:
             self.sft_version = register_sft(self.settings, model_dir, base)
             self.server = _ServerThread(self.settings)
