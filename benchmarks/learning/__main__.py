@@ -25,9 +25,13 @@ from typing import Any
 from benchmarks.learning import report
 from benchmarks.learning.annotators import ANNOTATORS, make_annotator
 from benchmarks.learning.harness import LearningConfig, run, sample_responses
-from benchmarks.learning.stack import TRAINING_KNOBS, Stack, StackConfig
+from benchmarks.learning.stack import TRAINING_KNOBS, Stack, StackConfig, effective_training
 
 STORY_PROMPT = "My order hasn't arrived. What should I do?"
+# Round size that met every target with the empathetic annotator (benchmarks/results/empathetic).
+TUNED = {"rounds": 15, "feedback_per_round": 384, "rating_share": 0.5, "ppo_steps": 16, "ppo_batch_size": 32,
+         "ppo_lr": 5e-5, "kl_coef": 0.15, "reward_lr": 3e-4, "reward_epochs": 2, "ppo_max_new_tokens": 64,
+         "kl_bound": 9.5}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,11 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="torch device of server and worker")
     p.add_argument("--redis-url", default=None)
     p.add_argument("--keep-going", action="store_true", help="run all rounds even after the budget is spent")
-    g = p.add_argument_group("round size (passed to the worker as RLHF_* settings; default: the worker's)")
+    g = p.add_argument_group("round size (passed to the worker as RLHF_* settings; defaults: TUNED, else the worker's)")
     g.add_argument("--ppo-steps", type=int)
     g.add_argument("--ppo-batch-size", type=int)
     g.add_argument("--ppo-max-new-tokens", type=int)
     g.add_argument("--ppo-lr", type=float)
+    g.add_argument("--ppo-temperature", type=float, help="rollout temperature of PPO")
     g.add_argument("--kl-coef", type=float)
     g.add_argument("--adaptive-kl", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--kl-target", type=float)
@@ -71,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gate-min-reward-gain", type=float)
     g.add_argument("--kl-bound", type=float)
     g.add_argument("--train-window", type=int)
+    p.set_defaults(**TUNED)
     return p
 
 
@@ -123,7 +129,8 @@ def run_one(args: argparse.Namespace, annotator: str, out_dir: Path, command: st
         stop_file.unlink(missing_ok=True)
         final = result["rounds"][-1]["version"]
         result["example"] = story_example(stack.target, annotator, stack.sft_version, final, cfg)
-    result.update(command=command, training=training, total_wall_s=time.monotonic() - started,
+    result.update(command=command, training=training, worker_settings=effective_training(training),
+                  total_wall_s=time.monotonic() - started,
                   model=str(args.model_dir) if args.model_dir else f"built-in SFT (seed {args.seed})")
     head = report.write(result, out_dir, args.time_budget)
     t = head["targets"]

@@ -319,13 +319,15 @@ def run(cfg: LearningConfig, log: Callable[[str], None] = print, on_poll: Callab
         policy = policy_pb2_grpc.PolicyServiceStub(channel)
         admin = admin_pb2_grpc.AdminServiceStub(channel)
         rounds: list[dict[str, Any]] = []
-        served_kl, sft_cache = 0.0, {}
+        served_kl, sft_cache, stopped = 0.0, {}, ""
         for r in range(cfg.rounds + 1):
             if r > 0 and deadline_s is not None and time.monotonic() - start > deadline_s:
-                log(f"stopping after round {r - 1}: the {deadline_s:.0f}s budget is spent")
+                stopped = f"stopped after round {r - 1} of {cfg.rounds}: the {deadline_s:.0f}s budget is spent"
+                log(stopped)
                 break
             if r > 0 and interrupted():
-                log(f"stopping after round {r - 1}: interrupted")
+                stopped = f"stopped after round {r - 1} of {cfg.rounds}: interrupted (stop file)"
+                log(stopped)
                 break
             t0 = time.monotonic()
             rec: dict[str, Any] = {"round": r}
@@ -353,4 +355,4 @@ def run(cfg: LearningConfig, log: Callable[[str], None] = print, on_poll: Callab
                 f"distinct-2 {rec['distinct_2']:.3f} vs {rec['sft_distinct_2']:.3f} len {rec['mean_length']:.1f} "
                 f"({rec['wall_s']:.0f}s, total {rec['elapsed_s']:.0f}s)" + _round_note(rec))
     return {"config": asdict(cfg), "annotator": annotator.name, "rounds": rounds,
-            "wall_s": time.monotonic() - start}
+            "wall_s": time.monotonic() - start, "notes": [stopped] if stopped else []}

@@ -219,6 +219,10 @@ def markdown(result: dict[str, Any], head: dict[str, Any]) -> str:
               "reward model, so proxy values of different rounds are on different scales).",
               "- Training settings passed to the worker: "
               + (", ".join(f"`{k}={v}`" for k, v in sorted(result.get("training", {}).items())) or "defaults") + "."]
+    lines += [f"- {note}" for note in result.get("notes", [])]
+    if result.get("worker_settings"):
+        lines.append("- Effective worker round settings (defaults included): "
+                     + ", ".join(f"`{k}={v}`" for k, v in result["worker_settings"].items()) + ".")
     return "\n".join(lines) + "\n"
 
 

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "benchmarks" / ".cache"
 
 # Round-size knobs the CLI exposes; each maps to an RLHF_* setting of the worker.
-TRAINING_KNOBS = ("ppo_steps", "ppo_batch_size", "ppo_max_new_tokens", "ppo_lr", "kl_coef", "adaptive_kl",
+TRAINING_KNOBS = ("ppo_steps", "ppo_batch_size", "ppo_max_new_tokens", "ppo_lr", "ppo_temperature", "kl_coef", "adaptive_kl",
                   "kl_target", "reward_epochs", "reward_lr", "eval_prompts", "gate_min_reward_gain", "kl_bound",
                   "train_window")
 
@@ -46,6 +46,15 @@ def worker_env(training: dict[str, Any]) -> dict[str, str]:
             continue
         out[f"RLHF_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     return out
+
+
+def effective_training(training: dict[str, Any]) -> dict[str, Any]:
+    """Every round-size setting the worker runs with: its defaults (and RLHF_* env) under ``training``."""
+    from rlhf_serve.settings import Settings
+    fields = Settings.model_fields
+    names = [n for n in (*TRAINING_KNOBS, "ppo_temperature", "seed") if n in fields]
+    base = Settings(**{k: v for k, v in training.items() if k in fields and v is not None})
+    return {n: getattr(base, n) for n in dict.fromkeys(names)}
 
 
 def builtin_sft_dir(seed: int = 0, cache: Path = CACHE, log: Callable[[str], Any] = print) -> Path:
