@@ -22,11 +22,10 @@ from pathlib import Path
 
 from benchmarks.learning.annotators import make_annotator
 from benchmarks.learning.harness import collect_feedback
-from benchmarks.learning.stack import builtin_sft_dir
-from registry import Registry
 from rlhf.v1 import policy_pb2
 from rlhf_serve.settings import Settings
-from tests.helpers import ServerThread, delete_prefix, metric_value, point_at, publish_model, unique_prefix
+from benchmarks.learning.stack import builtin_sft_dir, register_sft
+from benchmarks.local import LocalServer, delete_prefix, metric_value, unique_prefix
 from training.text_format import train_prompts
 from workers import rounds
 
@@ -45,7 +44,7 @@ def run_round(settings: Settings) -> tuple[dict, dict]:
     return state, seconds
 
 
-def wait_for_swap(server: ServerThread, version: str, timeout: float = 120) -> float:
+def wait_for_swap(server: LocalServer, version: str, timeout: float = 120) -> float:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if server.policy.GetModel(policy_pb2.GetModelRequest()).model_version == version:
@@ -63,8 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         s = Settings(redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), key_prefix=unique_prefix(),
                      registry=Path(tmp) / "registry", port=0, metrics_port=0, host="127.0.0.1", seed=args.seed)
-        point_at(s, publish_model(Registry(s.registry), builtin_sft_dir(0)))
-        server = ServerThread(s).start()
+        register_sft(s, builtin_sft_dir(0), "builtin-sft (seed 0)")
+        server = LocalServer(s).start()
         try:
             rng = random.Random(args.seed)
             prompts = [rng.choice(train_prompts()) for _ in range(args.feedback)]

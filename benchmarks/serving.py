@@ -19,19 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rlhf.v1 import policy_pb2
-from tests.helpers import ServerThread, delete_prefix, point_at, publish_model, unique_prefix
-from registry import Registry
+from benchmarks.learning.stack import builtin_sft_dir, register_sft
+from benchmarks.local import LocalServer, delete_prefix, unique_prefix
 from rlhf_serve.settings import Settings
 
 PROMPT = "My order hasn't arrived. What should I do?"
-CACHE = Path(__file__).resolve().parent / ".cache" / "sft-seed0"
-
-
-def default_model_dir() -> Path:
-    if not (CACHE / "config.json").is_file():
-        from training.sft import SFTConfig, build_default_model
-        build_default_model(CACHE, SFTConfig(seed=0))
-    return CACHE
 
 
 def request(i: int, max_new: int) -> policy_pb2.GenerateRequest:
@@ -50,8 +42,8 @@ def measure(model_dir: Path, max_batch: int, concurrency: int, repeats: int, max
         s = Settings(redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), key_prefix=unique_prefix(),
                      registry=Path(tmp) / "registry", port=0, metrics_port=-1, host="127.0.0.1", device="auto",
                      max_batch_size=max_batch, batch_wait_ms=5.0)
-        point_at(s, publish_model(Registry(s.registry), model_dir))
-        server = ServerThread(s).start()
+        register_sft(s, model_dir, str(model_dir))
+        server = LocalServer(s).start()
         try:
             timed(server.policy, request(0, max_new))  # warm-up
             single = [timed(server.policy, request(i, max_new))[0] for i in range(repeats)]
@@ -86,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving"))
     args = parser.parse_args(argv)
-    model_dir = args.model_dir or default_model_dir()
+    model_dir = args.model_dir or builtin_sft_dir(0)
     batched = measure(model_dir, 16, args.concurrency, args.repeats, args.max_new_tokens)
     baseline = measure(model_dir, 1, args.concurrency, args.repeats, args.max_new_tokens)
     result = {"model_dir": str(model_dir), "cpu_count": os.cpu_count(), "batched": batched,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 
 import grpc
 import redis.asyncio as aioredis
@@ -107,3 +108,56 @@ async def serve_forever(settings: Settings) -> None:
     await stop.wait()
     log.info("signal received: draining")
     await server.stop()
+
+
+class BackgroundServer:
+    """A `Server` on its own thread and event loop, for embedding (tests, benchmarks, notebooks).
+
+        srv = BackgroundServer(settings).start()   # blocks until it serves; srv.port is bound
+        ...
+        srv.stop()                                 # graceful, like SIGTERM
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.server = Server(settings)
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="rlhf-server", daemon=True)
+
+    @property
+    def port(self) -> int | None:
+        return self.server.port
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.server.start())
+        except BaseException as exc:  # re-raised by start()
+            self._error = exc
+            self._started.set()
+            return
+        self._started.set()
+        self.loop.run_forever()
+
+    def start(self, timeout: float = 180.0) -> "BackgroundServer":
+        self.thread.start()
+        if not self._started.wait(timeout):
+            raise RuntimeError("the server did not start in time")
+        if self._error:
+            raise self._error
+        return self
+
+    def call(self, coro, timeout: float = 60):
+        """Runs a coroutine on the server's loop and returns its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self, grace: float = 10.0) -> None:
+        if not self.thread.is_alive():
+            return
+        try:
+            self.call(self.server.stop(grace), timeout=grace + 30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(30)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import uuid
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from registry.pointer import set_current
 from rlhf.v1 import admin_pb2_grpc, policy_pb2_grpc, records_pb2
 from rlhf_serve.keys import Keys
 from rlhf_serve.settings import Settings
-from service.app import Server
+from service.app import BackgroundServer
 
 
 def unique_prefix() -> str:
@@ -44,47 +42,20 @@ def point_at(settings: Settings, version: str) -> None:
     set_current(r, Keys(settings.key_prefix), Registry(settings.registry), version, "test")
 
 
-class ServerThread:
-    """Starts `service.app.Server` on 127.0.0.1 with free ports; stop() shuts it down gracefully."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.loop = asyncio.new_event_loop()
-        self.server = Server(settings)
-        self._started = threading.Event()
-        self._error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self.server.start())
-        except BaseException as exc:  # surfaced by start()
-            self._error = exc
-            self._started.set()
-            return
-        self._started.set()
-        self.loop.run_forever()
+class ServerThread(BackgroundServer):
+    """A server on 127.0.0.1 with free ports, plus sync stubs on a channel to it."""
 
     def start(self) -> "ServerThread":
-        self.thread.start()
-        self._started.wait(120)
-        if self._error:
-            raise self._error
+        super().start(120)
         self.target = f"127.0.0.1:{self.server.port}"
         self.channel = grpc.insecure_channel(self.target)
         self.policy = policy_pb2_grpc.PolicyServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         return self
 
-    def call(self, coro, timeout: float = 60):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
     def stop(self, grace: float = 10.0) -> None:
         self.channel.close()
-        self.call(self.server.stop(grace), timeout=grace + 30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
+        super().stop(grace)
 
     def metrics_text(self) -> str:
         import urllib.request

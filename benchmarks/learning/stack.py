@@ -15,14 +15,12 @@ The harness talks to the server only through its public gRPC API (``Stack.target
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -101,47 +99,6 @@ def register_sft(settings, model_dir: Path, base_model: str) -> str:
     return version
 
 
-class _ServerThread:
-    """`service.app.Server` on a background thread with its own asyncio loop."""
-
-    def __init__(self, settings):
-        from service.app import Server
-        self.loop = asyncio.new_event_loop()
-        self.server = Server(settings)
-        self._started = threading.Event()
-        self._error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="bench-server", daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self.server.start())
-        except BaseException as exc:  # re-raised by start()
-            self._error = exc
-            self._started.set()
-            return
-        self._started.set()
-        self.loop.run_forever()
-
-    def start(self, timeout: float = 180.0) -> int:
-        self.thread.start()
-        if not self._started.wait(timeout):
-            raise RuntimeError("the server did not start in time")
-        if self._error:
-            raise self._error
-        return int(self.server.port)
-
-    def stop(self, grace: float = 5.0) -> None:
-        if not self.thread.is_alive():
-            return
-        fut = asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop)
-        try:
-            fut.result(grace + 30)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(30)
-
-
 @dataclass
 class StackConfig:
     """What a benchmark stack runs on."""
@@ -174,7 +131,7 @@ class Stack:
         self.cfg, self.log = cfg, log
         self.key_prefix = f"bench-{uuid.uuid4().hex[:10]}:"
         self._tmp: Path | None = None
-        self.server: _ServerThread | None = None
+        self.server: BackgroundServer | None = None
         self.worker: subprocess.Popen | None = None
         self.worker_log: Path | None = None
         self.target = ""
@@ -205,8 +162,9 @@ class Stack:
             model_dir, base = builtin_sft_dir(sft_seed, cfg.cache, self.log), f"builtin-sft (seed {sft_seed})"
         try:
             self.sft_version = register_sft(self.settings, model_dir, base)
-            self.server = _ServerThread(self.settings)
-            self.target = f"127.0.0.1:{self.server.start()}"
+            from service.app import BackgroundServer
+            self.server = BackgroundServer(self.settings).start()
+            self.target = f"127.0.0.1:{self.server.port}"
             self._start_worker(log_dir)
         except BaseException:
             self.stop()
