@@ -130,7 +130,7 @@ class Registry:
     def _commit(self, staging: Path, out: records_pb2.ModelManifest) -> records_pb2.ModelManifest:
         body = staging / "model"
         for _ in range(1000):
-            existing = self.list_versions_raw()
+            existing = self._taken_names()
             number = 1 + max((int(n[1:]) for n in existing), default=0)
             out.version = version_name(number)
             if not out.reference_version:
@@ -144,8 +144,8 @@ class Registry:
                 continue  # another publisher took this number: try the next
         raise RuntimeError("could not allocate a version number")
 
-    def list_versions_raw(self) -> list[str]:
-        """Every name under versions/ (complete or not), to allocate the next number."""
+    def _taken_names(self) -> list[str]:
+        """Every vNNNN name under versions/ (complete or not), to allocate the next number."""
         if not self.versions_dir.is_dir():
             return []
         return [p.name for p in self.versions_dir.iterdir() if p.name.startswith("v") and p.name[1:].isdigit()]

@@ -60,9 +60,9 @@ class Keys:
         return "trainers"
 
     @property
-    def training_sets(self) -> str:
-        """HASH: snapshot id -> JSON (path of the saved training set, stream id range)."""
-        return f"{self.prefix}train:snapshots"
+    def round_counter(self) -> str:
+        """STRING (integer): the number of the last round started; seeds each round."""
+        return f"{self.prefix}train:round_counter"
 
     @property
     def rounds(self) -> str:

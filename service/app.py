@@ -93,9 +93,6 @@ class Server:
         self.metrics.close()
         log.info("server stopped")
 
-    async def wait(self) -> None:
-        await self.server.wait_for_termination()
-
 
 async def serve_forever(settings: Settings) -> None:
     """Runs a server until SIGTERM or SIGINT, then shuts it down gracefully."""

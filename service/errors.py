@@ -31,7 +31,3 @@ class Unavailable(ApiError):
 
 class FailedPrecondition(ApiError):
     code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-class DeadlineExceeded(ApiError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED

@@ -14,7 +14,6 @@ from rlhf_serve.feedback_log import APPEND_SCRIPT
 from rlhf_serve.keys import Keys
 
 
-
 class FeedbackStore:
     def __init__(self, client: aioredis.Redis, keys: Keys, generation_ttl_s: int, idempotency_ttl_s: int,
                  recent_prompts: int):

@@ -65,7 +65,7 @@ def begin(ctx: Context, round_id: str) -> dict | None:
         ctx.lock.release(round_id)
         raise RuntimeError("no current model version; run `rlhf-serve bootstrap` first")
     reference = ctx.registry.manifest(parent).reference_version or parent
-    number = int(ctx.redis.incr(ctx.keys.rounds + ":counter"))
+    number = int(ctx.redis.incr(ctx.keys.round_counter))
     return {"round_id": round_id, "round_number": number, "parent": parent, "reference": reference,
             "started_at": time.time(), "seed": ctx.settings.seed + number}
 
