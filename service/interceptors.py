@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import time
 
@@ -81,38 +82,35 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self.metrics.grpc_handled.labels(*labels, code).inc()
         self.metrics.grpc_seconds.labels(*labels, code).observe(time.perf_counter() - started)
 
+    @contextlib.asynccontextmanager
+    async def _observed(self, labels: tuple[str, str, str], context):
+        """Counts the RPC, checks its token, and records its status code and duration."""
+        started = time.perf_counter()
+        self.metrics.grpc_started.labels(*labels).inc()
+        error = None
+        try:
+            await self.auth.check(labels[0], context)
+            yield
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._record(labels, context, started, error)
+
     def _unary(self, behavior, service, method):
         labels = (service, method, "unary")
 
         async def wrapped(request, context):
-            started = time.perf_counter()
-            self.metrics.grpc_started.labels(*labels).inc()
-            error = None
-            try:
-                await self.auth.check(service, context)
+            async with self._observed(labels, context):
                 return await behavior(request, context)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                self._record(labels, context, started, error)
         return wrapped
 
     def _stream(self, behavior, service, method):
         labels = (service, method, "server_stream")
 
         async def wrapped(request, context):
-            started = time.perf_counter()
-            self.metrics.grpc_started.labels(*labels).inc()
-            error = None
-            try:
-                await self.auth.check(service, context)
+            async with self._observed(labels, context):
                 async for message in behavior(request, context):
                     self.metrics.grpc_msg_sent.labels(*labels).inc()
                     yield message
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                self._record(labels, context, started, error)
         return wrapped
