@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from rlhf.v1 import policy_pb2, records_pb2
 from registry import ChecksumError, Registry
+from registry.info import model_info
 from service import validation
 from service.decoder import LoadedModel, Row
 from service.engine import Engine, EngineStopped, Job, QueueFull
@@ -68,6 +69,16 @@ class PolicyCore:
             return await asyncio.get_running_loop().run_in_executor(None, self.pool.load, version)
         except ChecksumError as exc:
             raise FailedPrecondition(f"model_version {version!r} cannot be served: {exc}") from exc
+
+    def model_info(self, version: str) -> policy_pb2.ModelInfo:
+        """The served version's (or a named one's) registry entry; reads files, so off the loop."""
+        current = self.pool.current.version if self.pool.current else None
+        version = version or current
+        if not version:
+            raise Unavailable("no model is loaded yet")
+        if not self.registry.exists(version):
+            raise NotFound(f"model_version {version!r} is not registered")
+        return model_info(self.registry.manifest(version), current)
 
     async def start_generation(self, req: policy_pb2.GenerateRequest, time_remaining: float | None,
                                stream: bool) -> Pending:

@@ -7,9 +7,8 @@ import functools
 
 import grpc
 
-from registry.info import model_info
 from rlhf.v1 import policy_pb2, policy_pb2_grpc
-from service.errors import ApiError, NotFound, Unavailable
+from service.errors import ApiError
 from service.policy import FINISH, PolicyCore
 
 
@@ -85,10 +84,4 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
 
     @translate_errors
     async def GetModel(self, request, context):
-        current = self.core.pool.current.version if self.core.pool.current else None
-        version = request.model_version or current
-        if not version:
-            raise Unavailable("no model is loaded yet")
-        if not self.core.registry.exists(version):
-            raise NotFound(f"model_version {version!r} is not registered")
-        return model_info(self.core.registry.manifest(version), current)
+        return await asyncio.get_running_loop().run_in_executor(None, self.core.model_info, request.model_version)
