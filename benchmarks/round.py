@@ -25,7 +25,7 @@ from benchmarks.learning.harness import collect_feedback
 from rlhf.v1 import policy_pb2
 from rlhf_serve.settings import Settings
 from benchmarks.learning.stack import builtin_sft_dir, register_sft
-from benchmarks.local import LocalServer, delete_prefix, metric_value, unique_prefix
+from rlhf_serve.local import LocalServer, delete_prefix, metric_value, unique_prefix
 from training.text_format import train_prompts
 from workers import rounds
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/round"))
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        s = Settings(redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), key_prefix=unique_prefix(),
+        s = Settings(redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), key_prefix=unique_prefix("bench"),
                      registry=Path(tmp) / "registry", port=0, metrics_port=0, host="127.0.0.1", seed=args.seed)
         register_sft(s, builtin_sft_dir(0), "builtin-sft (seed 0)")
         server = LocalServer(s).start()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rlhf.v1 import policy_pb2
 from benchmarks.learning.stack import builtin_sft_dir, register_sft
-from benchmarks.local import LocalServer, delete_prefix, unique_prefix
+from rlhf_serve.local import LocalServer, delete_prefix, unique_prefix
 from rlhf_serve.settings import Settings
 
 PROMPT = "My order hasn't arrived. What should I do?"
@@ -39,7 +39,7 @@ def timed(stub, req) -> tuple[float, int]:
 
 def measure(model_dir: Path, max_batch: int, concurrency: int, repeats: int, max_new: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        s = Settings(redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), key_prefix=unique_prefix(),
+        s = Settings(redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), key_prefix=unique_prefix("bench"),
                      registry=Path(tmp) / "registry", port=0, metrics_port=-1, host="127.0.0.1", device="auto",
                      max_batch_size=max_batch, batch_wait_ms=5.0)
         register_sft(s, model_dir, str(model_dir))

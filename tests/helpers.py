@@ -1,30 +1,22 @@
-"""Test helpers: a real server on a loopback port, running in its own thread and event loop."""
+"""Test helpers: registries holding the tiny model, pointers, and servers on loopback ports."""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
-import grpc
 import redis
 
 from registry import Registry
 from registry.pointer import set_current
-from rlhf.v1 import admin_pb2_grpc, policy_pb2_grpc, records_pb2
+from rlhf.v1 import records_pb2
 from rlhf_serve.keys import Keys
 from rlhf_serve.settings import Settings
-from service.app import BackgroundServer
+from rlhf_serve.local import LocalServer, delete_prefix, metric_samples, metric_value  # noqa: F401
+from rlhf_serve.local import unique_prefix as _unique_prefix
 
 
 def unique_prefix() -> str:
-    return f"test-{uuid.uuid4().hex[:10]}:"
-
-
-def delete_prefix(url: str, prefix: str) -> None:
-    r = redis.Redis.from_url(url)
-    keys = list(r.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        r.delete(*keys)
+    return _unique_prefix("test")
 
 
 def publish_model(registry: Registry, model_dir: Path, parent: str = "", promoted: bool = True,
@@ -42,25 +34,7 @@ def point_at(settings: Settings, version: str) -> None:
     set_current(r, Keys(settings.key_prefix), Registry(settings.registry), version, "test")
 
 
-class ServerThread(BackgroundServer):
-    """A server on 127.0.0.1 with free ports, plus sync stubs on a channel to it."""
-
-    def start(self) -> "ServerThread":
-        super().start(120)
-        self.target = f"127.0.0.1:{self.server.port}"
-        self.channel = grpc.insecure_channel(self.target)
-        self.policy = policy_pb2_grpc.PolicyServiceStub(self.channel)
-        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
-        return self
-
-    def stop(self, grace: float = 10.0) -> None:
-        self.channel.close()
-        super().stop(grace)
-
-    def metrics_text(self) -> str:
-        import urllib.request
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.server.metrics_port}/metrics", timeout=10) as resp:
-            return resp.read().decode()
+ServerThread = LocalServer  # a real server on a loopback port with sync stubs
 
 
 # --- added for the integration suite: module-scoped servers -----------------------------------
@@ -94,13 +68,3 @@ class ServingStack:
             self.redis.close()
 
 
-def metric_samples(text: str) -> list:
-    """Every sample of a /metrics page, as prometheus_client Sample tuples."""
-    from prometheus_client.parser import text_string_to_metric_families
-    return [s for fam in text_string_to_metric_families(text) for s in fam.samples]
-
-
-def metric_value(text: str, name: str, **labels) -> float:
-    """Sum of the samples named `name` whose labels include `labels` (0.0 when none)."""
-    return sum(s.value for s in metric_samples(text)
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))

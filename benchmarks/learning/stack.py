@@ -229,12 +229,9 @@ class Stack:
 
     def _delete_prefix(self) -> None:
         import redis
+        from rlhf_serve.local import delete_prefix
         try:
-            r = redis.Redis.from_url(self.cfg.redis_url)
-            keys = list(r.scan_iter(match=f"{self.key_prefix}*", count=1000))
-            if keys:
-                r.delete(*keys)
-            r.close()
+            delete_prefix(self.cfg.redis_url, self.key_prefix)
         except redis.exceptions.RedisError as exc:
             self.log(f"could not delete redis prefix {self.key_prefix}: {exc}")
 

@@ -1,0 +1,80 @@
+"""A server in this process with sync client stubs: for tests, benchmarks and notebooks.
+
+    with LocalServer(settings).start() as srv:     # a real server on free ports
+        srv.policy.Generate(...)
+        metric_value(srv.metrics_text(), "rlhf_batch_size_count")
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+import uuid
+
+import grpc
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from rlhf.v1 import admin_pb2_grpc, policy_pb2_grpc
+from service.app import BackgroundServer
+
+
+def metric_samples(text: str) -> list:
+    """Every sample of a /metrics page, as prometheus_client Sample tuples."""
+    return [s for fam in text_string_to_metric_families(text) for s in fam.samples]
+
+
+def metric_value(text: str, name: str, **labels) -> float:
+    """Sum of the samples named `name` whose labels include `labels` (0.0 when none)."""
+    return sum(s.value for s in metric_samples(text)
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def unique_prefix(kind: str = "local") -> str:
+    """A Redis key prefix of its own, so runs sharing one Redis never meet."""
+    return f"{kind}-{uuid.uuid4().hex[:10]}:"
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    r = redis.Redis.from_url(url)
+    keys = list(r.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        r.delete(*keys)
+
+
+class LocalServer(BackgroundServer):
+    """A BackgroundServer plus a channel and stubs on it (`policy`, `admin`)."""
+
+    def start(self, timeout: float = 180.0) -> "LocalServer":
+        super().start(timeout)
+        self.target = f"127.0.0.1:{self.port}"
+        self.channel = grpc.insecure_channel(self.target)
+        self.policy = policy_pb2_grpc.PolicyServiceStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+        return self
+
+    def stop(self, grace: float = 10.0) -> None:
+        self.channel.close()
+        super().stop(grace)
+
+    def __enter__(self) -> "LocalServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def metrics_text(self, settle_s: float = 5.0) -> str:
+        """The /metrics page, once every RPC started has been recorded as handled.
+
+        A call's status reaches the client just before the server records it; waiting for
+        started == handled (up to `settle_s`) makes a scrape after a call include that call.
+        """
+        url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
+        end = time.monotonic() + settle_s
+        while True:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                text = resp.read().decode()
+            settled = metric_value(text, "grpc_server_started_total") == metric_value(text, "grpc_server_handled_total")
+            if settled or time.monotonic() > end:
+                return text
+            time.sleep(0.02)
