@@ -132,7 +132,8 @@ def cmd_train(args, settings: Settings) -> int:
     task_id = _admin(settings).trigger_round(force=args.force)
     print(f"queued training round: task {task_id}")
     if args.wait:
-        from workers.celery_app import app
+        from rlhf_serve.tasks import make_sender
+        app = make_sender(settings)  # the flags' Redis and key prefix, not the environment's
         started = app.AsyncResult(task_id).get(timeout=3600)
         if not started.get("started"):
             print(f"round not started: {started.get('why')}")

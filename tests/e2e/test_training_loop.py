@@ -91,7 +91,8 @@ def test_round_failing_the_gate_keeps_the_current_version(server, settings, star
     result = subprocess.run(  # the operator's way: `rlhf-serve train --now --force --wait`
         [sys.executable, "-m", "rlhf_serve.cli", "train", "--now", "--force", "--wait",
          "--redis-url", settings.redis_url, "--registry", str(settings.registry), "--key-prefix", settings.key_prefix],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ, RLHF_KEY_PREFIX=settings.key_prefix))
+        capture_output=True, text=True, timeout=300,  # the flags alone say where: no RLHF_* in the environment
+        env={k: v for k, v in os.environ.items() if not k.startswith("RLHF_") and k != "REDIS_URL"})
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout[result.stdout.index("{"):])
     assert summary["version"] == "v0002" and summary["promoted"] is False
