@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from training.config import RewardConfig
 from training.ppo import last_token_index
 from training.records import PreferencePair
-from training.rollout import encode_prompt, encode_response, left_pad, pad_id_of, position_ids
+from training.sequences import encode_prompt, encode_response, left_pad, pad_id_of, position_ids
 
 HEAD_FILE = "reward_head.safetensors"
 CONFIG_FILE = "reward_config.json"
