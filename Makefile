@@ -43,7 +43,7 @@ bootstrap: install
 
 run: install
 	bash scripts/ensure_redis.sh
-	$(VENV)/bin/rlhf-serve up
+	$(VENV)/bin/rlhf-serve up --insecure-admin   # dev: AdminService without a token
 
 test: install
 	bash scripts/ensure_redis.sh
