@@ -21,7 +21,7 @@ from rlhf_serve.tasks import DEFAULT_QUEUE, GPU_QUEUE, ROUND_TASK, celery_connec
 
 quiet_transformers()
 settings = load_settings()
-app = Celery("rlhf", include=["workers.tasks"])
+app = Celery("rlhf", include=["workers.tasks", "workers.maintenance"])
 app.conf.update(celery_connection_conf(settings))
 app.conf.update(
     task_queues=[Queue(DEFAULT_QUEUE), Queue(GPU_QUEUE)],
@@ -41,6 +41,10 @@ app.conf.update(
     beat_schedule={
         "training-round": {"task": ROUND_TASK, "schedule": settings.schedule_s,
                            "kwargs": {"force": False, "reason": "schedule"}},
+        # workers/maintenance.py: beat's liveness for alerting, registry retention
+        "beat-heartbeat": {"task": "rlhf.beat_heartbeat", "schedule": 60.0},
+        **({"registry-retention": {"task": "rlhf.prune_registry", "schedule": settings.retention_schedule_s}}
+           if settings.retention_schedule_s > 0 else {}),
     },
     timezone="UTC",
     # beat's state file (last run times); not in the working directory
