@@ -158,8 +158,22 @@ def check_rules_and_dashboard() -> None:
     print(f"  ok  dashboard: {len(exprs)} queries over {len(names)} metrics")
 
 
+def check_dockerfile() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    for pattern in (r"^USER 10001", r"^EXPOSE 50051 9090", r'^ENTRYPOINT \["rlhf-serve"\]', r'^CMD \["serve"\]',
+                    r"grpc_tools\.protoc", r"-c constraints\.txt \.", r"^ARG VARIANT=cpu", r"^FROM torch-\$\{VARIANT\}",
+                    r"^ARG PYTHON_IMAGE=python:\d+\.\d+\.\d+-"):
+        if not re.search(pattern, text, re.M):
+            fail(f"Dockerfile: no line matching {pattern}")
+    if "rlhf" not in (ROOT / ".dockerignore").read_text().split():
+        fail(".dockerignore: must exclude the generated rlhf/")
+    if re.search(r"^torch[=<>]", (ROOT / "constraints.txt").read_text(), re.M):
+        fail("constraints.txt: torch is pinned by the Dockerfile's TORCH_VERSION (CPU and CUDA builds differ)")
+
+
 def main(built: pathlib.Path | None) -> int:
     parse_all()
+    check_dockerfile()
     check_rules_and_dashboard()
     if built and (built / "root.yaml").is_file():
         for name, gpu in (("root", False), ("cpu", False), ("gpu", True), ("all-components", True)):
