@@ -41,8 +41,8 @@ app.conf.update(
     beat_schedule={
         "training-round": {"task": ROUND_TASK, "schedule": settings.schedule_s,
                            "kwargs": {"force": False, "reason": "schedule"}},
-        # workers/maintenance.py: beat's liveness for alerting, registry retention
-        "beat-heartbeat": {"task": "rlhf.beat_heartbeat", "schedule": 60.0},
+        # workers/maintenance.py: a tick that keeps beat's liveness gauge fresh, registry retention
+        "beat-heartbeat": {"task": "rlhf.beat_heartbeat", "schedule": 60.0, "options": {"expires": 60}},
         **({"registry-retention": {"task": "rlhf.prune_registry", "schedule": settings.retention_schedule_s}}
            if settings.retention_schedule_s > 0 else {}),
     },
@@ -58,3 +58,11 @@ def _start_metrics(**_):
     port = metrics.serve(settings.worker_metrics_port)
     if port:
         logging.getLogger(__name__).info("worker metrics on http://0.0.0.0:%s/metrics", port)
+
+
+@signals.beat_init.connect
+def _start_beat_metrics(**_):
+    from workers import maintenance
+    port = maintenance.serve_beat_metrics(settings.worker_metrics_port)
+    if port:
+        logging.getLogger(__name__).info("beat metrics on http://0.0.0.0:%s/metrics", port)

@@ -1,8 +1,9 @@
-"""Scheduled housekeeping tasks (beat): registry retention and beat's liveness heartbeat.
+"""Scheduled housekeeping (beat): registry retention, and beat's own liveness metric.
 
-Beat exports no metrics itself; `rlhf.beat_heartbeat` runs every minute on a `default` worker
-and sets `rlhf_beat_heartbeat_timestamp_seconds` there, so an alert can see that beat (and the
-path beat -> Redis -> worker) is alive.
+Beat is a separate process with no metrics of its own. `serve_beat_metrics` (called from the
+`beat_init` signal) serves `rlhf_beat_last_publish_timestamp_seconds`, set each time beat
+publishes a scheduled task; the one-minute `rlhf.beat_heartbeat` tick keeps it fresh, so an
+alert can tell that beat runs and reaches the broker, independently of the workers.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import logging
 import time
 
-from prometheus_client import Gauge
+from celery import signals
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from registry.retention import prune
 from workers import metrics
@@ -19,15 +21,29 @@ from workers.celery_app import app, settings
 log = logging.getLogger(__name__)
 PRUNE_TASK = "rlhf.prune_registry"
 HEARTBEAT_TASK = "rlhf.beat_heartbeat"
-BEAT_HEARTBEAT = Gauge("rlhf_beat_heartbeat_timestamp_seconds",
-                       "Unix time at which a worker last ran beat's heartbeat task.", registry=metrics.REGISTRY)
+BEAT_REGISTRY = CollectorRegistry()
+BEAT_LAST_PUBLISH = Gauge("rlhf_beat_last_publish_timestamp_seconds",
+                          "Unix time at which beat last published a scheduled task.", registry=BEAT_REGISTRY)
 VERSIONS_DELETED = Gauge("rlhf_registry_versions_deleted", "Versions deleted by the last registry prune.",
                          registry=metrics.REGISTRY)
 
 
-@app.task(name=HEARTBEAT_TASK, ignore_result=True, expires=120)
+def _published(**_) -> None:
+    BEAT_LAST_PUBLISH.set_to_current_time()
+
+
+def serve_beat_metrics(port: int) -> int | None:
+    """In the beat process: count publishes and serve them on `port` (-1: off)."""
+    signals.after_task_publish.connect(_published, weak=False)
+    if port < 0:
+        return None
+    server, _ = start_http_server(port, registry=BEAT_REGISTRY)
+    return server.server_port
+
+
+@app.task(name=HEARTBEAT_TASK, ignore_result=True)
 def beat_heartbeat() -> None:
-    BEAT_HEARTBEAT.set_to_current_time()
+    """Nothing to do: publishing it is beat's heartbeat."""
 
 
 @app.task(name=PRUNE_TASK)
