@@ -61,11 +61,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/tmp/hf \
+    XDG_CACHE_HOME=/tmp/cache \
     RLHF_HOST=0.0.0.0 \
     RLHF_PORT=50051 \
     RLHF_METRICS_PORT=9090 \
     RLHF_REGISTRY=/var/lib/rlhf/registry
-# Non-root user with a fixed uid/gid so a PVC's fsGroup can match it.
+# Caches (Hugging Face, torch, XDG) under /tmp: the pods' root filesystem is read-only and /tmp
+# an emptyDir. Non-root user with a fixed uid/gid so a PVC's fsGroup can match it.
 RUN groupadd --system --gid 10001 rlhf \
  && useradd --system --uid 10001 --gid rlhf --home-dir /home/rlhf --create-home --shell /usr/sbin/nologin rlhf \
  && mkdir -p /var/lib/rlhf/registry \
