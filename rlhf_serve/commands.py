@@ -13,14 +13,21 @@ from rlhf_serve.keys import Keys
 from rlhf_serve.settings import Settings
 
 
-def cmd_serve(args, settings: Settings) -> int:
-    import asyncio
-    from service.app import serve_forever
+def _insecure(settings: Settings) -> bool:
+    """Says why and returns True when the settings would serve an open AdminService."""
     from service.tls import InsecureConfig, check_admin
     try:
         check_admin(settings)
     except InsecureConfig as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return True
+    return False
+
+
+def cmd_serve(args, settings: Settings) -> int:
+    import asyncio
+    from service.app import serve_forever
+    if _insecure(settings):
         return 2
     asyncio.run(serve_forever(settings))
     return 0
@@ -35,11 +42,7 @@ def cmd_bootstrap(args, settings: Settings) -> int:
 def cmd_up(args, settings: Settings) -> int:
     """The whole stack in one terminal: bootstrap, a worker, beat, and the server."""
     from rlhf_serve.default_model import bootstrap
-    from service.tls import InsecureConfig, check_admin
-    try:
-        check_admin(settings)
-    except InsecureConfig as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if _insecure(settings):
         return 2
     bootstrap(settings)
     env = dict(os.environ, RLHF_REDIS_URL=settings.redis_url, RLHF_REGISTRY=str(settings.registry),

@@ -20,6 +20,7 @@ from rlhf.v1 import admin_pb2, admin_pb2_grpc, policy_pb2, policy_pb2_grpc
 from rlhf_serve import quiet_transformers
 from rlhf_serve.keys import Keys
 from rlhf_serve.settings import Settings
+from service import tls
 from service.admin import AdminCore, AdminServicer
 from service.engine import Engine
 from service.feedback import FeedbackStore
@@ -29,7 +30,6 @@ from service.model_pool import ModelPool, resolve_device
 from service.model_watcher import ModelWatcher
 from service.policy import PolicyCore
 from service.servicer import PolicyServicer
-from service import tls
 
 log = logging.getLogger("rlhf_serve.server")
 SERVICES = ("rlhf.v1.PolicyService", "rlhf.v1.AdminService")
