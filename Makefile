@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/rlhf/v1/*.proto)
 GEN_STAMP := rlhf/v1/.generated
 
-.PHONY: run test install proto bootstrap redis clean bench-learning check-deploy
+.PHONY: run test install proto bootstrap redis clean bench-learning check-deploy constraints
 
 $(VENV)/bin/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { rm -rf $(VENV); echo "installing python3-venv with apt-get"; \
@@ -43,7 +43,7 @@ bootstrap: install
 
 run: install
 	bash scripts/ensure_redis.sh
-	$(VENV)/bin/rlhf-serve up
+	$(VENV)/bin/rlhf-serve up --insecure-admin   # dev: AdminService without a token
 
 test: install
 	bash scripts/ensure_redis.sh
@@ -53,8 +53,14 @@ bench-learning: install
 	bash scripts/ensure_redis.sh
 	$(PY) -m benchmarks.learning --annotator empathetic --noise 0.1
 
-check-deploy: install
-	bash scripts/check_deploy.sh
+# kustomize build, kubernetes-validate, promtool, hadolint (tools fetched into .tools/)
+check-deploy:
+	PYTHON=$(PY) bash scripts/check_deploy.sh
+
+# constraints.txt (the image's pinned dependencies) from the tested venv
+constraints: install
+	{ sed -n '1,3p' constraints.txt; $(PIP) freeze --all --exclude-editable | grep -v -i -E '^(torch|nvidia-|triton|wheel)[=-]'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf rlhf build *.egg-info .pytest_cache

@@ -19,7 +19,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _settings(args) -> Settings:
     names = ("redis_url", "registry", "key_prefix", "port", "metrics_port", "host", "device", "base_model",
-             "max_batch_size", "batch_wait_ms", "max_queue", "admin_token", "api_tokens")
+             "max_batch_size", "batch_wait_ms", "max_queue", "admin_token", "api_tokens", "insecure_admin",
+             "tls_cert", "tls_key", "tls_client_ca", "health_port")
     return load_settings(**{n: getattr(args, n, None) for n in names})
 
 
@@ -32,6 +33,12 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-wait-ms", type=float, help="batch collection window (env RLHF_BATCH_WAIT_MS)")
     p.add_argument("--max-queue", type=int, help="queued requests before RESOURCE_EXHAUSTED (env RLHF_MAX_QUEUE)")
     p.add_argument("--base-model", help="local Hugging Face directory to register as version 1 (env RLHF_BASE_MODEL)")
+    p.add_argument("--insecure-admin", action="store_true", default=None,
+                   help="dev only: serve AdminService without RLHF_ADMIN_TOKEN (env RLHF_INSECURE_ADMIN)")
+    p.add_argument("--tls-cert", help="PEM server certificate: serve gRPC over TLS (env RLHF_TLS_CERT)")
+    p.add_argument("--tls-key", help="PEM key of --tls-cert (env RLHF_TLS_KEY)")
+    p.add_argument("--tls-client-ca", help="PEM CA: require client certificates it signed, mTLS (env RLHF_TLS_CLIENT_CA)")
+    p.add_argument("--health-port", type=int, help="plaintext grpc.health.v1 port for probes, -1 = off (env RLHF_HEALTH_PORT)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-version", default="")
     p.add_argument("--stream", action="store_true")
     p.add_argument("--token", default="", help="bearer token when the server requires one")
+    p.add_argument("--ca", help="PEM CA that signed the server's certificate: connect over TLS")
+    p.add_argument("--cert", help="PEM client certificate (mTLS; with --key)")
+    p.add_argument("--key", help="PEM key of --cert")
     fb = sub.add_parser("feedback", help="export or import the feedback log as JSONL")
     fbs = fb.add_subparsers(dest="action", required=True)
     p = fbs.add_parser("export")
@@ -69,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p = ms.add_parser("rollback")
     p.add_argument("version", nargs="?", default="")
+    _common(p)
+    p = ms.add_parser("prune", help="delete versions the retention policy does not keep")
+    p.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
+    p.add_argument("--keep-refused", type=int, help="newest refused versions to keep (env RLHF_RETENTION_KEEP_REFUSED)")
     _common(p)
     p = sub.add_parser("train", help="queue a training round now")
     p.add_argument("--now", action="store_true", required=True)

@@ -13,9 +13,22 @@ from rlhf_serve.keys import Keys
 from rlhf_serve.settings import Settings
 
 
+def _insecure(settings: Settings) -> bool:
+    """Says why and returns True when the settings would serve an open AdminService."""
+    from service.tls import InsecureConfig, check_admin
+    try:
+        check_admin(settings)
+    except InsecureConfig as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return True
+    return False
+
+
 def cmd_serve(args, settings: Settings) -> int:
     import asyncio
     from service.app import serve_forever
+    if _insecure(settings):
+        return 2
     asyncio.run(serve_forever(settings))
     return 0
 
@@ -29,6 +42,8 @@ def cmd_bootstrap(args, settings: Settings) -> int:
 def cmd_up(args, settings: Settings) -> int:
     """The whole stack in one terminal: bootstrap, a worker, beat, and the server."""
     from rlhf_serve.default_model import bootstrap
+    if _insecure(settings):
+        return 2
     bootstrap(settings)
     env = dict(os.environ, RLHF_REDIS_URL=settings.redis_url, RLHF_REGISTRY=str(settings.registry),
                RLHF_KEY_PREFIX=settings.key_prefix)
@@ -48,6 +63,7 @@ def cmd_up(args, settings: Settings) -> int:
 def cmd_generate(args, settings: Settings) -> int:
     import grpc
     from rlhf.v1 import policy_pb2, policy_pb2_grpc
+    from service.tls import client_channel
     sampling = policy_pb2.SamplingParams(max_new_tokens=args.max_new_tokens)
     if args.temperature is not None:
         sampling.temperature = args.temperature
@@ -56,7 +72,7 @@ def cmd_generate(args, settings: Settings) -> int:
     req = policy_pb2.GenerateRequest(prompt=args.prompt, sampling=sampling, num_candidates=args.num_candidates,
                                      model_version=args.model_version, user_id="cli")
     metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
-    with grpc.insecure_channel(args.target) as channel:
+    with client_channel(args.target, args.ca, args.cert, args.key) as channel:
         stub = policy_pb2_grpc.PolicyServiceStub(channel)
         try:
             if args.stream:
@@ -119,6 +135,8 @@ def cmd_models(args, settings: Settings) -> int:
                       f"reward={p.candidate_reward:.3f} (parent {p.parent_reward:.3f})  kl={p.kl_to_reference:.2f}  "
                       f"{info.training.description}")
             return 0
+        if args.action == "prune":
+            return _prune(args, settings)
         target = args.version if args.action == "promote" else admin.rollback_target(args.version)
         info = admin.move_pointer(target, args.action)
         print(json_format.MessageToJson(info, indent=1))
@@ -126,6 +144,23 @@ def cmd_models(args, settings: Settings) -> int:
     except ApiError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
+
+
+def _prune(args, settings: Settings) -> int:
+    from registry import Registry
+    from registry.retention import prune
+    r, keys = redis.Redis.from_url(settings.redis_url), Keys(settings.key_prefix)
+    if r.exists(keys.round_lock) and not args.dry_run:
+        print("error: a training round is running (round lock held); prune again after it", file=sys.stderr)
+        return 1
+    keep_refused = args.keep_refused if args.keep_refused is not None else settings.retention_keep_refused
+    plan = prune(Registry(settings.registry), r, keys, keep_refused, dry_run=args.dry_run)
+    for version, why in sorted(plan.keep.items()):
+        print(f"keep   {version}  ({why})")
+    for version in plan.delete:
+        print(f"{'would delete' if args.dry_run else 'deleted'} {version}")
+    print(f"{len(plan.keep)} kept, {len(plan.delete)} {'to delete' if args.dry_run else 'deleted'}")
+    return 0
 
 
 def cmd_train(args, settings: Settings) -> int:

@@ -43,7 +43,15 @@ def delete_prefix(url: str, prefix: str) -> None:
 
 
 class LocalServer(BackgroundServer):
-    """A BackgroundServer plus a channel and stubs on it (`policy`, `admin`)."""
+    """A BackgroundServer plus a channel and stubs on it (`policy`, `admin`).
+
+    An in-process server for tests, benchmarks and notebooks: without an admin token it runs
+    with `insecure_admin` (a deployed `rlhf-serve serve` refuses to)."""
+
+    def __init__(self, settings):
+        if not settings.admin_token and not settings.insecure_admin:
+            settings = settings.model_copy(update={"insecure_admin": True})
+        super().__init__(settings)
 
     def start(self, timeout: float = 180.0) -> "LocalServer":
         super().start(timeout)

@@ -71,7 +71,22 @@ class Settings(BaseSettings):
     api_tokens: str = ""
     """Comma-separated bearer tokens required on PolicyService calls; empty: open."""
     admin_token: str = ""
-    """Bearer token required on AdminService calls; empty: admin RPCs are open (dev only)."""
+    """Bearer token required on AdminService calls. The server refuses to start without one
+    unless `insecure_admin` is set."""
+    insecure_admin: bool = False
+    """Development only (`--insecure-admin`): start with AdminService open when no admin token
+    is set. Without it, a server lacking `RLHF_ADMIN_TOKEN` refuses to start."""
+
+    # --- TLS ---------------------------------------------------------------------------------
+    tls_cert: Path | None = None
+    """PEM certificate (chain) of the gRPC server; with `tls_key`, gRPC is served over TLS only."""
+    tls_key: Path | None = None
+    """PEM private key of `tls_cert`."""
+    tls_client_ca: Path | None = None
+    """PEM CA bundle: when set (with TLS), clients must present a certificate it signed (mTLS)."""
+    health_port: int = -1
+    """Plaintext port serving only grpc.health.v1 (for Kubernetes gRPC probes, which cannot speak
+    TLS); 0 picks a free one; -1 disables it."""
 
     # --- training loop (workers) -------------------------------------------------------------
     min_new_feedback: int = 32
@@ -81,6 +96,14 @@ class Settings(BaseSettings):
     round_lock_ttl_s: float = 60.0
     """Expiry of the one-round-at-a-time lock; a running stage extends it every third of this,
     so a killed worker's lock lapses after at most this long."""
+    round_handoff_ttl_s: float = 3600.0
+    """Expiry of the round lock while the round's next task waits in a queue (e.g. for a GPU
+    worker): set when the round starts and when a stage hands off; longer than any queue wait."""
+    retention_keep_refused: int = 5
+    """Registry retention: how many of the newest refused (not promoted) versions to keep."""
+    retention_schedule_s: float = 3600.0
+    """How often beat prunes the registry (keeps the current version, its ancestors back to the
+    SFT reference, the newest refused ones); 0 disables the scheduled prune."""
     train_window: int = 5000
     """Most recent feedback items a round trains the reward model on."""
     kl_bound: float = 10.0

@@ -20,6 +20,7 @@ from rlhf.v1 import admin_pb2, admin_pb2_grpc, policy_pb2, policy_pb2_grpc
 from rlhf_serve import quiet_transformers
 from rlhf_serve.keys import Keys
 from rlhf_serve.settings import Settings
+from service import tls
 from service.admin import AdminCore, AdminServicer
 from service.engine import Engine
 from service.feedback import FeedbackStore
@@ -46,6 +47,8 @@ class Server:
 
     async def start(self) -> None:
         s = self.settings
+        tls.check_admin(s)  # secure by default: no open AdminService unless --insecure-admin
+        self.health_server = None
         self.redis = aioredis.Redis.from_url(s.redis_url)
         await self.redis.ping()
         self.pool = ModelPool(self.registry, resolve_device(s.device), s.loaded_versions)
@@ -66,15 +69,16 @@ class Server:
                  admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
                  health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.server)
-        self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        self.port = tls.bind(self.server, s)
         if s.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(s.metrics_port, s.host)
         self.engine.start()
         self.watcher.start()
         await self.server.start()
+        self.health_server, self.health_port = await tls.start_health_server(self.health, s)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("gRPC listening on %s:%s; metrics on http://%s:%s/metrics; serving model %s",
-                 s.host, self.port, s.host, self.metrics_port, version)
+        log.info("gRPC%s listening on %s:%s; metrics on http://%s:%s/metrics; serving model %s",
+                 " (TLS)" if s.tls_cert else "", s.host, self.port, s.host, self.metrics_port, version)
 
     async def _set_health(self, status) -> None:
         for name in ("",) + SERVICES:
@@ -88,6 +92,8 @@ class Server:
         stopping = asyncio.ensure_future(self.server.stop(grace))
         await self.engine.stop(grace)
         await stopping
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.watcher.stop()
         await self.redis.aclose()
         self.metrics.close()

@@ -41,7 +41,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def settings(redis_url, tmp_path) -> Settings:
     prefix = unique_prefix()
     s = Settings(redis_url=redis_url, key_prefix=prefix, registry=tmp_path / "registry", port=0, metrics_port=0,
-                 host="127.0.0.1", device="cpu", batch_wait_ms=20.0)
+                 host="127.0.0.1", device="cpu", batch_wait_ms=20.0, insecure_admin=True)
     yield s
     delete_prefix(redis_url, prefix)
 

@@ -42,7 +42,7 @@ ServerThread = LocalServer  # a real server on a loopback port with sync stubs
 def make_settings(redis_url: str, registry_root: Path, **overrides) -> Settings:
     """Settings for a test server on loopback with free ports and a unique key prefix."""
     values = dict(redis_url=redis_url, key_prefix=unique_prefix(), registry=registry_root, port=0, metrics_port=0,
-                  host="127.0.0.1", device="cpu", batch_wait_ms=20.0)
+                  host="127.0.0.1", device="cpu", batch_wait_ms=20.0, insecure_admin=True)
     values.update(overrides)
     return Settings(**values)
 

@@ -21,7 +21,7 @@ from rlhf_serve.tasks import DEFAULT_QUEUE, GPU_QUEUE, ROUND_TASK, celery_connec
 
 quiet_transformers()
 settings = load_settings()
-app = Celery("rlhf", include=["workers.tasks"])
+app = Celery("rlhf", include=["workers.tasks", "workers.maintenance"])
 app.conf.update(celery_connection_conf(settings))
 app.conf.update(
     task_queues=[Queue(DEFAULT_QUEUE), Queue(GPU_QUEUE)],
@@ -41,6 +41,10 @@ app.conf.update(
     beat_schedule={
         "training-round": {"task": ROUND_TASK, "schedule": settings.schedule_s,
                            "kwargs": {"force": False, "reason": "schedule"}},
+        # workers/maintenance.py: a tick that keeps beat's liveness gauge fresh, registry retention
+        "beat-heartbeat": {"task": "rlhf.beat_heartbeat", "schedule": 60.0, "options": {"expires": 60}},
+        **({"registry-retention": {"task": "rlhf.prune_registry", "schedule": settings.retention_schedule_s}}
+           if settings.retention_schedule_s > 0 else {}),
     },
     timezone="UTC",
     # beat's state file (last run times); not in the working directory
@@ -54,3 +58,11 @@ def _start_metrics(**_):
     port = metrics.serve(settings.worker_metrics_port)
     if port:
         logging.getLogger(__name__).info("worker metrics on http://0.0.0.0:%s/metrics", port)
+
+
+@signals.beat_init.connect
+def _start_beat_metrics(**_):
+    from workers import maintenance
+    port = maintenance.serve_beat_metrics(settings.worker_metrics_port)
+    if port:
+        logging.getLogger(__name__).info("beat metrics on http://0.0.0.0:%s/metrics", port)

@@ -42,7 +42,8 @@ class Context:
         self.keys = Keys(settings.key_prefix)
         self.redis = redis.Redis.from_url(settings.redis_url)
         self.registry = Registry(settings.registry)
-        self.lock = RoundLock(self.redis, self.keys.round_lock, settings.round_lock_ttl_s)
+        self.lock = RoundLock(self.redis, self.keys.round_lock, settings.round_lock_ttl_s,
+                              settings.round_handoff_ttl_s)
         self.datasets = self.registry.root / "datasets"
 
     def workdir(self, round_id: str) -> Path:

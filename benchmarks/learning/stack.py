@@ -153,7 +153,8 @@ class Stack:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.settings = Settings(redis_url=cfg.redis_url, key_prefix=self.key_prefix, registry=registry,
                                  host="127.0.0.1", port=0, metrics_port=-1, device=cfg.device, seed=cfg.seed,
-                                 default_max_new_tokens=cfg.max_new_tokens_default, batch_wait_ms=10.0)
+                                 default_max_new_tokens=cfg.max_new_tokens_default, batch_wait_ms=10.0,
+                                 insecure_admin=True)  # a loopback server for the benchmark
         self._check_redis()
         if cfg.model_dir is not None:
             model_dir, base = Path(cfg.model_dir), str(cfg.model_dir)

@@ -28,6 +28,7 @@ def cli(settings, *args: str, timeout: float = 120) -> subprocess.CompletedProce
 def test_serve_answers_then_drains_on_sigterm(settings, registry_v1):
     proc = subprocess.Popen(
         [sys.executable, "-m", "rlhf_serve.cli", "serve", "--port", "0", "--metrics-port", "0", "--host", "127.0.0.1",
+         "--insecure-admin",
          "--redis-url", settings.redis_url, "--registry", str(settings.registry), "--key-prefix", settings.key_prefix],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
