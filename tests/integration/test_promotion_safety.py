@@ -4,7 +4,11 @@ retried when the pointer is set again or the files change; `models list` shows l
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -22,6 +26,7 @@ from rlhf.v1 import admin_pb2, policy_pb2, records_pb2
 from rlhf_serve.keys import Keys
 from tests.helpers import ServerThread, delete_prefix, make_settings, metric_value, point_at, publish_model
 
+ROOT = Path(__file__).resolve().parents[2]
 FAST = dict(model_poll_s=0.3, model_retry_max_s=1.0, heartbeat_s=0.5)
 
 
@@ -49,6 +54,12 @@ def break_shapes(registry: Registry, version: str) -> bytes:
 def repair(registry: Registry, version: str, good: bytes) -> None:
     next(registry.path(version).glob("*.safetensors")).write_bytes(good)
     rewrite_checksums(registry, version)
+
+
+def cli(settings, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rlhf_serve.cli", *args, "--redis-url", settings.redis_url,
+                           "--registry", str(settings.registry), "--key-prefix", settings.key_prefix],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
 
 
 def wait_for(predicate, timeout=30.0):
@@ -130,6 +141,12 @@ def test_server_on_broken_current_serves_ancestor_then_repromote_fixes_it(broken
         assert live.model_version == "v0002" and live.pointer_version == "v0003" and live.fallback
         assert "wrong shape" in live.refused_reason and live.last_heartbeat.seconds > 0
         assert list(listing.models[1].served_by) == [live.server_id] and not listing.models[2].served_by
+        out = cli(settings, "models", "list")
+        assert out.returncode == 0, out.stderr
+        assert "live servers: 1 (pointer: v0003)" in out.stdout
+        assert re.search(rf"^  {live.server_id}  serves=v0002 .*FALLBACK: v0003 .*wrong shape", out.stdout, re.M)
+        refused = cli(settings, "models", "promote", "v0003")
+        assert refused.returncode == 2 and "wrong shape" in refused.stderr
         # promoting it again while it is still broken is refused before the pointer moves
         with pytest.raises(grpc.RpcError) as err:
             srv.admin.Promote(admin_pb2.PromoteRequest(model_version="v0003"), timeout=60)
