@@ -28,7 +28,7 @@ class UnloadableVersion(RuntimeError):
     """A version whose files verify but which cannot be loaded or run as a model."""
 
 
-def load_checked(path, version: str, device: torch.device, dtype: torch.dtype):
+def load_checked(path, version: str, device: torch.device, dtype: torch.dtype | str):
     """(model, tokenizer) from a Hugging Face directory; every weight must be in the checkpoint
     with the architecture's shape. Raises UnloadableVersion."""
     try:
@@ -66,7 +66,8 @@ def probe_version(registry, version: str, device: str | torch.device = "cpu") ->
     """Verifies checksums, loads strictly and runs one forward pass (blocking; frees the model).
     Raises InvalidVersionName, VersionNotFound, ChecksumError or UnloadableVersion."""
     registry.verify(version)
-    model, tokenizer = load_checked(registry.path(version), version, torch.device(device), torch.float32)
+    # dtype "auto": the checkpoint's own (bf16 checkpoints stay bf16 on the CPU: half the memory)
+    model, tokenizer = load_checked(registry.path(version), version, torch.device(device), "auto")
     try:
         forward_check(model, tokenizer, version)
     finally:

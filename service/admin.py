@@ -62,9 +62,9 @@ class AdminCore:
         if version:
             return checked_version(version)
         current = current_version(self.redis, self.keys, self.registry)
-        parent = self.registry.manifest(current).parent_version if current else ""
+        parent = self.registry.manifest(current).parent_version if self.registry.exists(current) else ""
         if not parent:
-            raise FailedPrecondition(f"current version {current} has no parent to roll back to")
+            raise FailedPrecondition(f"current version {(current or 'none')[:40]} has no parent to roll back to")
         return parent
 
     def list_models(self) -> admin_pb2.ListModelsResponse:
