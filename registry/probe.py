@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 
 PROBE_TEXT = "Hello, how can I help?"
 PROBE_TOKENS = 8
+# from_pretrained is not thread-safe (it patches torch's init functions process-wide while it
+# builds a model: two loads at once can drop tied weights), so a process loads one model at a time.
+LOAD_LOCK = threading.Lock()
 
 
 class UnloadableVersion(RuntimeError):
@@ -32,9 +36,10 @@ def load_checked(path, version: str, device: torch.device, dtype: torch.dtype | 
     """(model, tokenizer) from a Hugging Face directory; every weight must be in the checkpoint
     with the architecture's shape. Raises UnloadableVersion."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True,
-                                                           ignore_mismatched_sizes=True)
+        with LOAD_LOCK:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True,
+                                                               ignore_mismatched_sizes=True)
     except Exception as exc:
         log.warning("version %s cannot be loaded", version, exc_info=True)
         raise UnloadableVersion(f"{version} cannot be loaded: its files are not a readable model") from exc

@@ -64,6 +64,7 @@ class ModelPool:
         self.state = ServingState()
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
 
     def get(self, version: str) -> LoadedModel | None:
         """A loaded version, or None (call `load` off the event loop)."""
@@ -79,11 +80,15 @@ class ModelPool:
         lm = self.get(version)
         if lm is not None:
             return lm
-        self.registry.verify(version)
-        lm = load_model_dir(self.registry.path(version), version, self.device)
-        with self._lock:
-            self._loaded[version] = lm
-            self._evict()
+        with self._load_lock:  # one load at a time; a second caller for the same version waits for it
+            lm = self.get(version)
+            if lm is not None:
+                return lm
+            self.registry.verify(version)
+            lm = load_model_dir(self.registry.path(version), version, self.device)
+            with self._lock:
+                self._loaded[version] = lm
+                self._evict()
         log.info("loaded model %s on %s", version, self.device)
         return lm
 
