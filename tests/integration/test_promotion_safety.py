@@ -205,3 +205,26 @@ def test_server_without_any_loadable_version_fails_to_start(broken_current, tiny
         break_shapes(reg, v)
     with pytest.raises(RuntimeError, match="none of its ancestors"):
         ServerThread(settings).start()
+
+
+def test_concurrent_loads_in_one_process_keep_tied_weights(tiny_model_dir):
+    """from_pretrained is not thread-safe (tied weights came back missing in most concurrent loads);
+    load_checked serialises loads, so a swap and a pinned load at once both get a working model."""
+    import threading
+
+    from registry.probe import load_checked
+    errors = []
+
+    def load():
+        for _ in range(2):
+            try:
+                load_checked(tiny_model_dir, "v0001", torch.device("cpu"), torch.float32)
+            except UnloadableVersion as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
