@@ -51,6 +51,12 @@ class Keys:
         a message is only a hint (servers re-read `current_version` from their own database)."""
         return f"{self.prefix}model:events:db{int(db)}"
 
+    @property
+    def model_events(self) -> str:
+        """The model-events channel of database 0 (kept for callers that predate per-database
+        channels); use `registry.pointer.events_channel(client, keys)`, which reads the client's db."""
+        return self.model_events_channel(0)
+
     def server(self, server_id: str) -> str:
         """STRING (JSON, expires after 3 heartbeats): a live serving process's heartbeat:
         server_id, host, started, model_version served, pointer_version, fallback, refused_reason."""
