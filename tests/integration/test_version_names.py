@@ -81,7 +81,8 @@ def test_api_refuses_malformed_names(stack, name):
 def test_api_unknown_names_are_not_found_and_nothing_was_loaded(stack):
     srv = stack.server
     for call in (lambda: srv.policy.GetModel(policy_pb2.GetModelRequest(model_version="v0042"), timeout=20),
-                 lambda: srv.policy.Generate(policy_pb2.GenerateRequest(prompt="hi", model_version="v0042"), timeout=20),
+                 lambda: srv.policy.Generate(policy_pb2.GenerateRequest(prompt="hi", model_version="v0042"),
+                                             timeout=20),
                  lambda: srv.admin.Promote(admin_pb2.PromoteRequest(model_version="v0042"), timeout=20),
                  lambda: srv.admin.Rollback(admin_pb2.RollbackRequest(model_version="v0042"), timeout=20)):
         code, details = _code(call)
