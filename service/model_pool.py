@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from registry import Registry
-from registry.probe import forward_check, load_checked
+from registry import ChecksumError, Registry
+from registry.probe import UnloadableVersion, forward_check, load_checked
 from service.decoder import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class ModelPool:
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
+        self._failed: dict[str, tuple] = {}  # version -> (fingerprint, error) of failed pinned loads
 
     def get(self, version: str) -> LoadedModel | None:
         """A loaded version, or None (call `load` off the event loop)."""
@@ -91,6 +92,19 @@ class ModelPool:
                 self._evict()
         log.info("loaded model %s on %s", version, self.device)
         return lm
+
+    def load_pinned(self, version: str) -> LoadedModel:
+        """`load` for a version a client pins: one that failed is refused again at once, without
+        another checksum-and-load cycle, until its files change."""
+        fingerprint = self.registry.fingerprint(version)
+        failed = self._failed.get(version)
+        if failed is not None and failed[0] == fingerprint:
+            raise type(failed[1])(str(failed[1]))
+        try:
+            return self.load(version)
+        except (ChecksumError, UnloadableVersion) as exc:
+            self._failed[version] = (fingerprint, exc)
+            raise
 
     def set_current(self, lm: LoadedModel) -> None:
         with self._lock:

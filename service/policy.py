@@ -79,7 +79,7 @@ class PolicyCore:
             known = ", ".join(self.registry.list_versions()[-5:]) or "none"
             raise NotFound(f"model_version {version!r} is not registered (latest: {known})")
         try:
-            return await asyncio.get_running_loop().run_in_executor(None, self.pool.load, version)
+            return await asyncio.get_running_loop().run_in_executor(None, self.pool.load_pinned, version)
         except (ChecksumError, UnloadableVersion) as exc:
             raise FailedPrecondition(f"model_version {version!r} cannot be served: {exc}") from exc
 

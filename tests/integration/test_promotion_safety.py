@@ -4,6 +4,7 @@ retried when the pointer is set again or the files change; `models list` shows l
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -190,8 +191,15 @@ def test_refusal_is_retried_when_pointer_set_again_or_files_change(broken_curren
         assert metric_value(text, "rlhf_model_swap_retries_total") == 1
         assert metric_value(text, "rlhf_model_swap_failures_total") == 2
         assert served(srv).model_version == "v0002"
+        for _ in range(2):  # a client pinning it is refused (the second time without another load)
+            with pytest.raises(grpc.RpcError) as err:
+                srv.policy.Generate(policy_pb2.GenerateRequest(prompt="hi", model_version="v0003"), timeout=60)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "wrong shape" in err.value.details()
         # its files are fixed (no promote): retried and served
         repair(reg, "v0003", good)
+        pinned = srv.policy.Generate(policy_pb2.GenerateRequest(
+            prompt="hi", model_version="v0003", sampling=policy_pb2.SamplingParams(max_new_tokens=3)), timeout=60)
+        assert pinned.model_version == "v0003"
         assert wait_for(lambda: served(srv).model_version == "v0003")
         assert metric_value(srv.metrics_text(), "rlhf_model_pointer_mismatch") == 0
         gen = srv.policy.Generate(policy_pb2.GenerateRequest(prompt="hi", sampling=policy_pb2.SamplingParams(
@@ -228,3 +236,22 @@ def test_concurrent_loads_in_one_process_keep_tied_weights(tiny_model_dir):
     for t in threads:
         t.join(120)
     assert errors == []
+
+
+def test_heartbeats_of_vanished_servers_are_not_listed(redis_url, tmp_path):
+    """A server killed without a goodbye drops out when its heartbeat key expires."""
+    from service.heartbeat import live_servers
+    settings = make_settings(redis_url, tmp_path / "registry")
+    r, keys = redis.Redis.from_url(redis_url), Keys(settings.key_prefix)
+    try:
+        now = time.time()
+        r.set(keys.server("alive"), json.dumps({"server_id": "alive", "model_version": "v0001", "started": now,
+                                                "at": now}), px=5000)
+        r.set(keys.server("dying"), json.dumps({"server_id": "dying", "model_version": "v0001", "started": now,
+                                                "at": now}), px=50)
+        r.zadd(keys.servers, {"alive": now, "dying": now, "ancient": now - 7200})
+        time.sleep(0.2)
+        assert [s["server_id"] for s in live_servers(r, keys)] == ["alive"]
+        assert r.zrange(keys.servers, 0, -1) == [b"alive"]
+    finally:
+        delete_prefix(redis_url, settings.key_prefix)
