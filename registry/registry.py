@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -35,8 +36,28 @@ class ChecksumError(RuntimeError):
     """A version's files do not match its manifest (corrupt or tampered weights)."""
 
 
+class InvalidVersionName(ValueError):
+    """A string that is not a name this registry issues (`v` + 4 to 12 ASCII digits)."""
+
+
+VERSION_RE = re.compile(r"v[0-9]{4,12}")
+
+
 def version_name(number: int) -> str:
     return f"v{number:04d}"
+
+
+def is_version_name(name) -> bool:
+    """True for names `version_name` issues. Checked before any filesystem access, so that no
+    client string (absolute paths, `../`, `v0001/`, ...) ever becomes part of a path."""
+    return isinstance(name, str) and VERSION_RE.fullmatch(name) is not None
+
+
+def check_version_name(name) -> str:
+    if not is_version_name(name):
+        shown = name if isinstance(name, str) and len(name) <= 40 else f"{str(name)[:40]}..."
+        raise InvalidVersionName(f"{shown!r} is not a version name; names look like v0001 (v and digits)")
+    return name
 
 
 def sha256_file(path: Path) -> str:
@@ -64,13 +85,16 @@ class Registry:
         """Every complete version, oldest first."""
         if not self.versions_dir.is_dir():
             return []
-        names = [p.name for p in self.versions_dir.iterdir() if (p / MANIFEST).is_file()]
-        return sorted(names)
+        names = [p.name for p in self.versions_dir.iterdir() if is_version_name(p.name) and (p / MANIFEST).is_file()]
+        return sorted(names, key=lambda n: int(n[1:]))
 
     def exists(self, version: str) -> bool:
-        return bool(version) and (self.versions_dir / version / MANIFEST).is_file()
+        """False for names the registry does not issue (without touching the disk)."""
+        return is_version_name(version) and (self.versions_dir / version / MANIFEST).is_file()
 
     def path(self, version: str) -> Path:
+        """The version's directory. Raises InvalidVersionName (malformed) or VersionNotFound."""
+        check_version_name(version)
         if not self.exists(version):
             raise VersionNotFound(version)
         return self.versions_dir / version
@@ -85,6 +109,28 @@ class Registry:
             if self.manifest(version).promotion.promoted:
                 return version
         return None
+
+    def ancestors(self, version: str) -> list[str]:
+        """The parent chain of a version, nearest first (registered ones only; cycles cut)."""
+        chain, seen = [], {version}
+        parent = self.manifest(version).parent_version if self.exists(version) else ""
+        while parent and parent not in seen and self.exists(parent):
+            chain.append(parent)
+            seen.add(parent)
+            parent = self.manifest(parent).parent_version
+        return chain
+
+    def fingerprint(self, version: str) -> tuple | None:
+        """(name, size, mtime) of every file of a version: changes when its files change.
+        None when the version does not exist. Cheap (stat only), for retry decisions."""
+        if not self.exists(version):
+            return None
+        base = self.versions_dir / version
+        try:
+            return tuple(sorted((str(p.relative_to(base)), p.stat().st_size, p.stat().st_mtime_ns)
+                                for p in base.rglob("*") if p.is_file()))
+        except OSError:
+            return None
 
     def verify(self, version: str) -> records_pb2.ModelManifest:
         """Checks every file against the manifest; raises ChecksumError on any mismatch."""
@@ -148,7 +194,7 @@ class Registry:
         """Every vNNNN name under versions/ (complete or not), to allocate the next number."""
         if not self.versions_dir.is_dir():
             return []
-        return [p.name for p in self.versions_dir.iterdir() if p.name.startswith("v") and p.name[1:].isdigit()]
+        return [p.name for p in self.versions_dir.iterdir() if is_version_name(p.name)]
 
 
 def _fsync_tree(root: Path) -> None:

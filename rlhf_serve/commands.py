@@ -121,19 +121,31 @@ def _admin(settings: Settings):
     return AdminCore(settings, Registry(settings.registry), Keys(settings.key_prefix))
 
 
+def _print_servers(listing) -> None:
+    """What each live server (heartbeat in Redis) actually serves, under the version list."""
+    print(f"live servers: {len(listing.servers)} (pointer: {listing.pointer_version or '-'})")
+    for srv in listing.servers:
+        state = "ok" if srv.model_version == listing.pointer_version else (
+            f"FALLBACK: {srv.refused_reason}" if srv.fallback else f"behind: {srv.refused_reason or 'loading'}")
+        print(f"  {srv.server_id}  serves={srv.model_version}  since={srv.started_at.ToJsonString()}  "
+              f"seen={srv.last_heartbeat.ToJsonString()}  {state}")
+
+
 def cmd_models(args, settings: Settings) -> int:
     from google.protobuf import json_format
     from service.errors import ApiError
     admin = _admin(settings)
     try:
         if args.action == "list":
-            for info in admin.list_models().models:
+            listing = admin.list_models()
+            for info in listing.models:
                 mark = "*" if info.current else " "
                 p = info.promotion
                 print(f"{mark} {info.model_version}  parent={info.parent_version or '-':6}  "
                       f"published={info.published_at.ToJsonString()}  promoted={p.promoted}  "
                       f"reward={p.candidate_reward:.3f} (parent {p.parent_reward:.3f})  kl={p.kl_to_reference:.2f}  "
                       f"{info.training.description}")
+            _print_servers(listing)
             return 0
         if args.action == "prune":
             return _prune(args, settings)

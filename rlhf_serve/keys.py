@@ -40,9 +40,32 @@ class Keys:
         return f"{self.prefix}model:current"
 
     @property
+    def pointer_epoch(self) -> str:
+        """STRING (integer): bumped on every pointer move (promote, rollback), so a server can
+        tell "set to the same version again" from "unchanged" and retry a version it refused."""
+        return f"{self.prefix}model:epoch"
+
+    def model_events_channel(self, db: int) -> str:
+        """PUB/SUB channel: the new current version is published here on promote/rollback.
+        Channels are global to a Redis server, so the name carries the database number too;
+        a message is only a hint (servers re-read `current_version` from their own database)."""
+        return f"{self.prefix}model:events:db{int(db)}"
+
+    @property
     def model_events(self) -> str:
-        """PUB/SUB channel: the new current version is published here on promote/rollback."""
-        return f"{self.prefix}model:events"
+        """The model-events channel of database 0 (kept for callers that predate per-database
+        channels); use `registry.pointer.events_channel(client, keys)`, which reads the client's db."""
+        return self.model_events_channel(0)
+
+    def server(self, server_id: str) -> str:
+        """STRING (JSON, expires after 3 heartbeats): a live serving process's heartbeat:
+        server_id, host, started, model_version served, pointer_version, fallback, refused_reason."""
+        return f"{self.prefix}servers:{server_id}"
+
+    @property
+    def servers(self) -> str:
+        """ZSET: server_id -> time of its last heartbeat (stale members are pruned on read)."""
+        return f"{self.prefix}servers"
 
     @property
     def model_history(self) -> str:

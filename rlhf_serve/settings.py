@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     built-in model (used by `bootstrap` only when the registry is empty)."""
     device: str = "auto"
     """Torch device for serving and training: auto (cuda when present, else cpu), cpu, cuda, cuda:N."""
+    model_poll_s: float = 2.0
+    """How often a server re-reads the current-version pointer (besides on every model event)."""
+    model_retry_max_s: float = 300.0
+    """Longest back-off before a server retries a version it refused (the back-off doubles from
+    `model_poll_s`); a retry needs the pointer set to that version again or its files changed."""
+    heartbeat_s: float = 5.0
+    """How often a server records what it serves in Redis (`models list` shows live servers; a
+    heartbeat older than 3 intervals counts as gone)."""
 
     # --- generation --------------------------------------------------------------------------
     max_batch_size: int = 16

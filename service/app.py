@@ -24,6 +24,7 @@ from service import tls
 from service.admin import AdminCore, AdminServicer
 from service.engine import Engine
 from service.feedback import FeedbackStore
+from service.heartbeat import Heartbeat
 from service.interceptors import Authorizer, ServerInterceptor
 from service.metrics import Metrics
 from service.model_pool import ModelPool, resolve_device
@@ -33,6 +34,9 @@ from service.servicer import PolicyServicer
 
 log = logging.getLogger("rlhf_serve.server")
 SERVICES = ("rlhf.v1.PolicyService", "rlhf.v1.AdminService")
+# Health detail: SERVING while the served version is the pointer's, NOT_SERVING while this server
+# serves another one (a fallback, or a refused/loading pointer). Probes should check "" instead.
+CURRENT_MODEL_HEALTH = "rlhf.v1.CurrentModel"
 
 
 class Server:
@@ -52,7 +56,10 @@ class Server:
         self.redis = aioredis.Redis.from_url(s.redis_url)
         await self.redis.ping()
         self.pool = ModelPool(self.registry, resolve_device(s.device), s.loaded_versions)
-        self.watcher = ModelWatcher(self.redis, self.keys, self.registry, self.pool, self.metrics)
+        self.heartbeat = Heartbeat(self.redis, self.keys, self.pool, s.heartbeat_s)
+        self.watcher = ModelWatcher(self.redis, self.keys, self.registry, self.pool, self.metrics, s.model_poll_s,
+                                    s.model_retry_max_s, on_change=self._model_changed)
+        self.health = None
         version = await self.watcher.load_initial()
         self.engine = Engine(self.metrics, s.max_batch_size, s.batch_wait_ms, s.max_queue)
         store = FeedbackStore(self.redis, self.keys, s.generation_ttl_s, s.idempotency_ttl_s, s.recent_prompts)
@@ -62,7 +69,7 @@ class Server:
             options=[("grpc.so_reuseport", 0)])
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(core), self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(AdminCore(s, self.registry, self.keys)), self.server)
+            AdminServicer(AdminCore(s, self.registry, self.keys, probe=self.pool.load)), self.server)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
@@ -74,17 +81,28 @@ class Server:
             self.metrics_port = self.metrics.serve(s.metrics_port, s.host)
         self.engine.start()
         self.watcher.start()
+        self.heartbeat.start()
         await self.server.start()
         self.health_server, self.health_port = await tls.start_health_server(self.health, s)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._model_changed()
         log.info("gRPC%s listening on %s:%s; metrics on http://%s:%s/metrics; serving model %s",
                  " (TLS)" if s.tls_cert else "", s.host, self.port, s.host, self.metrics_port, version)
 
-    async def _set_health(self, status) -> None:
-        for name in ("",) + SERVICES:
+    async def _set_health(self, status, names=("",) + SERVICES) -> None:
+        for name in names:
             result = self.health.set(name, status)
             if asyncio.iscoroutine(result):
                 await result
+
+    def _model_changed(self) -> None:
+        """The served version or the pointer changed: heartbeat now; update the health detail."""
+        self.heartbeat.changed()
+        if self.health is not None:
+            state = self.pool.state
+            ok = self.pool.current is not None and state.pointer == self.pool.current.version
+            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            asyncio.ensure_future(self._set_health(status, (CURRENT_MODEL_HEALTH,)))
 
     async def stop(self, grace: float = 30.0) -> None:
         """Graceful: NOT_SERVING for probes, refuse new calls, finish in-flight ones, close Redis."""
@@ -95,6 +113,7 @@ class Server:
         if self.health_server is not None:
             await self.health_server.stop(0)
         await self.watcher.stop()
+        await self.heartbeat.stop()
         await self.redis.aclose()
         self.metrics.close()
         log.info("server stopped")

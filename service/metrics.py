@@ -52,6 +52,17 @@ class Metrics:
                                      "Versions refused at hot-swap (checksum mismatch, load error).", registry=r)
         self.swap_seconds = Histogram("rlhf_model_swap_duration_seconds", "Load and verify time of a hot-swap.",
                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.swap_retries = Counter("rlhf_model_swap_retries_total",
+                                    "Retries of a refused version (pointer set to it again, or its files changed).",
+                                    registry=r)
+        self.pointer_mismatch = Gauge("rlhf_model_pointer_mismatch",
+                                      "1 while the served version differs from the deployment's current-version "
+                                      "pointer (refused, loading, or serving a fallback).", registry=r)
+        self.model_fallback = Gauge("rlhf_model_fallback",
+                                    "1 while serving another version because the pointer's could not be loaded.",
+                                    registry=r)
+        self.model_events_ignored = Counter("rlhf_model_events_ignored_total",
+                                            "Model-event messages ignored (not a version name).", registry=r)
         self._served: str | None = None
 
     def set_served_version(self, version: str) -> None:

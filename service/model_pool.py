@@ -10,11 +10,12 @@ import inspect
 import logging
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from registry import Registry
+from registry import ChecksumError, Registry
+from registry.probe import UnloadableVersion, forward_check, load_checked
 from service.decoder import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_model_dir(path, version: str, device: torch.device) -> LoadedModel:
-    """Loads a Hugging Face causal LM and its tokenizer from a local directory."""
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    """Loads a Hugging Face causal LM and its tokenizer from a local directory (strictly: every
+    weight present with its shape) and runs it once. Raises registry.probe.UnloadableVersion."""
     dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    model, tokenizer = load_checked(path, version, device, dtype)
+    forward_check(model, tokenizer, version)
     eos = model.generation_config.eos_token_id if model.generation_config else None
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if tokenizer.eos_token_id is not None:
@@ -44,14 +46,26 @@ def load_model_dir(path, version: str, device: torch.device) -> LoadedModel:
                        cache_arg=cache_arg)
 
 
+@dataclass
+class ServingState:
+    """What this process serves relative to the deployment's pointer (set by the ModelWatcher)."""
+
+    pointer: str | None = None  # the version the pointer names, as last read
+    refused_reason: str = ""  # why the pointer's version is not served (empty when it is)
+    fallback: bool = False  # serving an ancestor because the pointer's version could not load
+
+
 class ModelPool:
     def __init__(self, registry: Registry, device: torch.device, capacity: int = 3):
         self.registry = registry
         self.device = device
         self.capacity = max(1, capacity)
         self.current: LoadedModel | None = None
+        self.state = ServingState()
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._failed: dict[str, tuple] = {}  # version -> (fingerprint, error) of failed pinned loads
 
     def get(self, version: str) -> LoadedModel | None:
         """A loaded version, or None (call `load` off the event loop)."""
@@ -62,17 +76,35 @@ class ModelPool:
             return lm
 
     def load(self, version: str) -> LoadedModel:
-        """Verifies checksums and loads a version (blocking). Raises ChecksumError, VersionNotFound."""
+        """Verifies checksums, loads and runs a version once (blocking). Raises InvalidVersionName,
+        VersionNotFound, ChecksumError or UnloadableVersion."""
         lm = self.get(version)
         if lm is not None:
             return lm
-        self.registry.verify(version)
-        lm = load_model_dir(self.registry.path(version), version, self.device)
-        with self._lock:
-            self._loaded[version] = lm
-            self._evict()
+        with self._load_lock:  # one load at a time; a second caller for the same version waits for it
+            lm = self.get(version)
+            if lm is not None:
+                return lm
+            self.registry.verify(version)
+            lm = load_model_dir(self.registry.path(version), version, self.device)
+            with self._lock:
+                self._loaded[version] = lm
+                self._evict()
         log.info("loaded model %s on %s", version, self.device)
         return lm
+
+    def load_pinned(self, version: str) -> LoadedModel:
+        """`load` for a version a client pins: one that failed is refused again at once, without
+        another checksum-and-load cycle, until its files change."""
+        fingerprint = self.registry.fingerprint(version)
+        failed = self._failed.get(version)
+        if failed is not None and failed[0] == fingerprint:
+            raise type(failed[1])(str(failed[1]))
+        try:
+            return self.load(version)
+        except (ChecksumError, UnloadableVersion) as exc:
+            self._failed[version] = (fingerprint, exc)
+            raise
 
     def set_current(self, lm: LoadedModel) -> None:
         with self._lock:

@@ -12,8 +12,10 @@ import uuid
 from dataclasses import dataclass
 
 from rlhf.v1 import policy_pb2, records_pb2
-from registry import ChecksumError, Registry
+from registry import ChecksumError, InvalidVersionName, Registry
 from registry.info import model_info
+from registry.probe import UnloadableVersion
+from registry.registry import check_version_name
 from service import validation
 from service.decoder import LoadedModel, Row
 from service.engine import Engine, EngineStopped, Job, QueueFull
@@ -28,6 +30,13 @@ FINISH = {"eos": policy_pb2.FINISH_REASON_EOS, "length": policy_pb2.FINISH_REASO
 KIND_LABEL = {records_pb2.FeedbackEvent.KIND_THUMBS_UP: "thumbs_up",
               records_pb2.FeedbackEvent.KIND_THUMBS_DOWN: "thumbs_down",
               records_pb2.FeedbackEvent.KIND_COMPARISON: "comparison"}
+
+
+def _check_version_name(version: str) -> None:
+    try:
+        check_version_name(version)
+    except InvalidVersionName as exc:
+        raise InvalidArgument(f"model_version {exc}") from exc
 
 
 @dataclass
@@ -54,31 +63,44 @@ class PolicyCore:
         self.metrics = metrics
 
     async def resolve_model(self, version: str) -> LoadedModel:
-        """The current model, or a pinned registered version (loaded off the event loop)."""
+        """The current model, or a pinned registered version (loaded off the event loop).
+
+        The name is checked against the registry's naming before anything touches the disk:
+        malformed -> INVALID_ARGUMENT, unknown -> NOT_FOUND, unservable -> FAILED_PRECONDITION."""
         if not version:
             if self.pool.current is None:
                 raise Unavailable("no model is loaded yet; retry shortly")
             return self.pool.current
-        if not self.registry.exists(version):
-            known = ", ".join(self.registry.list_versions()[-5:]) or "none"
-            raise NotFound(f"model_version {version!r} is not registered (latest: {known})")
+        _check_version_name(version)
         lm = self.pool.get(version)
         if lm is not None:
             return lm
+        if not self.registry.exists(version):
+            known = ", ".join(self.registry.list_versions()[-5:]) or "none"
+            raise NotFound(f"model_version {version!r} is not registered (latest: {known})")
         try:
-            return await asyncio.get_running_loop().run_in_executor(None, self.pool.load, version)
-        except ChecksumError as exc:
+            return await asyncio.get_running_loop().run_in_executor(None, self.pool.load_pinned, version)
+        except (ChecksumError, UnloadableVersion) as exc:
             raise FailedPrecondition(f"model_version {version!r} cannot be served: {exc}") from exc
 
     def model_info(self, version: str) -> policy_pb2.ModelInfo:
-        """The served version's (or a named one's) registry entry; reads files, so off the loop."""
+        """The served version's (or a named one's) registry entry, with this server's view of the
+        pointer (pointer_version, fallback, refused_reason); reads files, so off the loop."""
         current = self.pool.current.version if self.pool.current else None
+        if version:
+            _check_version_name(version)
         version = version or current
         if not version:
             raise Unavailable("no model is loaded yet")
         if not self.registry.exists(version):
             raise NotFound(f"model_version {version!r} is not registered")
-        return model_info(self.registry.manifest(version), current)
+        info = model_info(self.registry.manifest(version), current)
+        state = self.pool.state
+        info.pointer_version = state.pointer or current or ""
+        if version == current:
+            info.fallback = state.fallback
+            info.refused_reason = state.refused_reason
+        return info
 
     async def start_generation(self, req: policy_pb2.GenerateRequest, time_remaining: float | None,
                                stream: bool) -> Pending:

@@ -8,6 +8,7 @@ import time
 import grpc
 import pytest
 
+from registry.pointer import events_channel
 from rlhf.v1 import admin_pb2, policy_pb2
 from rlhf_serve.keys import Keys
 from tests.helpers import ServingStack, metric_value, point_at, publish_model
@@ -88,7 +89,7 @@ def test_2_corrupt_version_is_refused(stack):
     # something moves the pointer anyway (e.g. a hand edit): the server refuses to load it
     keys = Keys(stack.settings.key_prefix)
     stack.redis.set(keys.current_version, v3)
-    stack.redis.publish(keys.model_events, v3)
+    stack.redis.publish(events_channel(stack.redis, keys), v3)
     assert wait_for(lambda: metric_value(stack.server.metrics_text(), "rlhf_model_swap_failures_total") == 1)
     time.sleep(2.5)  # one poll interval: the refusal is not retried over and over
     text = stack.server.metrics_text()
