@@ -191,9 +191,9 @@ class PolicyCore:
         subject = f"user:{req.user_id}" if req.user_id else f"response:{ids[0]}"
         retry_ms = await self.store.take_token(subject, rate, burst)
         if retry_ms:
-            who = f"user {req.user_id!r}" if req.user_id else "this response"
+            who = f"user {req.user_id!r}" if req.user_id else f"anonymous feedback on response {ids[0]!r}"
             self.metrics.feedback_rate_limited.inc()
-            raise RateLimited(f"feedback rate limit: {who} may send {rate:g} feedback per second (bursts of "
+            raise RateLimited(f"feedback rate limit: {who} is limited to {rate:g} feedback per second (bursts of "
                               f"{burst}); nothing was stored: retry after {retry_ms} ms (trailing metadata "
                               f"retry-after-ms)", retry_ms)
 
