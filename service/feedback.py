@@ -33,14 +33,14 @@ def redis_errors(what: str):
         yield
     except (rex.ConnectionError, rex.TimeoutError, rex.ReadOnlyError) as exc:
         log.warning("feedback store failure during %s: %r", what, exc)
-        raise Unavailable(f"the feedback store (Redis) is unavailable, so {what} did not happen; "
+        raise Unavailable(f"the feedback store (Redis) is unavailable: {what} failed and nothing was stored; "
                           "this is temporary: retry with backoff (with the same idempotency_key)") from exc
     except rex.ResponseError as exc:
         if "OOM" not in str(exc) and "maxmemory" not in str(exc):
             raise
         log.error("feedback store is out of memory during %s: %s", what, exc)
-        raise ResourceExhausted(f"the feedback store (Redis) is full (maxmemory reached), so {what} did not "
-                                "happen; retry later; operators: raise maxmemory or lower "
+        raise ResourceExhausted(f"the feedback store (Redis) is full (maxmemory reached): {what} failed and "
+                                "nothing was stored; retry later; operators: raise maxmemory or lower "
                                 "RLHF_FEEDBACK_STREAM_KEEP / RLHF_GENERATION_TTL_S") from exc
 
 
