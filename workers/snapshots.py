@@ -149,7 +149,7 @@ def trim_stream(r: redis.Redis, keys: Keys, keep: int) -> int:
         if len(newest) < keep:
             return 0
         min_id = min(min_id, _stream_order(newest[-1][0].decode()))
-    return int(r.xtrim(keys.feedback_stream, minid=f"{min_id[0]}-{min_id[1]}"))
+    return int(r.xtrim(keys.feedback_stream, minid=f"{min_id[0]}-{min_id[1]}", approximate=False))
 
 
 def _text(value) -> str:
