@@ -8,7 +8,7 @@ from typing import IO, Iterator
 import redis
 
 from rlhf.v1 import records_pb2
-from rlhf_serve.feedback_log import APPEND_SCRIPT, event_to_row, row_to_event
+from rlhf_serve.feedback_log import APPEND_SCRIPT, STORED, content_digest, event_to_row, row_to_event
 from rlhf_serve.keys import Keys
 
 
@@ -59,9 +59,9 @@ def import_events(r: redis.Redis, keys: Keys, events: list[records_pb2.FeedbackE
     imported = duplicates = 0
     for event in events:
         kind = records_pb2.FeedbackEvent.Kind.Name(event.kind)
-        _, duplicate = append(keys=[keys.feedback_stream, keys.idempotency(event.user_id, event.idempotency_key)],
-                              args=[ttl_s, kind, event.SerializeToString()])
-        if duplicate:
+        _, status = append(keys=[keys.feedback_stream, keys.idempotency(event.user_id, event.idempotency_key)],
+                           args=[ttl_s, kind, event.SerializeToString(), content_digest(event)])
+        if status != STORED:  # the import key is derived from the content: a conflict is a duplicate too
             duplicates += 1
         else:
             imported += 1

@@ -20,14 +20,21 @@ class Keys:
     @property
     def feedback_stream(self) -> str:
         """STREAM: accepted feedback; each entry has field `event` (serialized FeedbackEvent)
-        and `kind`. The entry id is the feedback_id. Never trimmed by the service."""
+        and `kind`. The entry id is the feedback_id. Append-only; a snapshot trims what it has durably
+        saved and acknowledged, keeping the newest feedback_stream_keep entries."""
         return f"{self.prefix}feedback"
 
     def idempotency(self, user_id: str, key: str) -> str:
-        """STRING: feedback_id stored under (user_id, idempotency_key), expires after
-        idempotency_ttl_s."""
+        """STRING: "<feedback_id> <content digest>" stored under (user_id, idempotency_key), expires
+        after idempotency_ttl_s. A reuse of the key with other content is refused."""
         digest = hashlib.sha256(f"{user_id}\x00{key}".encode()).hexdigest()[:32]
         return f"{self.prefix}idem:{digest}"
+
+    def feedback_bucket(self, subject: str) -> str:
+        """HASH {tokens, ts}: the feedback token bucket of one user (or, for anonymous feedback, of one
+        response); expires once it would be full again."""
+        digest = hashlib.sha256(subject.encode()).hexdigest()[:32]
+        return f"{self.prefix}ratelimit:feedback:{digest}"
 
     @property
     def recent_prompts(self) -> str:

@@ -74,6 +74,16 @@ class Settings(BaseSettings):
     """How long an idempotency key is remembered."""
     recent_prompts: int = 2000
     """How many recent real prompts are kept for PPO rollouts."""
+    feedback_rate_per_s: float = 10.0
+    """Per-user feedback rate limit: tokens refilled per second (a token bucket in Redis; anonymous
+    feedback has one bucket per response). Beyond it SubmitFeedback answers RESOURCE_EXHAUSTED with a
+    retry-after-ms hint. 0 disables the limit."""
+    feedback_burst: int = 100
+    """Per-user feedback rate limit: bucket size (feedback one user may send at once)."""
+    feedback_stream_keep: int = 10000
+    """Newest feedback stream entries kept in Redis after a snapshot has durably saved and acknowledged
+    them (older ones live in the registry's datasets/ files); entries not yet snapshotted are never
+    trimmed. -1: never trim."""
 
     # --- auth --------------------------------------------------------------------------------
     api_tokens: str = ""
@@ -114,6 +124,12 @@ class Settings(BaseSettings):
     SFT reference, the newest refused ones); 0 disables the scheduled prune."""
     train_window: int = 5000
     """Most recent feedback items a round trains the reward model on."""
+    max_user_share: float = 0.2
+    """Most of a round's training weight one user may hold (their items are scaled down beyond it).
+    With fewer than 1/max_user_share users the cap is 1/(number of users). 1 disables it."""
+    voter_weighting: bool = True
+    """Weight each user's feedback by their agreement with the other users on shared prompts and
+    responses (training/voters.py): a minority voting against the crowd is down-weighted."""
     kl_bound: float = 10.0
     """Promotion gate: a candidate with mean KL to the SFT reference above this (nats per
     response) is not promoted."""

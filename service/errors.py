@@ -31,3 +31,20 @@ class Unavailable(ApiError):
 
 class FailedPrecondition(ApiError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class PermissionDenied(ApiError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class AlreadyExists(ApiError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class RateLimited(ResourceExhausted):
+    """RESOURCE_EXHAUSTED with a retry hint, also sent as trailing metadata `retry-after-ms`."""
+
+    def __init__(self, message: str, retry_after_ms: int):
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+        self.trailing_metadata = (("retry-after-ms", str(retry_after_ms)),)

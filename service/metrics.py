@@ -46,6 +46,11 @@ class Metrics:
                                 ["kind", "model_version"], registry=r)
         self.feedback_duplicates = Counter("rlhf_feedback_duplicates_total",
                                            "Feedback retries answered from the idempotency key.", registry=r)
+        self.feedback_rate_limited = Counter("rlhf_feedback_rate_limited_total",
+                                             "Feedback refused by the per-user rate limit.", registry=r)
+        self.generation_records_dropped = Counter(
+            "rlhf_generation_records_dropped_total",
+            "Responses served but not recorded (Redis down or full): they cannot be rated.", registry=r)
         self.model_info = Gauge("rlhf_model_info", "1 for the model version being served.", v, registry=r)
         self.swaps = Counter("rlhf_model_swaps_total", "Hot-swaps to a new current version.", registry=r)
         self.swap_failures = Counter("rlhf_model_swap_failures_total",

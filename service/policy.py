@@ -7,9 +7,13 @@ The gRPC servicer only translates.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rlhf.v1 import policy_pb2, records_pb2
 from registry import ChecksumError, InvalidVersionName, Registry
@@ -19,7 +23,9 @@ from registry.registry import check_version_name
 from service import validation
 from service.decoder import LoadedModel, Row
 from service.engine import Engine, EngineStopped, Job, QueueFull
-from service.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from rlhf_serve.feedback_log import CONFLICT, DUPLICATE
+from service.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied,
+                            RateLimited, ResourceExhausted, Unavailable)
 from service.feedback import FeedbackStore
 from service.metrics import Metrics
 from service.model_pool import ModelPool
@@ -30,6 +36,11 @@ FINISH = {"eos": policy_pb2.FINISH_REASON_EOS, "length": policy_pb2.FINISH_REASO
 KIND_LABEL = {records_pb2.FeedbackEvent.KIND_THUMBS_UP: "thumbs_up",
               records_pb2.FeedbackEvent.KIND_THUMBS_DOWN: "thumbs_down",
               records_pb2.FeedbackEvent.KIND_COMPARISON: "comparison"}
+log = logging.getLogger(__name__)
+
+
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _check_version_name(version: str) -> None:
@@ -50,6 +61,10 @@ class Pending:
     response_ids: list[str]
     request_id: str
     started: float
+    tokens: list[str] = field(default_factory=list)
+    """Feedback tokens, one per candidate (anonymous requests only)."""
+    recorded: bool = True
+    """False when the generation records could not be stored (Redis down or full)."""
 
 
 class PolicyCore:
@@ -123,21 +138,33 @@ class PolicyCore:
             raise ResourceExhausted(f"{exc}; retry with backoff") from exc
         except EngineStopped as exc:
             raise Unavailable(str(exc)) from exc
+        tokens = [] if req.user_id else [secrets.token_urlsafe(24) for _ in specs]
         return Pending(request=req, lm=lm, job=job, done=done, response_ids=[uuid.uuid4().hex for _ in specs],
-                       request_id=uuid.uuid4().hex, started=time.perf_counter())
+                       request_id=uuid.uuid4().hex, started=time.perf_counter(), tokens=tokens)
 
     async def finish_generation(self, pending: Pending, rows: list[Row]) -> None:
-        """Stores a generation record per finished candidate (before the client sees its id)."""
+        """Stores a generation record per finished candidate (before the client sees its id).
+
+        When Redis is down or full the responses are still returned (the model is in memory), marked
+        `feedback_unavailable`, and counted in rlhf_generation_records_dropped_total.
+        """
         now = records_pb2.GenerationRecord().created_at
         now.FromNanoseconds(time.time_ns())
+        tokens = pending.tokens or [""] * len(rows)
         records = [
             records_pb2.GenerationRecord(
                 response_id=rid, prompt=pending.request.prompt, response=row.text, num_tokens=len(row.tokens),
                 model_version=pending.lm.version, user_id=pending.request.user_id, created_at=now,
-                finish_reason=row.finish or "", request_id=pending.request_id)
-            for rid, row in zip(pending.response_ids, rows) if row.finish in FINISH
+                finish_reason=row.finish or "", request_id=pending.request_id,
+                feedback_token_sha256=_token_digest(token) if token else "")
+            for rid, row, token in zip(pending.response_ids, rows, tokens) if row.finish in FINISH
         ]
-        await self.store.record_generations(records)
+        try:
+            await self.store.record_generations(records)
+        except (Unavailable, ResourceExhausted) as exc:
+            pending.recorded = False
+            self.metrics.generation_records_dropped.inc(len(records))
+            log.warning("served %d response(s) that cannot be rated: %s", len(records), exc.message)
         self.metrics.e2e.labels(pending.lm.version).observe(time.perf_counter() - pending.started)
 
     def to_response(self, pending: Pending, rows: list[Row]) -> policy_pb2.GenerateResponse:
@@ -146,24 +173,66 @@ class PolicyCore:
             prompt_tokens=len(pending.job.prompt_ids),
             candidates=[
                 policy_pb2.Candidate(response_id=rid, text=row.text, finish_reason=FINISH.get(row.finish, 0),
-                                     num_tokens=len(row.tokens), index=i)
+                                     num_tokens=len(row.tokens), index=i, **self.feedback_fields(pending, i))
                 for i, (rid, row) in enumerate(zip(pending.response_ids, rows))
             ],
         )
 
+    @staticmethod
+    def feedback_fields(pending: Pending, index: int) -> dict:
+        """feedback_token / feedback_unavailable of candidate `index` (Candidate and last GenerateChunk)."""
+        if not pending.recorded:
+            return {"feedback_unavailable": True}
+        return {"feedback_token": pending.tokens[index]} if pending.tokens else {}
+
     async def submit_feedback(self, req: policy_pb2.FeedbackRequest) -> policy_pb2.FeedbackAck:
         ids = validation.check_feedback(req)
+        await self._rate_limit(req, ids)
         records = await self.store.get_generations(ids)
         for rid, rec in zip(ids, records):
             if rec is None:
                 raise NotFound(f"response_id {rid!r} is unknown or older than the retention period")
+        self._check_may_rate(req, records)
         event = self._event(req, records)
-        feedback_id, duplicate = await self.store.append(event)
-        if duplicate:
+        feedback_id, status = await self.store.append(event)
+        if status == CONFLICT:
+            raise AlreadyExists(f"idempotency_key {req.idempotency_key!r} was already used for different feedback; "
+                                "nothing was stored: use a new key for new feedback (reuse a key only to retry the "
+                                "same request)")
+        if status == DUPLICATE:
             self.metrics.feedback_duplicates.inc()
         else:
             self.metrics.feedback.labels(KIND_LABEL[event.kind], event.model_version).inc()
-        return policy_pb2.FeedbackAck(feedback_id=feedback_id, duplicate=duplicate)
+        return policy_pb2.FeedbackAck(feedback_id=feedback_id, duplicate=status == DUPLICATE)
+
+    async def _rate_limit(self, req: policy_pb2.FeedbackRequest, ids: list[str]) -> None:
+        """A token bucket per user_id (anonymous feedback: per rated response)."""
+        rate, burst = self.settings.feedback_rate_per_s, self.settings.feedback_burst
+        if rate <= 0:
+            return
+        subject = f"user:{req.user_id}" if req.user_id else f"response:{ids[0]}"
+        retry_ms = await self.store.take_token(subject, rate, burst)
+        if retry_ms:
+            who = f"user {req.user_id!r}" if req.user_id else f"anonymous feedback on response {ids[0]!r}"
+            self.metrics.feedback_rate_limited.inc()
+            raise RateLimited(f"feedback rate limit: {who} is limited to {rate:g} feedback per second (bursts of "
+                              f"{burst}); nothing was stored: retry after {retry_ms} ms (trailing metadata "
+                              f"retry-after-ms)", retry_ms)
+
+    @staticmethod
+    def _check_may_rate(req: policy_pb2.FeedbackRequest, records) -> None:
+        """Only the user a response was served to may rate it; anonymous responses need their token."""
+        tokens = [req.feedback_token, req.rejected_feedback_token]
+        for rec, token, name in zip(records, tokens, ("feedback_token", "rejected_feedback_token")):
+            if rec.user_id:
+                if req.user_id != rec.user_id:
+                    raise PermissionDenied(f"response {rec.response_id!r} was served to another user: only the "
+                                           "user_id that Generate carried may rate it")
+            elif rec.feedback_token_sha256:
+                if not token or not hmac.compare_digest(_token_digest(token), rec.feedback_token_sha256):
+                    what = "is missing" if not token else "does not match"
+                    raise PermissionDenied(f"{name} {what}: response {rec.response_id!r} was generated without a "
+                                           "user_id; send the feedback_token its Candidate carried")
 
     def _event(self, req: policy_pb2.FeedbackRequest, records) -> records_pb2.FeedbackEvent:
         first = records[0]

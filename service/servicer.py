@@ -19,6 +19,8 @@ def translate_errors(fn):
         try:
             return await fn(self, request, context)
         except ApiError as exc:
+            if getattr(exc, "trailing_metadata", None):
+                context.set_trailing_metadata(exc.trailing_metadata)
             await context.abort(exc.code, exc.message)
         except (ConnectionError, OSError) as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"feedback store unreachable: {exc}")
@@ -55,7 +57,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             await self.core.finish_generation(pending, rows)
             for i, (rid, row) in enumerate(zip(pending.response_ids, rows)):
                 yield policy_pb2.GenerateChunk(index=i, response_id=rid, model_version=pending.lm.version,
-                                               finish_reason=FINISH.get(row.finish, 0), num_tokens=len(row.tokens))
+                                               finish_reason=FINISH.get(row.finish, 0), num_tokens=len(row.tokens),
+                                               **self.core.feedback_fields(pending, i))
         finally:
             pending.job.cancelled.set()
 

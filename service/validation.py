@@ -74,6 +74,8 @@ def check_feedback(req: policy_pb2.FeedbackRequest) -> list[str]:
     check_short("user_id", req.user_id)
     check_short("idempotency_key", req.idempotency_key)
     check_short("comment", req.comment, MAX_COMMENT_CHARS)
+    check_short("feedback_token", req.feedback_token)
+    check_short("rejected_feedback_token", req.rejected_feedback_token)
     kind = req.WhichOneof("kind")
     if kind == "rating":
         if not req.rating.response_id:

@@ -15,6 +15,8 @@ class PreferencePair:
     weight: float = 1.0
     rejected_prompt: str | None = None
     """Prompt the rejected response answered, when it differs from ``prompt`` (detail 3)."""
+    user_id: str = ""
+    """Who gave the comparison ("" when anonymous or unknown)."""
 
     @property
     def rejected_context(self) -> str:
@@ -29,6 +31,10 @@ class Rating:
     prompt: str
     response: str
     thumbs_up: bool
+    user_id: str = ""
+    """Who rated (empty: unknown); used by feedback hygiene."""
+    weight: float = 1.0
+    """Weight of this rating in the pointwise reward loss (e.g. the voter's reliability)."""
 
 
 @dataclass

@@ -24,6 +24,14 @@ PPO_KL = Gauge("rlhf_ppo_kl", "KL to the SFT reference (nats per response) at th
 PPO_CLIPFRAC = Gauge("rlhf_ppo_clip_fraction", "Clipped share of the policy ratio at the last PPO step.",
                      registry=REGISTRY)
 BACKLOG = Gauge("rlhf_feedback_backlog", "Feedback stream entries not yet in a training set.", registry=REGISTRY)
+DOWNWEIGHTED_USERS = Gauge("rlhf_feedback_downweighted_users",
+                           "Users whose votes the last training set down-weighted as unreliable (voting against "
+                           "the other users on shared prompts).", registry=REGISTRY)
+CAPPED_USERS = Gauge("rlhf_feedback_capped_users",
+                     "Users whose share of the last training set was capped (max_user_share).", registry=REGISTRY)
+SUPERSEDED_VOTES = Gauge("rlhf_feedback_superseded_votes",
+                         "Votes replaced by the same user's later vote on the same response (last training set).",
+                         registry=REGISTRY)
 LAST_SUCCESS = Gauge("rlhf_last_round_success_timestamp_seconds", "Unix time of the last round that finished.",
                      registry=REGISTRY)
 
@@ -33,6 +41,13 @@ def serve(port: int) -> int | None:
         return None
     server, _ = start_http_server(port, registry=REGISTRY)
     return server.server_port
+
+
+def observe_hygiene(info: dict) -> None:
+    """Feedback hygiene figures of the training set just loaded (workers/snapshots.py)."""
+    DOWNWEIGHTED_USERS.set(info.get("downweighted_users", 0))
+    CAPPED_USERS.set(info.get("capped_users", 0))
+    SUPERSEDED_VOTES.set(info.get("superseded_votes", 0))
 
 
 def observe_round(summary: dict) -> None:

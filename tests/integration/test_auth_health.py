@@ -48,7 +48,8 @@ def test_policy_accepts_valid_tokens(stack):
     chunks = list(pol.GenerateStream(gen_req(), metadata=GOOD, timeout=30))
     assert chunks[-1].finish_reason
     ack = pol.SubmitFeedback(policy_pb2.FeedbackRequest(rating=policy_pb2.Rating(
-        response_id=resp.candidates[0].response_id, thumbs_up=True)), metadata=GOOD, timeout=10)
+        response_id=resp.candidates[0].response_id, thumbs_up=True),
+        feedback_token=resp.candidates[0].feedback_token), metadata=GOOD, timeout=10)
     assert ack.feedback_id
     assert pol.GetModel(policy_pb2.GetModelRequest(), metadata=GOOD, timeout=10).model_version == "v0001"
     text = stack.server.metrics_text()

@@ -21,8 +21,8 @@ def stack(redis_url, tiny_model_dir, tmp_path_factory):
     s.close()
 
 
-def generate(stack, prompt="Tell me about the sea.", n=2):
-    req = policy_pb2.GenerateRequest(prompt=prompt, num_candidates=n, user_id="u1",
+def generate(stack, prompt="Tell me about the sea.", n=2, user_id="u1"):
+    req = policy_pb2.GenerateRequest(prompt=prompt, num_candidates=n, user_id=user_id,
                                      sampling=policy_pb2.SamplingParams(max_new_tokens=8))
     return stack.server.policy.Generate(req, timeout=60)
 
@@ -48,7 +48,8 @@ def test_rating_is_stored_with_server_side_texts(stack):
         "Rate this one.", c.text, c.response_id, "v0001")
     assert (event.user_id, event.comment, event.source) == ("u1", "nice", "api")
     assert event.created_at.seconds > 0
-    down = feedback(stack, rating=policy_pb2.Rating(response_id=resp.candidates[1].response_id, thumbs_up=False))
+    down = feedback(stack, rating=policy_pb2.Rating(response_id=resp.candidates[1].response_id, thumbs_up=False),
+                    user_id="u1")
     assert stream_events(stack)[down.feedback_id].kind == Kind.KIND_THUMBS_DOWN
     assert stack.redis.xrange(stack.settings.key_prefix + "feedback", min=down.feedback_id, max=down.feedback_id)[0][1][
         b"kind"] == b"KIND_THUMBS_DOWN"
@@ -58,7 +59,7 @@ def test_comparison_is_stored(stack):
     resp = generate(stack, prompt="Compare these.")
     a, b = resp.candidates
     ack = feedback(stack, comparison=policy_pb2.Comparison(chosen_response_id=b.response_id,
-                                                           rejected_response_id=a.response_id))
+                                                           rejected_response_id=a.response_id), user_id="u1")
     event = stream_events(stack)[ack.feedback_id]
     assert event.kind == Kind.KIND_COMPARISON
     assert event.prompt == "Compare these."
@@ -76,13 +77,14 @@ def test_idempotent_retries_store_once(stack):
     assert [a.duplicate for a in acks] == [False, True, True, True, True]
     matching = [e for e in stream_events(stack).values() if e.idempotency_key == key]
     assert len(matching) == 1
-    # the same key from another user is a different item
-    other = feedback(stack, rating=policy_pb2.Rating(response_id=c.response_id, thumbs_up=True), user_id="u2",
+    # the same key from another user (on a response served to them) is a different item
+    c2 = generate(stack, user_id="u2").candidates[0]
+    other = feedback(stack, rating=policy_pb2.Rating(response_id=c2.response_id, thumbs_up=True), user_id="u2",
                      idempotency_key=key)
     assert not other.duplicate and other.feedback_id != acks[0].feedback_id
     # without a key every call is new
-    a = feedback(stack, rating=policy_pb2.Rating(response_id=c.response_id, thumbs_up=True))
-    b = feedback(stack, rating=policy_pb2.Rating(response_id=c.response_id, thumbs_up=True))
+    a = feedback(stack, rating=policy_pb2.Rating(response_id=c.response_id, thumbs_up=True), user_id="u1")
+    b = feedback(stack, rating=policy_pb2.Rating(response_id=c.response_id, thumbs_up=True), user_id="u1")
     assert a.feedback_id != b.feedback_id and not a.duplicate and not b.duplicate
 
 
@@ -129,23 +131,23 @@ def test_refusals(stack):
     rid = resp.candidates[0].response_id
     expect(grpc.StatusCode.NOT_FOUND,
            lambda: feedback(stack, rating=policy_pb2.Rating(response_id="no-such-id", thumbs_up=True)), "no-such-id")
-    expect(grpc.StatusCode.NOT_FOUND, lambda: feedback(stack, comparison=policy_pb2.Comparison(
+    expect(grpc.StatusCode.NOT_FOUND, lambda: feedback(stack, user_id="u1", comparison=policy_pb2.Comparison(
         chosen_response_id=rid, rejected_response_id="missing")), "missing")
-    expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: feedback(stack, comparison=policy_pb2.Comparison(
+    expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: feedback(stack, user_id="u1", comparison=policy_pb2.Comparison(
         chosen_response_id=rid, rejected_response_id=other.candidates[0].response_id)), "different prompts")
-    expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: feedback(stack, comparison=policy_pb2.Comparison(
+    expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: feedback(stack, user_id="u1", comparison=policy_pb2.Comparison(
         chosen_response_id=rid, rejected_response_id=rid)), "same response")
-    expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: feedback(stack, comparison=policy_pb2.Comparison(
+    expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: feedback(stack, user_id="u1", comparison=policy_pb2.Comparison(
         chosen_response_id=rid)), "rejected_response_id")
     expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: feedback(stack), "empty")
     expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: feedback(stack, user_id="u"), "rating")
     expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: feedback(stack, rating=policy_pb2.Rating(thumbs_up=True)),
            "response_id")
     expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: feedback(
-        stack, rating=policy_pb2.Rating(response_id=rid, thumbs_up=True), comment="x" * 5000), "comment")
+        stack, rating=policy_pb2.Rating(response_id=rid, thumbs_up=True), user_id="u1", comment="x" * 5000), "comment")
     expect(grpc.StatusCode.INVALID_ARGUMENT, lambda: feedback(
-        stack, rating=policy_pb2.Rating(response_id=rid, thumbs_up=True), idempotency_key="k" * 300),
+        stack, rating=policy_pb2.Rating(response_id=rid, thumbs_up=True), user_id="u1", idempotency_key="k" * 300),
         "idempotency_key")
     assert len(stream_events(stack)) == before  # nothing was stored by any refused call
     # and the server keeps taking valid feedback
-    assert feedback(stack, rating=policy_pb2.Rating(response_id=rid, thumbs_up=True)).feedback_id
+    assert feedback(stack, rating=policy_pb2.Rating(response_id=rid, thumbs_up=True), user_id="u1").feedback_id

@@ -28,7 +28,8 @@ def stack(redis_url, tiny_model_dir, tmp_path_factory):
     a, b, c = resp.candidates
     pol.SubmitFeedback(policy_pb2.FeedbackRequest(comparison=policy_pb2.Comparison(
         chosen_response_id=a.response_id, rejected_response_id=b.response_id), user_id="eve", comment="a is better"))
-    pol.SubmitFeedback(policy_pb2.FeedbackRequest(rating=policy_pb2.Rating(response_id=c.response_id, thumbs_up=True)))
+    pol.SubmitFeedback(policy_pb2.FeedbackRequest(rating=policy_pb2.Rating(response_id=c.response_id, thumbs_up=True),
+                                                  user_id="eve"))
     pol.SubmitFeedback(policy_pb2.FeedbackRequest(rating=policy_pb2.Rating(response_id=b.response_id,
                                                                            thumbs_up=False), user_id="eve"))
     s.candidates = (a, b, c)

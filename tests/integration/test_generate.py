@@ -140,7 +140,7 @@ def test_stream_deltas_concatenate_to_final_text(stack):
         comparison=policy_pb2.Comparison(chosen_response_id=ids[0], rejected_response_id=ids[1]), user_id="bob"))
     assert ack.feedback_id and not ack.duplicate
     ack = stack.server.policy.SubmitFeedback(policy_pb2.FeedbackRequest(
-        rating=policy_pb2.Rating(response_id=ids[2], thumbs_up=True)))
+        rating=policy_pb2.Rating(response_id=ids[2], thumbs_up=True), user_id="bob"))
     assert ack.feedback_id
 
 
@@ -162,7 +162,8 @@ def test_pinned_model_version(stack):
     assert resp.model_version == "v0002"
     # its candidates are recorded with the pinned version and take feedback
     ack = stack.server.policy.SubmitFeedback(policy_pb2.FeedbackRequest(
-        rating=policy_pb2.Rating(response_id=resp.candidates[0].response_id, thumbs_up=False)))
+        rating=policy_pb2.Rating(response_id=resp.candidates[0].response_id, thumbs_up=False),
+        feedback_token=resp.candidates[0].feedback_token))
     assert ack.feedback_id
     chunks = list(stack.server.policy.GenerateStream(policy_pb2.GenerateRequest(
         prompt=PROMPT, model_version="v0002", sampling=policy_pb2.SamplingParams(max_new_tokens=4)), timeout=60))

@@ -110,17 +110,17 @@ def test_concurrent_calls_are_batched(stack):
 
 
 def test_feedback_counter(stack):
-    resp = gen(stack, n=2)
+    resp = gen(stack, n=2, user_id="m")
     a, b = resp.candidates
     pol = stack.server.policy
     pol.SubmitFeedback(policy_pb2.FeedbackRequest(rating=policy_pb2.Rating(response_id=a.response_id, thumbs_up=True),
-                                                  idempotency_key="m1"))
+                                                  idempotency_key="m1", user_id="m"))
     pol.SubmitFeedback(policy_pb2.FeedbackRequest(rating=policy_pb2.Rating(response_id=a.response_id, thumbs_up=True),
-                                                  idempotency_key="m1"))  # duplicate: not counted as feedback
+                                                  idempotency_key="m1", user_id="m"))  # duplicate: not counted as feedback
     pol.SubmitFeedback(policy_pb2.FeedbackRequest(rating=policy_pb2.Rating(response_id=b.response_id,
-                                                                           thumbs_up=False)))
+                                                                           thumbs_up=False), user_id="m"))
     pol.SubmitFeedback(policy_pb2.FeedbackRequest(comparison=policy_pb2.Comparison(
-        chosen_response_id=a.response_id, rejected_response_id=b.response_id)))
+        chosen_response_id=a.response_id, rejected_response_id=b.response_id), user_id="m"))
     with pytest.raises(grpc.RpcError):
         pol.SubmitFeedback(policy_pb2.FeedbackRequest(rating=policy_pb2.Rating(response_id="nope", thumbs_up=True)))
     text = stack.server.metrics_text()
