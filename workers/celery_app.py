@@ -17,7 +17,7 @@ from kombu import Queue
 
 from rlhf_serve import quiet_transformers
 from rlhf_serve.settings import load_settings
-from rlhf_serve.tasks import DEFAULT_QUEUE, GPU_QUEUE, ROUND_TASK, celery_connection_conf
+from rlhf_serve.tasks import DEFAULT_QUEUE, GPU_QUEUE, REAP_TASK, ROUND_TASK, celery_connection_conf
 
 quiet_transformers()
 settings = load_settings()
@@ -41,6 +41,8 @@ app.conf.update(
     beat_schedule={
         "training-round": {"task": ROUND_TASK, "schedule": settings.schedule_s,
                            "kwargs": {"force": False, "reason": "schedule"}},
+        "reap-rounds": {"task": REAP_TASK, "schedule": settings.round_reap_interval_s,
+                        "options": {"expires": settings.round_reap_interval_s}},
     },
     timezone="UTC",
     # beat's state file (last run times); not in the working directory
