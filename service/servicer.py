@@ -4,24 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 
 import grpc
 
 from rlhf.v1 import policy_pb2, policy_pb2_grpc
-from service.errors import ApiError
+from service.errors import UNAVAILABLE_STORE, ApiError, is_store_outage
 from service.policy import FINISH, PolicyCore
+
+log = logging.getLogger("rlhf_serve.server")
 
 
 def translate_errors(fn):
-    """Turns ApiError (and a lost Redis) into the matching status code and message."""
+    """Turns ApiError (and a lost Redis) into the matching status code and message.
+
+    Anything else reaches the interceptor, which answers INTERNAL with a reference to the log line.
+    """
     @functools.wraps(fn)
     async def wrapper(self, request, context):
         try:
             return await fn(self, request, context)
         except ApiError as exc:
             await context.abort(exc.code, exc.message)
-        except (ConnectionError, OSError) as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"feedback store unreachable: {exc}")
+        except Exception as exc:
+            if not is_store_outage(exc):
+                raise
+            log.warning("%s: Redis unreachable: %r", fn.__name__, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_STORE)
     return wrapper
 
 

@@ -71,20 +71,28 @@ def active(ctx) -> dict[str, dict]:
     return {k.decode(): json.loads(v) for k, v in raw.items()}
 
 
+def _pulse(ctx, round_id: str) -> None:
+    """One heartbeat, and the round lock extended if this round still holds it."""
+    try:
+        beat(ctx, round_id)
+        ctx.lock.extend(round_id)
+    except Exception:  # a Redis blip: the next beat tries again
+        log.warning("round %s heartbeat failed", round_id, exc_info=True)
+
+
 @contextlib.contextmanager
 def heartbeat(ctx, round_id: str, stage: str) -> Iterator[None]:
-    """Keeps the round's heartbeat fresh while a stage runs; RoundGone if it is no longer active."""
+    """Keeps the round's heartbeat (and lock) fresh for the whole stage, its imports and hand-off
+    included; RoundGone if the round is no longer active."""
     if not beat(ctx, round_id, stage):
         raise RoundGone(f"round {round_id} is no longer active (finished or abandoned); stale {stage} stops")
+    ctx.lock.extend(round_id)
     stop = threading.Event()
     interval = max(0.2, ctx.settings.round_lock_ttl_s / 3)
 
     def loop() -> None:
         while not stop.wait(interval):
-            try:
-                beat(ctx, round_id)
-            except Exception:  # a Redis blip: the next beat tries again
-                log.warning("round %s heartbeat failed", round_id, exc_info=True)
+            _pulse(ctx, round_id)
 
     thread = threading.Thread(target=loop, daemon=True, name="round-heartbeat")
     thread.start()
@@ -93,8 +101,7 @@ def heartbeat(ctx, round_id: str, stage: str) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
-        with contextlib.suppress(Exception):
-            beat(ctx, round_id)  # hand-off: the next stage has a full timeout to start
+        _pulse(ctx, round_id)  # hand-off: the next stage has a full lock TTL and timeout to start
 
 
 def _finished(ctx, round_id: str) -> bool:
