@@ -8,7 +8,6 @@ import pytest
 from rlhf.v1 import policy_pb2
 from benchmarks import fuzzing as fuzz
 
-pytestmark = pytest.mark.timeout(180)
 
 
 def real_ids(server) -> list[str]:
@@ -19,7 +18,7 @@ def real_ids(server) -> list[str]:
 
 def test_fuzzed_requests_get_documented_codes_and_the_server_keeps_serving(server, settings):
     ids = real_ids(server)
-    outcome = fuzz.run(server.channel, cases=400, seed=12, ids=ids, registry_root=str(settings.registry))
+    outcome = fuzz.run(server.channel, cases=500, seed=12, ids=ids, registry_root=str(settings.registry))
     assert outcome.bad == [], outcome.bad[:10]
     assert outcome.codes["INVALID_ARGUMENT"] > 50 and outcome.codes["OK"] > 20, outcome.codes
     ack = server.policy.SubmitFeedback(policy_pb2.FeedbackRequest(
