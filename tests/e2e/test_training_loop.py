@@ -160,7 +160,8 @@ def redeliver_unacked(settings) -> int:
     app.conf.update(conf)
     with app.connection_for_write() as conn:
         channel = conn.default_channel
-        waiting = channel.client.zcard(channel.unacked_index_key)
+        with channel.conn_or_acquire() as client:  # the client that applies the key prefix
+            waiting = client.zcard(channel.unacked_index_key)
         channel.qos.restore_visible(num=100)
         return waiting
 

@@ -45,3 +45,17 @@ def test_a_huge_id_is_refused_by_its_length_and_never_echoed(server):
     with pytest.raises(grpc.RpcError) as err:
         server.policy.GetModel(policy_pb2.GetModelRequest(model_version="v" * 10_000))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and len(err.value.details()) < 200
+
+
+def test_an_unexpected_failure_is_internal_with_a_logged_ref_and_no_details(server, monkeypatch, caplog):
+    def broken(version):
+        raise RuntimeError(f"secret detail {server.settings.registry}/versions/{version}")
+    monkeypatch.setattr(server.server.registry, "manifest", broken)
+    with caplog.at_level("ERROR", logger="rlhf_serve.server"):
+        with pytest.raises(grpc.RpcError) as err:
+            server.policy.GetModel(policy_pb2.GetModelRequest())
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    details = err.value.details()
+    assert "secret" not in details and "RuntimeError" not in details and "ref " in details
+    ref = details.split("ref ")[1][:12]
+    assert any(ref in rec.getMessage() and rec.exc_info for rec in caplog.records)
