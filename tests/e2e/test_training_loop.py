@@ -150,7 +150,7 @@ def test_failed_round_frees_the_lock_and_leaves_the_registry_untouched(server, s
     assert current_version(server) == "v0001"
 
 
-def redeliver_unacked(settings) -> int:
+def redeliver_unacked(settings) -> None:
     """What Celery does once the visibility timeout passes: unacked messages go back to their queue."""
     from celery import Celery
     from rlhf_serve.tasks import celery_connection_conf
@@ -159,11 +159,7 @@ def redeliver_unacked(settings) -> int:
     app = Celery("redeliver")
     app.conf.update(conf)
     with app.connection_for_write() as conn:
-        channel = conn.default_channel
-        with channel.conn_or_acquire() as client:  # the client that applies the key prefix
-            waiting = client.zcard(channel.unacked_index_key)
-        channel.qos.restore_visible(num=100)
-        return waiting
+        conn.default_channel.qos.restore_visible(num=100)
 
 
 def test_a_round_whose_worker_was_killed_is_abandoned_within_the_timeout(server, settings, start_worker, start_beat):
@@ -181,12 +177,13 @@ def test_a_round_whose_worker_was_killed_is_abandoned_within_the_timeout(server,
     rounds_key = settings.key_prefix + "train:rounds"
     record = json.loads(wait_for(lambda: worker.alive() and r.lindex(rounds_key, 0), 120, 0.3, "the reaper"))
     assert time.monotonic() - killed_at < 90  # heartbeat timeout + reap interval + worker start-up
-    assert record["failed"] and record["abandoned"] and record["stage"] == "ppo"
+    assert record["failed"] and record["abandoned"] and record["stage"] in ("reward_model", "ppo")
     assert not _lock_held(settings) and not any(tmp.glob("round-*"))
     assert not r.hlen(settings.key_prefix + "train:active")
     # an hour later Celery redelivers the dead PPO task: it must see its round is gone and stop
-    assert redeliver_unacked(settings) >= 1
+    redeliver_unacked(settings)
     wait_for(lambda: "is no longer active" in worker.output(), 60, 0.3, "the stale task to stop")
+    assert "stale ppo stops" in worker.output() or "stale reward_model stops" in worker.output()
     time.sleep(2)
     assert r.llen(rounds_key) == 1  # recorded once, not revived
     assert sorted(p.name for p in (settings.registry / "versions").iterdir()) == ["v0001"]
