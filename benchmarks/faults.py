@@ -157,7 +157,7 @@ def redis_outage(stack: Stack, outage_s: float = 3.0) -> dict:
     lost = set(before) - stack.stream_ids()
     return {"during_outage": {"Generate": dict(gen), "SubmitFeedback": dict(fb)}, "acked_before": len(before),
             "acked_lost": len(lost), "seconds_to_recover": recovered,
-            "target_met": not lost and recovered is not None and set(fb) <= {"UNAVAILABLE"}}
+            "target_met": not lost and recovered is not None and set(fb) <= {"UNAVAILABLE"} and set(gen) == {"OK"}}
 
 
 def corrupt_promotion(stack: Stack, restarts: int = 2) -> dict:
@@ -217,13 +217,33 @@ def worker_kill(stack: Stack, timeout_s: float = 150.0) -> dict:
             time.sleep(0.5)
         recorded_s = time.monotonic() - killed if record else None
         versions = sorted(v.name for v in (stack.settings.registry / "versions").iterdir())
-        return {"recorded_after_s": recorded_s, "record": record, "lock_held": bool(stack.r.exists(p + "train:lock")),
-                "scratch_dirs_left": len(list(tmp_dir.glob("round-*"))), "versions": versions,
-                "acked_lost": len(stack.acked - stack.stream_ids()),
-                "target_met": bool(record and record.get("failed")) and recorded_s is not None}
+        result = {"recorded_after_s": recorded_s, "record": record, "lock_held": bool(stack.r.exists(p + "train:lock")),
+                  "scratch_dirs_left": len(list(tmp_dir.glob("round-*"))), "versions": versions,
+                  "acked_lost": len(stack.acked - stack.stream_ids())}
+        redeliver_unacked(stack.settings)  # what Celery does once the 1 h visibility timeout passes
+        end = time.monotonic() + 30
+        while time.monotonic() < end and "no longer active" not in procs[1].output():
+            time.sleep(0.3)
+        time.sleep(1)
+        result["stale_redelivery_stopped"] = "no longer active" in procs[1].output()
+        result["history_entries"] = stack.r.llen(p + "train:rounds")
+        result["target_met"] = bool(record and record.get("failed")) and result["history_entries"] == 1 and \
+            result["stale_redelivery_stopped"] and not result["lock_held"] and not result["scratch_dirs_left"]
+        return result
     finally:
         for proc in procs:
             proc.stop()
+
+
+def redeliver_unacked(settings) -> None:
+    from celery import Celery
+    from rlhf_serve.tasks import celery_connection_conf
+    conf = celery_connection_conf(settings)
+    conf["broker_transport_options"] = {**conf["broker_transport_options"], "visibility_timeout": 0}
+    app = Celery("redeliver")
+    app.conf.update(conf)
+    with app.connection_for_write() as conn:
+        conn.default_channel.qos.restore_visible(num=100)
 
 
 def fuzz(stack: Stack, cases: int = 300) -> dict:
