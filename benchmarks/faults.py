@@ -206,7 +206,9 @@ def worker_kill(stack: Stack, timeout_s: float = 150.0) -> dict:
     tmp_dir, p = stack.settings.registry / ".tmp", stack.settings.key_prefix
     try:
         stack.server.admin.TriggerRound(admin_pb2.TriggerRoundRequest(force=True), timeout=30)
-        _wait(lambda: any(tmp_dir.glob("round-*/reward_model")), 240, "the round to reach PPO")
+        _wait(lambda: any(json.loads(v)["stage"] == "ppo" for v in stack.r.hvals(p + "train:active")), 240,
+              "the round to run PPO")
+        time.sleep(1)
         procs[0].kill()
         killed = time.monotonic()
         procs += [Proc("worker", stack.settings, logs), Proc("beat", stack.settings, logs)]

@@ -40,6 +40,16 @@ return 1
 """
 
 
+# Extend the round lock to the stage TTL only if it would lapse sooner (never shortens a longer
+# hand-off expiry set between stages).
+_KEEP_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
 class RoundGone(RuntimeError):
     """The round was finished or abandoned already: a stale (redelivered) stage must stop."""
 
@@ -71,19 +81,22 @@ def active(ctx) -> dict[str, dict]:
     return {k.decode(): json.loads(v) for k, v in raw.items()}
 
 
-def _pulse(ctx, round_id: str) -> None:
-    """One heartbeat, and the round lock extended if this round still holds it."""
+def _pulse(ctx, round_id: str, keep_lock: bool = True) -> None:
+    """One heartbeat, and the round lock kept for at least a stage TTL if this round holds it."""
     try:
         beat(ctx, round_id)
-        ctx.lock.extend(round_id)
+        if keep_lock:
+            ctx.redis.eval(_KEEP_LOCK, 1, ctx.lock.key, round_id, ctx.lock.ttl_ms)
     except Exception:  # a Redis blip: the next beat tries again
         log.warning("round %s heartbeat failed", round_id, exc_info=True)
 
 
 @contextlib.contextmanager
 def heartbeat(ctx, round_id: str, stage: str) -> Iterator[None]:
-    """Keeps the round's heartbeat (and lock) fresh for the whole stage, its imports and hand-off
-    included; RoundGone if the round is no longer active."""
+    """Keeps the round's heartbeat (and lock) fresh for the whole stage, its imports included;
+    RoundGone if the round is no longer active. Entering a stage sets the lock to the stage TTL
+    (a worker that dies in it lets the lock lapse within that TTL); leaving it beats once more and
+    leaves the lock as the stage left it."""
     if not beat(ctx, round_id, stage):
         raise RoundGone(f"round {round_id} is no longer active (finished or abandoned); stale {stage} stops")
     ctx.lock.extend(round_id)
@@ -101,7 +114,7 @@ def heartbeat(ctx, round_id: str, stage: str) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
-        _pulse(ctx, round_id)  # hand-off: the next stage has a full lock TTL and timeout to start
+        _pulse(ctx, round_id, keep_lock=False)  # hand-off: the next stage has a full timeout to start
 
 
 def _finished(ctx, round_id: str) -> bool:

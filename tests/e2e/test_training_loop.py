@@ -168,16 +168,18 @@ def test_a_round_whose_worker_was_killed_is_abandoned_within_the_timeout(server,
     give_feedback(server, train_prompts()[:6])
     server.admin.TriggerRound(admin_pb2.TriggerRoundRequest(force=True))
     tmp = settings.registry / ".tmp"
-    wait_for(lambda: any(tmp.glob("round-*/reward_model")), 180, 0.2, "the round to reach PPO")
+    r = redis.Redis.from_url(settings.redis_url)
+    active = settings.key_prefix + "train:active"
+    wait_for(lambda: any(json.loads(v)["stage"] == "ppo" for v in r.hvals(active)), 180, 0.2, "the round to run PPO")
+    time.sleep(1)
     slow.kill()
     killed_at = time.monotonic()
     worker = start_worker(**fast_reaper)
     start_beat(RLHF_SCHEDULE_S="3600", **fast_reaper)
-    r = redis.Redis.from_url(settings.redis_url)
     rounds_key = settings.key_prefix + "train:rounds"
     record = json.loads(wait_for(lambda: worker.alive() and r.lindex(rounds_key, 0), 120, 0.3, "the reaper"))
     assert time.monotonic() - killed_at < 90  # heartbeat timeout + reap interval + worker start-up
-    assert record["failed"] and record["abandoned"] and record["stage"] in ("reward_model", "ppo")
+    assert record["failed"] and record["abandoned"] and record["stage"] == "ppo"
     assert not _lock_held(settings) and not any(tmp.glob("round-*"))
     assert not r.hlen(settings.key_prefix + "train:active")
     # an hour later Celery redelivers the dead PPO task: it must see its round is gone and stop
