@@ -29,8 +29,6 @@ def redis_url() -> str:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A small model trained by training.sft on the shipped data (seconds, not minutes)."""
-    if os.environ.get("LOCAL_TINY_MODEL"):  # LOCAL HACK, not committed
-        return Path(os.environ["LOCAL_TINY_MODEL"])
     from training.sft import SFTConfig, build_default_model
     out = tmp_path_factory.mktemp("tiny-model") / "model"
     cfg = SFTConfig(seed=0, vocab_size=512, n_layer=2, n_embd=64, n_head=2, n_positions=128, max_steps=120,
