@@ -121,11 +121,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary, service, method),
-                request_deserializer=tolerant(handler.request_deserializer), response_serializer=handler.response_serializer)
+                request_deserializer=tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self._stream(handler.unary_stream, service, method),
-                request_deserializer=tolerant(handler.request_deserializer), response_serializer=handler.response_serializer)
+                request_deserializer=tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer)
         return handler  # client- and bidi-streaming: none in this API
 
     def _record(self, labels, context, started, error) -> None:
