@@ -104,8 +104,8 @@ async def abort_unexpected(exc: Exception, labels, context) -> None:
         await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_STORE)
     ref = uuid.uuid4().hex[:12]
     log.error("%s/%s failed (ref %s)", labels[0], labels[1], ref, exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL,
-                        f"internal error (ref {ref}); the server logged the details. Retry; report the ref if it persists")
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref}); the server logged the details. "
+                                                  "Retry; report the ref if it persists")
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
