@@ -95,6 +95,12 @@ class Keys:
         return f"{self.prefix}train:round_counter"
 
     @property
+    def active_rounds(self) -> str:
+        """HASH: round_id -> JSON heartbeat (stage, worker, started_at, beat_at) of rounds started
+        and not yet finished; the reaper abandons those whose heartbeat went silent."""
+        return f"{self.prefix}train:active"
+
+    @property
     def rounds(self) -> str:
         """LIST: JSON summaries of finished rounds, newest first."""
         return f"{self.prefix}train:rounds"

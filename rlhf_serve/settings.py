@@ -122,6 +122,14 @@ class Settings(BaseSettings):
     retention_schedule_s: float = 3600.0
     """How often beat prunes the registry (keeps the current version, its ancestors back to the
     SFT reference, the newest refused ones); 0 disables the scheduled prune."""
+    round_heartbeat_timeout_s: float = 180.0
+    """A round whose heartbeat (refreshed every third of `round_lock_ttl_s` while a stage runs) is
+    older than this, and whose lock has lapsed, is abandoned: recorded as failed, its lock freed,
+    its scratch directory removed. Keep it above `round_lock_ttl_s` and far below Celery's 1 h
+    visibility timeout."""
+    round_reap_interval_s: float = 30.0
+    """How often beat runs the reaper of abandoned rounds (a round is also reaped when the next
+    one is triggered). A dead round is recorded within timeout + interval."""
     train_window: int = 5000
     """Most recent feedback items a round trains the reward model on."""
     max_user_share: float = 0.2

@@ -6,6 +6,9 @@ Senders (the admin RPC, the CLI) queue tasks by name, so they never import worke
 ROUND_TASK = "rlhf.round"
 """Starts one training round: snapshot feedback -> reward model -> PPO -> evaluate -> publish."""
 
+REAP_TASK = "rlhf.reap_rounds"
+"""Records rounds whose worker died (heartbeat silent, lock lapsed) as abandoned (beat schedules it)."""
+
 DEFAULT_QUEUE = "default"
 """Light tasks: snapshots, evaluation bookkeeping, publishing, scheduling."""
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import grpc
 
 
+MAX_MESSAGE_CHARS = 1000
+
+
 class ApiError(Exception):
     code = grpc.StatusCode.INTERNAL
 
     def __init__(self, message: str):
         super().__init__(message)
-        self.message = message
+        self.message = message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "..."
 
 
 class InvalidArgument(ApiError):
@@ -48,3 +51,13 @@ class RateLimited(ResourceExhausted):
         super().__init__(message)
         self.retry_after_ms = retry_after_ms
         self.trailing_metadata = (("retry-after-ms", str(retry_after_ms)),)
+
+
+UNAVAILABLE_STORE = "the feedback store (Redis) is unreachable; retry with backoff"
+
+
+def is_store_outage(exc: BaseException) -> bool:
+    """A lost or timed-out Redis connection (transient: the client may retry)."""
+    import redis
+    return isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                            ConnectionError, TimeoutError))

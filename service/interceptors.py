@@ -1,15 +1,27 @@
-"""Server interceptor: bearer-token auth and the go-grpc-prometheus metric families."""
+"""Server interceptor: bearer-token auth, the go-grpc-prometheus metric families, and the error net.
+
+Every rlhf.v1 request passes three checks before its handler runs: the token, that its bytes
+decode (an undecodable or invalid-UTF-8 message is INVALID_ARGUMENT, not grpc's UNKNOWN), and the
+length of every string field (service.limits). An exception no handler translated becomes
+INTERNAL with a generic message and a reference id; the details go to the server log only.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hmac
+import logging
 import time
+import uuid
 
 import grpc
 
+from service.errors import UNAVAILABLE_STORE, ApiError, is_store_outage
+from service.limits import check_lengths
 from service.metrics import Metrics
+
+log = logging.getLogger("rlhf_serve.server")
 
 POLICY_SERVICE = "rlhf.v1.PolicyService"
 ADMIN_SERVICE = "rlhf.v1.AdminService"
@@ -51,6 +63,51 @@ class Authorizer:
                                 f"{service} needs metadata 'authorization: Bearer <token>' with a valid token")
 
 
+class Undecodable:
+    """Stands in for a request whose bytes did not parse (the handler answers INVALID_ARGUMENT)."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def tolerant(deserializer):
+    """A request deserializer that returns Undecodable instead of raising."""
+    if deserializer is None:
+        return None
+
+    def parse(raw: bytes):
+        try:
+            return deserializer(raw)
+        except Exception as exc:  # DecodeError, bad UTF-8, ...
+            return Undecodable(exc)
+    return parse
+
+
+async def screen(service: str, method: str, request, context) -> None:
+    """Aborts with INVALID_ARGUMENT on an undecodable request or an over-long string field."""
+    if isinstance(request, Undecodable):
+        log.info("%s/%s: undecodable request: %r", service, method, request.error)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"the request is not a valid {service}/{method} message (malformed protobuf or a string "
+                            "that is not UTF-8); send the message the API defines")
+    if service.startswith("rlhf."):
+        try:
+            check_lengths(request)
+        except ApiError as exc:
+            await context.abort(exc.code, exc.message)
+
+
+async def abort_unexpected(exc: Exception, labels, context) -> None:
+    """UNAVAILABLE for a lost Redis, otherwise INTERNAL with a reference to the logged traceback."""
+    if is_store_outage(exc):
+        log.warning("%s/%s: Redis unreachable: %r", labels[0], labels[1], exc)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_STORE)
+    ref = uuid.uuid4().hex[:12]
+    log.error("%s/%s failed (ref %s)", labels[0], labels[1], ref, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref}); the server logged the details. "
+                                                  "Retry; report the ref if it persists")
+
+
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics, authorizer: Authorizer):
         self.metrics = metrics
@@ -64,11 +121,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary, service, method),
-                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+                request_deserializer=tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self._stream(handler.unary_stream, service, method),
-                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+                request_deserializer=tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer)
         return handler  # client- and bidi-streaming: none in this API
 
     def _record(self, labels, context, started, error) -> None:
@@ -83,14 +142,20 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self.metrics.grpc_seconds.labels(*labels, code).observe(time.perf_counter() - started)
 
     @contextlib.asynccontextmanager
-    async def _observed(self, labels: tuple[str, str, str], context):
-        """Counts the RPC, checks its token, and records its status code and duration."""
+    async def _observed(self, labels: tuple[str, str, str], request, context):
+        """Counts the RPC, checks its token and request, records its status code and duration."""
         started = time.perf_counter()
         self.metrics.grpc_started.labels(*labels).inc()
         error = None
         try:
             await self.auth.check(labels[0], context)
-            yield
+            await screen(labels[0], labels[1], request, context)
+            try:
+                yield
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                await abort_unexpected(exc, labels, context)
         except BaseException as exc:
             error = exc
             raise
@@ -101,7 +166,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         labels = (service, method, "unary")
 
         async def wrapped(request, context):
-            async with self._observed(labels, context):
+            async with self._observed(labels, request, context):
                 return await behavior(request, context)
         return wrapped
 
@@ -109,7 +174,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         labels = (service, method, "server_stream")
 
         async def wrapped(request, context):
-            async with self._observed(labels, context):
+            async with self._observed(labels, request, context):
                 async for message in behavior(request, context):
                     self.metrics.grpc_msg_sent.labels(*labels).inc()
                     yield message

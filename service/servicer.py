@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 
 import grpc
 
 from rlhf.v1 import policy_pb2, policy_pb2_grpc
-from service.errors import ApiError
+from service.errors import UNAVAILABLE_STORE, ApiError, is_store_outage
 from service.policy import FINISH, PolicyCore
+
+log = logging.getLogger("rlhf_serve.server")
 
 
 def translate_errors(fn):
-    """Turns ApiError (and a lost Redis) into the matching status code and message."""
+    """Turns ApiError (and a lost Redis) into the matching status code and message.
+
+    Anything else reaches the interceptor, which answers INTERNAL with a reference to the log line.
+    """
     @functools.wraps(fn)
     async def wrapper(self, request, context):
         try:
@@ -22,8 +28,11 @@ def translate_errors(fn):
             if getattr(exc, "trailing_metadata", None):
                 context.set_trailing_metadata(exc.trailing_metadata)
             await context.abort(exc.code, exc.message)
-        except (ConnectionError, OSError) as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"feedback store unreachable: {exc}")
+        except Exception as exc:
+            if not is_store_outage(exc):
+                raise
+            log.warning("%s: Redis unreachable: %r", fn.__name__, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_STORE)
     return wrapper
 
 

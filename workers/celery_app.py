@@ -17,7 +17,7 @@ from kombu import Queue
 
 from rlhf_serve import quiet_transformers
 from rlhf_serve.settings import load_settings
-from rlhf_serve.tasks import DEFAULT_QUEUE, GPU_QUEUE, ROUND_TASK, celery_connection_conf
+from rlhf_serve.tasks import DEFAULT_QUEUE, GPU_QUEUE, REAP_TASK, ROUND_TASK, celery_connection_conf
 
 quiet_transformers()
 settings = load_settings()
@@ -45,6 +45,8 @@ app.conf.update(
         "beat-heartbeat": {"task": "rlhf.beat_heartbeat", "schedule": 60.0, "options": {"expires": 60}},
         **({"registry-retention": {"task": "rlhf.prune_registry", "schedule": settings.retention_schedule_s}}
            if settings.retention_schedule_s > 0 else {}),
+        "reap-rounds": {"task": REAP_TASK, "schedule": settings.round_reap_interval_s,
+                        "options": {"expires": settings.round_reap_interval_s}},
     },
     timezone="UTC",
     # beat's state file (last run times); not in the working directory

@@ -9,8 +9,12 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry()
-ROUNDS = Counter("rlhf_training_rounds_total", "Training rounds by outcome (promoted, rejected, failed, skipped).",
+ROUNDS = Counter("rlhf_training_rounds_total",
+                 "Training rounds by outcome (promoted, rejected, failed, abandoned, skipped).",
                  ["outcome"], registry=REGISTRY)
+STALE_TASKS = Counter("rlhf_round_stale_tasks_total",
+                      "Redelivered stage tasks of a round already ended or abandoned (stopped unrun).",
+                      registry=REGISTRY)
 ROUND_SECONDS = Histogram("rlhf_round_duration_seconds", "Wall time of a finished round.",
                           buckets=(30, 60, 120, 300, 600, 1200, 1800, 3600, 7200), registry=REGISTRY)
 STAGE_SECONDS = Histogram("rlhf_round_stage_duration_seconds", "Wall time of a round's stage.", ["stage"],

@@ -11,9 +11,10 @@ import time
 import uuid
 
 from celery import chain
+from celery.exceptions import Ignore
 
-from rlhf_serve.tasks import ROUND_TASK
-from workers import metrics, rounds
+from rlhf_serve.tasks import REAP_TASK, ROUND_TASK
+from workers import liveness, metrics, rounds
 from workers.celery_app import app, settings
 from workers.lock import LockLost
 
@@ -33,13 +34,28 @@ def ctx() -> rounds.Context:
 def _stage(name: str, fn, state: dict) -> dict:
     started = time.perf_counter()
     try:
-        return fn(ctx(), state)
+        with liveness.heartbeat(ctx(), state["round_id"], name):
+            return fn(ctx(), state)
+    except liveness.RoundGone as exc:  # a redelivered task of a round that was abandoned: stop quietly
+        log.warning("%s", exc)
+        metrics.STALE_TASKS.inc()
+        raise Ignore() from exc
     finally:
         metrics.STAGE_SECONDS.labels(name).observe(time.perf_counter() - started)
 
 
+@app.task(name=REAP_TASK)
+def reap_rounds() -> list[str]:
+    """Beat task: records rounds whose worker died as abandoned and frees what they held."""
+    reaped = liveness.reap(ctx(), rounds.finish)
+    for _ in reaped:
+        metrics.ROUNDS.labels("abandoned").inc()
+    return [record["round_id"] for record in reaped]
+
+
 @app.task(name=ROUND_TASK)
 def start_round(force: bool = False, reason: str = "") -> dict:
+    reap_rounds()  # a round abandoned since the last reaper tick must not keep its lock or scratch dir
     run, pending = rounds.should_run(ctx(), force)
     metrics.BACKLOG.set(pending)
     if not run:
@@ -50,6 +66,7 @@ def start_round(force: bool = False, reason: str = "") -> dict:
     if state is None:
         return {"started": False, "why": "another round is running"}
     state["reason"] = reason
+    liveness.register(ctx(), state)
     pipeline = chain(snapshot.s(state), train_reward_model.s(), run_ppo.s(), evaluate.s(), publish.s())
     result = pipeline.apply_async(link_error=round_failed.si(round_id))
     log.info("round %s started (%s): chain %s", round_id, reason, result.id)
@@ -81,6 +98,7 @@ def evaluate(state: dict) -> dict:
 @app.task(name="rlhf.publish", **RETRY)
 def publish(state: dict) -> dict:
     summary = _stage("publish", rounds.publish, state)
+    liveness.retire(ctx(), state["round_id"])
     metrics.observe_round(summary)
     return summary
 
@@ -88,6 +106,9 @@ def publish(state: dict) -> dict:
 @app.task(name="rlhf.round_failed")
 def round_failed(round_id: str) -> None:
     """Error callback of the chain: the registry was not touched; free the lock for the next round."""
+    if not liveness.retire(ctx(), round_id):
+        log.warning("round %s already ended (finished or abandoned); nothing to record", round_id)
+        return
     metrics.ROUNDS.labels("failed").inc()
     rounds.finish(ctx(), round_id, {"round_id": round_id, "failed": True, "at": time.time()})
     log.error("round %s failed; the registry is unchanged", round_id)

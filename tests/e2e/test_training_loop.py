@@ -149,3 +149,45 @@ def test_failed_round_frees_the_lock_and_leaves_the_registry_untouched(server, s
     assert not _lock_held(settings)
     assert sorted(p.name for p in (settings.registry / "versions").iterdir()) == ["v0001"]
     assert current_version(server) == "v0001"
+
+
+def redeliver_unacked(settings) -> None:
+    """What Celery does once the visibility timeout passes: unacked messages go back to their queue."""
+    from celery import Celery
+    from rlhf_serve.tasks import celery_connection_conf
+    conf = celery_connection_conf(settings)
+    conf["broker_transport_options"] = {**conf["broker_transport_options"], "visibility_timeout": 0}
+    app = Celery("redeliver")
+    app.conf.update(conf)
+    with app.connection_for_write() as conn:
+        conn.default_channel.qos.restore_visible(num=100)
+
+
+def test_a_round_whose_worker_was_killed_is_abandoned_within_the_timeout(server, settings, start_worker, start_beat):
+    fast_reaper = {"RLHF_ROUND_HEARTBEAT_TIMEOUT_S": "6", "RLHF_ROUND_REAP_INTERVAL_S": "1"}
+    slow = start_worker(RLHF_PPO_STEPS="500", **fast_reaper)
+    give_feedback(server, train_prompts()[:6])
+    server.admin.TriggerRound(admin_pb2.TriggerRoundRequest(force=True))
+    tmp = settings.registry / ".tmp"
+    r = redis.Redis.from_url(settings.redis_url)
+    active = settings.key_prefix + "train:active"
+    wait_for(lambda: any(json.loads(v)["stage"] == "ppo" for v in r.hvals(active)), 180, 0.2, "the round to run PPO")
+    time.sleep(1)
+    slow.kill()
+    killed_at = time.monotonic()
+    worker = start_worker(**fast_reaper)
+    start_beat(RLHF_SCHEDULE_S="3600", **fast_reaper)
+    rounds_key = settings.key_prefix + "train:rounds"
+    record = json.loads(wait_for(lambda: worker.alive() and r.lindex(rounds_key, 0), 120, 0.3, "the reaper"))
+    assert time.monotonic() - killed_at < 90  # heartbeat timeout + reap interval + worker start-up
+    assert record["failed"] and record["abandoned"] and record["stage"] == "ppo"
+    assert not _lock_held(settings) and not any(tmp.glob("round-*"))
+    assert not r.hlen(settings.key_prefix + "train:active")
+    # an hour later Celery redelivers the dead PPO task: it must see its round is gone and stop
+    redeliver_unacked(settings)
+    wait_for(lambda: "is no longer active" in worker.output(), 60, 0.3, "the stale task to stop")
+    assert "stale ppo stops" in worker.output() or "stale reward_model stops" in worker.output()
+    time.sleep(2)
+    assert r.llen(rounds_key) == 1  # recorded once, not revived
+    assert sorted(p.name for p in (settings.registry / "versions").iterdir()) == ["v0001"]
+    assert not _lock_held(settings) and not any(tmp.glob("round-*"))
