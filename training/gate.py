@@ -11,22 +11,35 @@ resamples prompts (correlated samples of one prompt do not narrow the bound).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
 
-def split_prompts(prompts: Iterable[str], seed: int) -> tuple[set[str], set[str]]:
-    """(policy_prompts, judge_prompts): the distinct prompts, shuffled by ``seed``, dealt alternately.
+def judge_side(prompt: str, seed: int) -> bool:
+    """Whether ``prompt``'s feedback belongs to the judge's half (a seeded hash: stable as feedback grows)."""
+    digest = hashlib.sha256(f"{seed}\0{prompt}".encode()).digest()
+    return bool(digest[0] & 1)
 
-    Deterministic for a given set of prompts and seed (input order does not matter); the halves
-    differ in size by at most one, and the policy half gets the extra prompt (a lone prompt
-    trains the policy's reward model and leaves the judge with nothing).
+
+def split_prompts(prompts: Iterable[str], seed: int) -> tuple[set[str], set[str]]:
+    """(policy_prompts, judge_prompts): the distinct prompts dealt by :func:`judge_side` (detail 22).
+
+    A prompt keeps its side in every round with the same seed, so no policy in a lineage is ever
+    trained on the judge's feedback. If one side would be empty while there are two or more
+    prompts, the first (sorted) prompt of the other side moves over; a lone prompt goes to the
+    policy (the judge then has nothing and the gate refuses: no held-out accuracy).
     """
-    ordered = sorted(set(prompts))
-    random.Random(seed).shuffle(ordered)
-    return set(ordered[0::2]), set(ordered[1::2])
+    distinct = sorted(set(prompts))
+    judge = [p for p in distinct if judge_side(p, seed)]
+    policy = [p for p in distinct if not judge_side(p, seed)]
+    if not policy and judge:
+        policy.append(judge.pop(0))
+    elif not judge and len(policy) > 1:
+        judge.append(policy.pop(0))
+    return set(policy), set(judge)
 
 
 def outcome(a: float, b: float) -> float:
