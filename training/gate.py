@@ -159,7 +159,7 @@ def checks(f: GateFigures, t: GateThresholds) -> list[Check]:
     eos_drop = f.parent_eos_rate - f.candidate_eos_rate  # fall of the EOS rate vs the parent
     length_ratio = ratio(f.candidate_mean_length, f.reference_mean_length)  # vs the SFT reference
     distinct_ratio = ratio(f.candidate_distinct_2, f.reference_distinct_2)  # vs the SFT reference
-    ok = {"judge_accuracy": _finite(acc) and acc >= t.min_judge_accuracy,
+    ok = {"judge_accuracy": (_finite(acc) and acc >= t.min_judge_accuracy) or t.min_judge_accuracy <= 0,  # 0: off
           "win_rate": f.win_rate_lower_bound > need_win,
           "reward_gain": gain > t.min_reward_gain,
           "kl": f.kl <= t.kl_bound,

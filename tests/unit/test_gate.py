@@ -64,14 +64,22 @@ def test_distinct_n_hand_computed_and_collapse():
     assert distinct_n(["one"], 2) == 0.0
 
 
-def test_split_prompts_is_deterministic_balanced_and_disjoint():
-    prompts = [f"p{i}" for i in range(11)]
+def test_split_prompts_is_deterministic_stable_balanced_and_disjoint():
+    prompts = [f"p{i}" for i in range(1000)]
     policy, judge = split_prompts(prompts, seed=3)
     assert policy | judge == set(prompts) and not policy & judge
-    assert len(policy) == 6 and len(judge) == 5
-    assert split_prompts(reversed(prompts + prompts), seed=3) == (policy, judge)  # order and repeats ignored
+    assert 450 <= len(judge) <= 550
+    assert split_prompts(list(reversed(prompts)) + prompts, seed=3) == (policy, judge)  # order, repeats ignored
+    more_policy, more_judge = split_prompts(prompts + [f"new {i}" for i in range(50)], seed=3)
+    assert policy <= more_policy and judge <= more_judge  # a prompt keeps its side as feedback grows
     assert split_prompts(prompts, seed=4) != (policy, judge)
+
+
+def test_split_prompts_never_leaves_a_side_empty_when_it_can_help_it():
     assert split_prompts(["only"], seed=0) == ({"only"}, set())
+    for seed in range(20):
+        policy, judge = split_prompts(["a", "b"], seed)
+        assert len(policy) == 1 and len(judge) == 1
 
 
 def test_bootstrap_lower_bound_properties():
@@ -128,6 +136,11 @@ def test_decide_refuses_and_names_the_first_failing_check(change, first):
     promoted, reason, results = decide(replace(GOOD, **change), GateThresholds())
     assert not promoted and reason.startswith(first + ":")
     assert [c.name for c in results if not c.passed] == [first]
+
+
+def test_a_zero_judge_floor_disables_the_judge_check():
+    assert decide(replace(GOOD, judge_accuracy=None), GateThresholds(min_judge_accuracy=0.0))[0]
+    assert decide(replace(GOOD, judge_accuracy=0.3), GateThresholds(min_judge_accuracy=0.0))[0]
 
 
 def test_reward_hacked_figures_fail_several_checks_and_the_reason_lists_them():
