@@ -98,7 +98,8 @@ def train_reward(ctx: Context, state: dict) -> dict:
         pairs, ratings, _ = snapshots.load_training_set(ctx.datasets, ctx.settings.train_window)
         cfg = RewardConfig(epochs=ctx.settings.reward_epochs, seed=state["seed"], device=_device(ctx),
                            lr=ctx.settings.reward_lr)
-        halves = dict(zip(("reward_model", "judge"), split_prompts([x.prompt for x in pairs + ratings], ctx.settings.seed)))
+        split = split_prompts([x.prompt for x in pairs + ratings], ctx.settings.seed)
+        halves = dict(zip(("reward_model", "judge"), split))
         parent_dir = ctx.registry.path(state["parent"])
         tokenizer = AutoTokenizer.from_pretrained(parent_dir)
         out = {}
@@ -114,7 +115,7 @@ def train_reward(ctx: Context, state: dict) -> dict:
 
 
 def ppo(ctx: Context, state: dict) -> dict:
-    from training.ppo_trainer import run_ppo
+    from training.ppo_trainer import norm_prompt_set, run_ppo
     from training.reward_model import RewardModel
     from training.text_format import train_prompts
     from transformers import AutoTokenizer
@@ -125,7 +126,7 @@ def ppo(ctx: Context, state: dict) -> dict:
         rm = RewardModel.load(work / "reward_model", device=_device(ctx))  # never the judge
         cfg = ppo_config(ctx, state)
         prompts = training_prompts(ctx, state["seed"])
-        norm_prompts = random.Random(ctx.settings.seed).sample(train_prompts(), cfg.norm_samples)  # fixed: detail 6
+        norm_prompts = norm_prompt_set(train_prompts(), cfg.norm_samples, ctx.settings.seed)  # fixed: detail 6
         parent_dir, ref_dir = ctx.registry.path(state["parent"]), ctx.registry.path(state["reference"])
         policy, history = run_ppo(parent_dir, ref_dir, rm, prompts, cfg, log=lambda line: log.info("ppo %s", line),
                                   norm_prompts=norm_prompts)
@@ -157,7 +158,8 @@ def evaluate(ctx: Context, state: dict) -> dict:
         prompts, cfg = eval_prompts(ctx), gate_sampling(ctx, state)
         samples = {}
         for name, path in (("candidate", work / "policy"), ("parent", ctx.registry.path(state["parent"]))):
-            samples[name] = sample_policy(load_causal_lm(path, device, trainable=False), reference, tokenizer, prompts, cfg)
+            policy = load_causal_lm(path, device, trainable=False)
+            samples[name] = sample_policy(policy, reference, tokenizer, prompts, cfg)
         same = state["parent"] == state["reference"]
         samples["reference"] = samples["parent"] if same else sample_policy(reference, None, tokenizer, prompts, cfg)
         judged = {n: score_samples(judge, prompts, samples[n]) for n in ("candidate", "parent")}

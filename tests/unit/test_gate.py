@@ -158,3 +158,28 @@ def test_a_margin_is_never_easier_to_clear(lo, m1, m2):
     small, large = sorted([m1, m2])
     if decide(figures, GateThresholds(win_margin=large))[0]:
         assert decide(figures, GateThresholds(win_margin=small))[0]
+
+
+def test_policy_samples_summary_and_gate_figures_from_scores():
+    import torch
+
+    from training.gate_eval import GateSampling, PolicySamples, gate_figures, score_samples
+
+    cand = PolicySamples(texts=[["a b", "a b"], ["c d e", "x"]], lengths=[[3, 3], [4, 2]],
+                         has_eos=[[True, False], [True, True]], kl=[[1.0, 3.0], [2.0, 2.0]])
+    s = cand.summary()
+    assert s == {"mean_length": 3.0, "eos_rate": 0.75, "distinct_2": distinct_n(["a b", "a b", "c d e", "x"], 2),
+                 "kl": 2.0, "n": 4.0}
+
+    class LengthJudge:  # scores a text by its word count
+        def score(self, items):
+            return torch.tensor([float(len(t.split())) for _, t in items])
+
+    judged = score_samples(LengthJudge(), ["p1", "p2"], cand)
+    assert judged == [[2.0, 2.0], [3.0, 1.0]]
+    parent = [[1.0, 2.0], [3.0, 3.0]]
+    f = gate_figures(0.7, judged, parent, s, {**s, "eos_rate": 1.0}, {**s, "mean_length": 1.5, "distinct_2": 1.0},
+                     GateSampling(seed=1))
+    assert f.win_rate == pytest.approx((0.75 + 0.25) / 2) and f.win_rate_lower_bound <= f.win_rate
+    assert f.candidate_reward == 2.0 and f.parent_reward == 2.25 and f.kl == 2.0
+    assert f.parent_eos_rate == 1.0 and f.reference_mean_length == 1.5 and f.reference_distinct_2 == 1.0
