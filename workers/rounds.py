@@ -10,6 +10,7 @@ registry untouched.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -81,9 +82,20 @@ def snapshot(ctx: Context, state: dict) -> dict:
     return {**state, "snapshot": {"path": snap.path, "count": snap.count}, "data": info}
 
 
+def holding_lock(stage):
+    """Runs a stage under the round lock's heartbeat from its first line: its imports (torch,
+    transformers) take seconds, longer than a short lock expiry between stages."""
+    @functools.wraps(stage)
+    def run(ctx: Context, state: dict) -> dict:
+        with ctx.lock.held(state["round_id"]):
+            return stage(ctx, state)
+    return run
+
+
 REWARD_METRICS = ("train_loss", "train_accuracy", "heldout_accuracy", "heldout_loss", "n_pairs", "n_heldout")
 
 
+@holding_lock
 def train_reward(ctx: Context, state: dict) -> dict:
     """Cross-fitting (detail 22): the policy reward model (for PPO) and the judge (for the gate only)
     train on the feedback of disjoint halves of the prompts, split by a seeded hash of each prompt."""
@@ -93,46 +105,45 @@ def train_reward(ctx: Context, state: dict) -> dict:
     from training.reward_model import train_reward_model
     from transformers import AutoTokenizer
 
-    with ctx.lock.held(state["round_id"]):
-        started = time.perf_counter()
-        pairs, ratings, _ = snapshots.load_training_set(ctx.datasets, ctx.settings.train_window)
-        cfg = RewardConfig(epochs=ctx.settings.reward_epochs, seed=state["seed"], device=_device(ctx),
-                           lr=ctx.settings.reward_lr)
-        split = split_prompts([x.prompt for x in pairs + ratings], ctx.settings.seed)
-        halves = dict(zip(("reward_model", "judge"), split))
-        parent_dir = ctx.registry.path(state["parent"])
-        tokenizer = AutoTokenizer.from_pretrained(parent_dir)
-        out = {}
-        for name, prompts in halves.items():
-            half = [p for p in pairs if p.prompt in prompts]
-            half = half + pairs_from_ratings([r for r in ratings if r.prompt in prompts], cfg.rating_pair_weight)
-            model, metrics = train_reward_model(parent_dir, tokenizer, half, cfg)
-            model.save(ctx.workdir(state["round_id"]) / name)
-            out[name] = {k: metrics.get(k) for k in REWARD_METRICS} | {"n_prompts": len(prompts)}
+    started = time.perf_counter()
+    pairs, ratings, _ = snapshots.load_training_set(ctx.datasets, ctx.settings.train_window)
+    cfg = RewardConfig(epochs=ctx.settings.reward_epochs, seed=state["seed"], device=_device(ctx),
+                       lr=ctx.settings.reward_lr)
+    split = split_prompts([x.prompt for x in pairs + ratings], ctx.settings.seed)
+    halves = dict(zip(("reward_model", "judge"), split))
+    parent_dir = ctx.registry.path(state["parent"])
+    tokenizer = AutoTokenizer.from_pretrained(parent_dir)
+    out = {}
+    for name, prompts in halves.items():
+        half = [p for p in pairs if p.prompt in prompts]
+        half = half + pairs_from_ratings([r for r in ratings if r.prompt in prompts], cfg.rating_pair_weight)
+        model, metrics = train_reward_model(parent_dir, tokenizer, half, cfg)
+        model.save(ctx.workdir(state["round_id"]) / name)
+        out[name] = {k: metrics.get(k) for k in REWARD_METRICS} | {"n_prompts": len(prompts)}
     out["reward_model"]["seconds"] = time.perf_counter() - started
     log.info("round %s reward models (policy | judge): %s | %s", state["round_id"], out["reward_model"], out["judge"])
     return {**state, **out}
 
 
+@holding_lock
 def ppo(ctx: Context, state: dict) -> dict:
     from training.ppo_trainer import norm_prompt_set, run_ppo
     from training.reward_model import RewardModel
     from training.text_format import train_prompts
     from transformers import AutoTokenizer
 
-    with ctx.lock.held(state["round_id"]):
-        started = time.perf_counter()
-        work = ctx.workdir(state["round_id"])
-        rm = RewardModel.load(work / "reward_model", device=_device(ctx))  # never the judge
-        cfg = ppo_config(ctx, state)
-        prompts = training_prompts(ctx, state["seed"])
-        norm_prompts = norm_prompt_set(train_prompts(), cfg.norm_samples, ctx.settings.seed)  # fixed: detail 6
-        parent_dir, ref_dir = ctx.registry.path(state["parent"]), ctx.registry.path(state["reference"])
-        policy, history = run_ppo(parent_dir, ref_dir, rm, prompts, cfg, log=lambda line: log.info("ppo %s", line),
-                                  norm_prompts=norm_prompts)
-        policy.save_pretrained(work / "policy")
-        AutoTokenizer.from_pretrained(parent_dir).save_pretrained(work / "policy")
-        _copy_generation_config(parent_dir, work / "policy")
+    started = time.perf_counter()
+    work = ctx.workdir(state["round_id"])
+    rm = RewardModel.load(work / "reward_model", device=_device(ctx))  # never the judge
+    cfg = ppo_config(ctx, state)
+    prompts = training_prompts(ctx, state["seed"])
+    norm_prompts = norm_prompt_set(train_prompts(), cfg.norm_samples, ctx.settings.seed)  # fixed: detail 6
+    parent_dir, ref_dir = ctx.registry.path(state["parent"]), ctx.registry.path(state["reference"])
+    policy, history = run_ppo(parent_dir, ref_dir, rm, prompts, cfg, log=lambda line: log.info("ppo %s", line),
+                              norm_prompts=norm_prompts)
+    policy.save_pretrained(work / "policy")
+    AutoTokenizer.from_pretrained(parent_dir).save_pretrained(work / "policy")
+    _copy_generation_config(parent_dir, work / "policy")
     last = history[-1] if history else {}
     keys = ("mean_reward", "kl", "entropy", "clipfrac", "value_loss", "eos_fraction", "mean_response_len",
             "reward_gain", "reward_bias")
@@ -142,6 +153,7 @@ def ppo(ctx: Context, state: dict) -> dict:
     return {**state, "ppo": summary, "ppo_history": history}
 
 
+@holding_lock
 def evaluate(ctx: Context, state: dict) -> dict:
     """Samples candidate, parent and SFT reference on held-out prompts; the judge scores them (detail 23)."""
     from training.gate_eval import gate_figures, sample_policy, score_samples
@@ -149,21 +161,20 @@ def evaluate(ctx: Context, state: dict) -> dict:
     from training.reward_model import RewardModel, pick_device
     from transformers import AutoTokenizer
 
-    with ctx.lock.held(state["round_id"]):
-        work, device = ctx.workdir(state["round_id"]), pick_device(_device(ctx))
-        judge = RewardModel.load(work / "judge", device=_device(ctx))
-        policy_rm = RewardModel.load(work / "reward_model", device=_device(ctx))
-        tokenizer = AutoTokenizer.from_pretrained(work / "policy")
-        reference = load_causal_lm(ctx.registry.path(state["reference"]), device, trainable=False)
-        prompts, cfg = eval_prompts(ctx), gate_sampling(ctx, state)
-        samples = {}
-        for name, path in (("candidate", work / "policy"), ("parent", ctx.registry.path(state["parent"]))):
-            policy = load_causal_lm(path, device, trainable=False)
-            samples[name] = sample_policy(policy, reference, tokenizer, prompts, cfg)
-        same = state["parent"] == state["reference"]
-        samples["reference"] = samples["parent"] if same else sample_policy(reference, None, tokenizer, prompts, cfg)
-        judged = {n: score_samples(judge, prompts, samples[n]) for n in ("candidate", "parent")}
-        by_policy_rm = {n: score_samples(policy_rm, prompts, samples[n]) for n in ("candidate", "parent")}
+    work, device = ctx.workdir(state["round_id"]), pick_device(_device(ctx))
+    judge = RewardModel.load(work / "judge", device=_device(ctx))
+    policy_rm = RewardModel.load(work / "reward_model", device=_device(ctx))
+    tokenizer = AutoTokenizer.from_pretrained(work / "policy")
+    reference = load_causal_lm(ctx.registry.path(state["reference"]), device, trainable=False)
+    prompts, cfg = eval_prompts(ctx), gate_sampling(ctx, state)
+    samples = {}
+    for name, path in (("candidate", work / "policy"), ("parent", ctx.registry.path(state["parent"]))):
+        policy = load_causal_lm(path, device, trainable=False)
+        samples[name] = sample_policy(policy, reference, tokenizer, prompts, cfg)
+    same = state["parent"] == state["reference"]
+    samples["reference"] = samples["parent"] if same else sample_policy(reference, None, tokenizer, prompts, cfg)
+    judged = {n: score_samples(judge, prompts, samples[n]) for n in ("candidate", "parent")}
+    by_policy_rm = {n: score_samples(policy_rm, prompts, samples[n]) for n in ("candidate", "parent")}
     summaries = {n: s.summary() for n, s in samples.items()}
     figures = gate_figures(state["judge"]["heldout_accuracy"], judged["candidate"], judged["parent"],
                            summaries["candidate"], summaries["parent"], summaries["reference"], cfg)
