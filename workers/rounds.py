@@ -102,7 +102,7 @@ def train_reward(ctx: Context, state: dict) -> dict:
     from training.config import RewardConfig
     from training.gate import split_prompts
     from training.records import pairs_from_ratings
-    from training.reward_model import train_reward_model
+    from training.reward_model import RewardModel, train_reward_model
     from transformers import AutoTokenizer
 
     started = time.perf_counter()
@@ -117,7 +117,10 @@ def train_reward(ctx: Context, state: dict) -> dict:
     for name, prompts in halves.items():
         half = [p for p in pairs if p.prompt in prompts]
         half = half + pairs_from_ratings([r for r in ratings if r.prompt in prompts], cfg.rating_pair_weight)
-        model, metrics = train_reward_model(parent_dir, tokenizer, half, cfg)
+        if half:
+            model, metrics = train_reward_model(parent_dir, tokenizer, half, cfg)
+        else:  # a lone prompt leaves the judge nothing: an untrained head, no accuracy, the gate refuses
+            model, metrics = RewardModel.from_pretrained_backbone(parent_dir, tokenizer, cfg.max_len), {"n_pairs": 0}
         model.save(ctx.workdir(state["round_id"]) / name)
         out[name] = {k: metrics.get(k) for k in REWARD_METRICS} | {"n_prompts": len(prompts)}
     out["reward_model"]["seconds"] = time.perf_counter() - started

@@ -123,3 +123,20 @@ def test_near_chance_judge_refuses_a_real_round(settings, registry_v1):
     assert p.judge_accuracy <= 0.5 and not p.checks[0].passed and p.checks[0].threshold == 0.55
     assert summary["ppo"]["missing_eos_penalty"] == -2.0 and summary["ppo"]["reward_gain"] > 0
     assert current_version(r, ctx.keys, ctx.registry) == "v0001"
+
+
+def test_a_judge_without_feedback_refuses(settings, registry_v1):
+    """A lone prompt goes to the policy half: the judge has nothing to learn from and the gate says so."""
+    import shutil
+
+    ctx = rounds.Context(settings.model_copy(update=SMALL_ROUND))
+    r = redis.Redis.from_url(settings.redis_url)
+    prompt, answer = honest_rows()[0]
+    append(r, settings, prompt, answer, DEGENERATE, "u1")
+    state = run(ctx, rounds.begin(ctx, uuid.uuid4().hex[:12]), [rounds.snapshot, rounds.train_reward])
+    assert state["judge"]["n_pairs"] == 0 and state["judge"]["heldout_accuracy"] is None
+    shutil.copytree(ctx.registry.path("v0001"), ctx.workdir(state["round_id"]) / "policy",
+                    ignore=shutil.ignore_patterns("manifest.json"))  # the parent itself as the candidate
+    summary = run(ctx, state, [rounds.evaluate, rounds.publish])
+    assert summary["promoted"] is False
+    assert summary["reason"].startswith("judge_accuracy: the judge has no held-out accuracy"), summary["reason"]
