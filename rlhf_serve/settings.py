@@ -16,7 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Configuration of rlhf-serve. Each field maps to the env var `RLHF_<FIELD>`."""
 
-    model_config = SettingsConfigDict(env_prefix="RLHF_", extra="ignore", use_attribute_docstrings=True)
+    model_config = SettingsConfigDict(env_prefix="RLHF_", extra="ignore", use_attribute_docstrings=True,
+                                      env_parse_none_str="none")
 
     # --- network -----------------------------------------------------------------------------
     host: str = "0.0.0.0"
@@ -142,8 +143,30 @@ class Settings(BaseSettings):
     """Promotion gate: a candidate with mean KL to the SFT reference above this (nats per
     response) is not promoted."""
     gate_min_reward_gain: float = 0.0
-    """Promotion gate: the candidate's mean reward-model score must exceed its parent's by more
-    than this (negative values let a slightly worse candidate through; useful in tests)."""
+    """Promotion gate: the candidate's mean score by the judge (the reward model trained on the
+    other half of the feedback, never used by PPO) must exceed its parent's by more than this
+    (negative values let a slightly worse candidate through; useful in tests)."""
+    gate_min_judge_accuracy: float = 0.55
+    """Promotion gate: the judge's held-out pair accuracy must be at least this; a judge near chance
+    (0.5) cannot tell a better candidate from a worse one, so nothing is promoted on its word."""
+    gate_win_margin: float = 0.0
+    """Promotion gate: the lower confidence bound of the candidate's win rate against its parent
+    (judged on held-out prompts) must exceed 0.5 + this."""
+    gate_win_confidence: float = 0.9
+    """Promotion gate: one-sided confidence of the win rate's bootstrap lower bound (prompts are
+    resampled)."""
+    gate_samples_per_prompt: int = 4
+    """Promotion gate: responses sampled per held-out prompt from candidate, parent and SFT
+    reference (at `ppo_temperature`, the serving temperature)."""
+    gate_max_eos_drop: float = 0.1
+    """Promotion gate: the candidate's share of responses that end (EOS within the token budget)
+    may fall at most this far below the parent's."""
+    gate_max_length_ratio: float = 3.0
+    """Promotion gate: the candidate's mean response length must stay within 1/x..x times the SFT
+    reference's."""
+    gate_min_distinct_ratio: float = 0.5
+    """Promotion gate: the candidate's distinct-2 on held-out prompts must be at least this share of
+    the SFT reference's (a collapse guard)."""
     ppo_steps: int = 16
     """PPO iterations per round. (The training defaults are the ones that met the learning
     benchmark's targets on the built-in model: benchmarks/results/LEARNING.md.)"""
@@ -164,6 +187,11 @@ class Settings(BaseSettings):
     ppo_temperature: float = 1.0
     """Rollout (and log-prob) temperature of PPO. Keep it equal to the temperature clients sample
     at (the server's default is 1.0): PPO optimises the policy at this temperature."""
+    ppo_missing_eos_penalty: float | None = -2.0
+    """Normalised score PPO gives a rollout that hits `ppo_max_new_tokens` without EOS (scores are
+    normalised to mean 0, std 1 on SFT-reference samples); `none`: off."""
+    ppo_ent_coef: float = 0.0
+    """Weight of PPO's entropy bonus (holds diversity against collapse; 0: none)."""
     kl_coef: float = 0.15
     """Initial coefficient of the per-token KL penalty against the SFT reference."""
     adaptive_kl: bool = False

@@ -64,7 +64,8 @@ class PPOConfig:
     vf_coef: float = 0.1
     """Weight of the value loss in the joint loss (detail 13)."""
     ent_coef: float = 0.0
-    """Entropy bonus weight; 0 as in lm-human-preferences (detail 15)."""
+    """Entropy bonus weight c_ent in L = L^CLIP + c_vf L^VF - c_ent H; 0 as in lm-human-preferences
+    (detail 15). Raise it to hold diversity (distinct-n) against collapse."""
     init_kl_coef: float = 0.15
     """Initial KL penalty coefficient beta (detail 8)."""
     adaptive_kl: bool = False
@@ -78,11 +79,22 @@ class PPOConfig:
     whiten_advantages: bool = True
     """Whiten advantages over the rollout batch (detail 11)."""
     normalize_reward: bool = True
-    """Fix a gain/bias so initial-policy RM scores have mean 0, std 1 (detail 6)."""
+    """Fix a gain/bias so SFT-reference RM scores on a fixed prompt set have mean 0, std 1 (detail 6)."""
+    norm_samples: int = 64
+    """Reference samples (one per prompt of the fixed set) that set the reward normalisation (detail 6)."""
+    norm_seed: int = 0
+    """Seed of the fixed normalisation prompt set and of its sampling; constant across rounds (detail 6)."""
     whiten_scores: bool = False
     """Additionally whiten the RM scores of every rollout batch (detail 6)."""
-    missing_eos_penalty: float | None = None
-    """If set, a response without EOS gets this (normalised) score (detail 7)."""
+    missing_eos_penalty: float | None = -2.0
+    """A response without EOS gets this (normalised) score instead of the RM's; None: off (detail 7).
+
+    -2: scores are normalised to mean 0, std 1 over SFT-reference samples (detail 6), so a
+    truncated response scores like the worst ~2% of the reference's answers: never worth
+    rambling into the token cap for, whatever the RM would have said about the cut text (which it
+    never saw in training: it reads the last token, normally EOS). Larger magnitudes add nothing
+    but value-function error and dominate the advantage whitening; -1 (lm-human-preferences)
+    still beats a finished answer the RM dislikes."""
     max_new_tokens: int = 32
     """Maximum sampled response tokens (detail 4)."""
     max_prompt_len: int = 96

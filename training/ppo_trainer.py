@@ -40,10 +40,34 @@ def make_value_model(reward_model: RewardModel) -> RewardModel:
 
 
 def reward_norm_from(scores: Tensor) -> tuple[float, float]:
-    """(gain, bias) making initial-policy scores mean 0, std 1 (detail 6)."""
+    """(gain, bias) making ``scores`` mean 0, std 1 (detail 6)."""
     bias = float(scores.mean())
     gain = float(scores.std()) if scores.numel() > 1 else 1.0
     return (gain if gain > 1e-6 else 1.0), bias
+
+
+@torch.no_grad()
+def reference_reward_norm(ref_policy: nn.Module, reward_model: RewardModel, tokenizer: Any, prompts: list[str],
+                          cfg: PPOConfig) -> tuple[float, float]:
+    """(gain, bias) from the RM scores of SFT-reference samples on a fixed prompt set (detail 6).
+
+    Sampled with their own generator seeded by ``cfg.norm_seed`` (not the round's seed), so a
+    round's normalisation depends only on its reward model: the effective KL strength does not
+    drift with the parent policy or the sampling luck of the first rollout batch.
+    """
+    gen = torch.Generator(device=next(ref_policy.parameters()).device).manual_seed(cfg.norm_seed)
+    scores = []
+    for i in range(0, len(prompts), cfg.rollout_batch_size):
+        ro = sample_rollouts(ref_policy, ref_policy, None, reward_model, tokenizer,
+                             prompts[i : i + cfg.rollout_batch_size], cfg, gen)
+        scores.append(ro.scores.cpu())  # (b,) raw r(x, y) of reference samples
+    return reward_norm_from(torch.cat(scores)) if scores else (1.0, 0.0)
+
+
+def norm_prompt_set(prompts: list[str], n: int, seed: int) -> list[str]:
+    """A fixed sample of ``n`` prompts (sorted first, so the input order does not matter)."""
+    pool = sorted(set(prompts))
+    return random.Random(seed).sample(pool, min(n, len(pool)))
 
 
 def shaped_scores(rollout: Rollout, gain: float, bias: float, cfg: PPOConfig) -> Tensor:
@@ -116,8 +140,13 @@ def rollout_stats(ro: Rollout, kl: Tensor) -> dict[str, float]:
 
 
 def run_ppo(policy_dir: str | Path, reference_dir: str | Path, reward_model: RewardModel, prompts: list[str],
-            cfg: PPOConfig, log: Callable[[str], Any] = print) -> tuple[nn.Module, list[dict[str, float]]]:
-    """Fine-tune the policy at ``policy_dir`` with PPO; returns the plain HF causal LM and per-step metrics."""
+            cfg: PPOConfig, log: Callable[[str], Any] = print,
+            norm_prompts: list[str] | None = None) -> tuple[nn.Module, list[dict[str, float]]]:
+    """Fine-tune the policy at ``policy_dir`` with PPO; returns the plain HF causal LM and per-step metrics.
+
+    ``norm_prompts``: the fixed prompt set of the reward normalisation (detail 6); default: a
+    ``cfg.norm_seed``-seeded sample of ``cfg.norm_samples`` of ``prompts``.
+    """
     from transformers import AutoTokenizer
 
     device = pick_device(cfg.device)
@@ -134,12 +163,13 @@ def run_ppo(policy_dir: str | Path, reference_dir: str | Path, reward_model: Rew
     perm_gen = torch.Generator().manual_seed(cfg.seed)
     rng, order = random.Random(cfg.seed), []
     gain, bias = 1.0, 0.0
+    if cfg.normalize_reward:  # detail 6: once, from the SFT reference on a fixed prompt set
+        fixed = norm_prompts if norm_prompts is not None else norm_prompt_set(prompts, cfg.norm_samples, cfg.norm_seed)
+        gain, bias = reference_reward_norm(ref_policy, reward_model, tokenizer, fixed, cfg)
     history: list[dict[str, float]] = []
     for step in range(cfg.steps):
         batch_prompts = next_prompts(prompts, order, rng, cfg.rollout_batch_size)
         ro = sample_rollouts(policy, ref_policy, value_model, reward_model, tokenizer, batch_prompts, cfg, sample_gen)
-        if step == 0 and cfg.normalize_reward:
-            gain, bias = reward_norm_from(ro.scores)  # detail 6: fixed from the initial policy
         kl_coef = kl_ctl.value
         rewards, kl = kl_penalised_rewards(shaped_scores(ro, gain, bias, cfg), ro.logprobs, ro.ref_logprobs,
                                            ro.response_mask, kl_coef)  # (B, T) r_t, detail 8
@@ -149,7 +179,7 @@ def run_ppo(policy_dir: str | Path, reference_dir: str | Path, reward_model: Rew
         update = ppo_update(policy, value_model, optimizer, ro, advantages, returns, cfg, perm_gen)
         stats = rollout_stats(ro, kl)
         kl_ctl.update(stats["kl"], cfg.rollout_batch_size)  # detail 9
-        metrics = {"step": float(step), **stats, **update, "kl_coef": kl_coef}
+        metrics = {"step": float(step), **stats, **update, "kl_coef": kl_coef, "reward_gain": gain, "reward_bias": bias}
         history.append(metrics)
         log(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return policy.eval(), history

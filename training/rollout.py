@@ -6,6 +6,7 @@ are recomputed from the attention mask so padding never shifts positions.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,26 +62,58 @@ def truncate_at_eos(tokens: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
     return (~eos_seen_before).long(), is_eos.any(-1)
 
 
+def forward_cached(model: nn.Module, ids: Tensor, mask: Tensor, pos: Tensor, cache: Any) -> tuple[Tensor, Any]:
+    """(logits, KV cache) of one decoding step; transformers >= 5.x names the cache ``cache``."""
+    if "cache" in inspect.signature(model.forward).parameters:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+        return out.logits, out.cache
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+    return out.logits, out.past_key_values
+
+
+@torch.no_grad()
+def sample_tokens(policy: nn.Module, query: Tensor, query_mask: Tensor, max_new_tokens: int, temperature: float,
+                  eos_id: int, pad_id: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(B, T) tokens drawn from softmax(logits / temperature) and (B, T) their log-probs (detail 4).
+
+    Our own KV-cached loop instead of HF ``generate``: ``generate`` merges the model's
+    ``generation_config.json`` (repetition_penalty, min_p, top_k, no_repeat_ngram_size, ...) into
+    any config passed to it, so it would sample from a distribution other than the one whose
+    log-probs PPO optimises. Here nothing but the temperature touches the logits. Rows that have
+    emitted EOS get ``pad_id`` (log-prob 0) afterwards; sampling stops when every row has.
+    """
+    B = query.shape[0]
+    tokens, logps = [], []
+    finished = torch.zeros(B, dtype=torch.bool, device=query.device)  # (B,) EOS emitted
+    ids, mask, pos, past = query, query_mask, position_ids(query_mask), None
+    for _ in range(max_new_tokens):
+        logits, past = forward_cached(policy, ids, mask, pos, past)  # (B, L, V)
+        logp = torch.log_softmax(logits[:, -1].float() / temperature, dim=-1)  # (B, V) log pi(.|s_t)
+        token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # (B,) a_t ~ pi(.|s_t)
+        token_logp = logp.gather(-1, token[:, None]).squeeze(-1)  # (B,) log pi(a_t|s_t)
+        tokens.append(torch.where(finished, torch.full_like(token, pad_id), token))
+        logps.append(torch.where(finished, torch.zeros_like(token_logp), token_logp))
+        finished = finished | (token == eos_id)
+        if bool(finished.all()):
+            break
+        ids = token[:, None]  # (B, 1) next input
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, L+1)
+        pos = pos[:, -1:] + 1  # (B, 1) next position
+    if not tokens:
+        empty = query.new_zeros((B, 0))
+        return empty, empty.float()
+    return torch.stack(tokens, dim=1), torch.stack(logps, dim=1)
+
+
 @torch.no_grad()
 def generate(policy: nn.Module, query: Tensor, query_mask: Tensor, tokenizer: Any,
              cfg: "PPOConfig", generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-    """Sample responses (B, T) at ``cfg.temperature`` (no top-k/top-p: detail 4) and their masks.
+    """Sample responses (B, T) at ``cfg.temperature`` (no other warper: detail 4) and their masks.
 
-    HF ``generate`` draws from the global RNG, so it runs inside a forked RNG (detail 21)
-    seeded from ``generator``: same generator state -> same samples.
+    Draws from ``generator`` only (detail 21): same generator state -> same samples.
     """
-    from transformers import GenerationConfig
-
-    gen_cfg = GenerationConfig(
-        do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0, max_new_tokens=cfg.max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id_of(tokenizer),
-    )
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-    devices = [query.device] if query.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        out = policy.generate(input_ids=query, attention_mask=query_mask, generation_config=gen_cfg)
-    tokens = out[:, query.shape[1] :]  # (B, T) sampled a_t
+    tokens, _ = sample_tokens(policy, query, query_mask, cfg.max_new_tokens, cfg.temperature,
+                              tokenizer.eos_token_id, pad_id_of(tokenizer), generator)  # (B, T) a_t
     mask, has_eos = truncate_at_eos(tokens, tokenizer.eos_token_id)
     tokens = torch.where(mask.bool(), tokens, torch.full_like(tokens, pad_id_of(tokenizer)))
     return tokens, mask, has_eos

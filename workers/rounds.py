@@ -10,11 +10,13 @@ registry untouched.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import redis
@@ -25,6 +27,7 @@ from rlhf.v1 import records_pb2
 from rlhf_serve.keys import Keys
 from rlhf_serve.settings import Settings
 from workers import snapshots
+from workers.manifest import fill_promotion, fill_training
 from workers.lock import RoundLock
 
 log = logging.getLogger(__name__)
@@ -80,82 +83,125 @@ def snapshot(ctx: Context, state: dict) -> dict:
     return {**state, "snapshot": {"path": snap.path, "count": snap.count}, "data": info}
 
 
+def holding_lock(stage):
+    """Runs a stage under the round lock's heartbeat from its first line: its imports (torch,
+    transformers) take seconds, longer than a short lock expiry between stages."""
+    @functools.wraps(stage)
+    def run(ctx: Context, state: dict) -> dict:
+        with ctx.lock.held(state["round_id"]):
+            return stage(ctx, state)
+    return run
+
+
+REWARD_METRICS = ("train_loss", "train_accuracy", "heldout_accuracy", "heldout_loss", "n_pairs", "n_heldout")
+
+
+@holding_lock
 def train_reward(ctx: Context, state: dict) -> dict:
+    """Cross-fitting (detail 22): the policy reward model (for PPO) and the judge (for the gate only)
+    train on the feedback of disjoint halves of the prompts, split by a seeded hash of each prompt."""
     from training.config import RewardConfig
+    from training.gate import split_prompts
     from training.records import pairs_from_ratings
-    from training.reward_model import train_reward_model
+    from training.reward_model import RewardModel, train_reward_model
     from transformers import AutoTokenizer
 
-    with ctx.lock.held(state["round_id"]):
-        started = time.perf_counter()
-        pairs, ratings, _ = snapshots.load_training_set(ctx.datasets, ctx.settings.train_window)
-        cfg = RewardConfig(epochs=ctx.settings.reward_epochs, seed=state["seed"], device=_device(ctx),
-                           lr=ctx.settings.reward_lr)
-        pairs = pairs + pairs_from_ratings(ratings, cfg.rating_pair_weight)
-        parent_dir = ctx.registry.path(state["parent"])
-        model, metrics = train_reward_model(parent_dir, AutoTokenizer.from_pretrained(parent_dir), pairs, cfg)
-        model.save(ctx.workdir(state["round_id"]) / "reward_model")
-    rm = {k: metrics[k] for k in ("train_loss", "train_accuracy", "heldout_accuracy", "heldout_loss", "n_pairs")}
-    rm["seconds"] = time.perf_counter() - started
-    log.info("round %s reward model: %s", state["round_id"], rm)
-    return {**state, "reward_model": rm}
+    started = time.perf_counter()
+    pairs, ratings, _ = snapshots.load_training_set(ctx.datasets, ctx.settings.train_window)
+    cfg = RewardConfig(epochs=ctx.settings.reward_epochs, seed=state["seed"], device=_device(ctx),
+                       lr=ctx.settings.reward_lr)
+    split = split_prompts([x.prompt for x in pairs + ratings], ctx.settings.seed)
+    halves = dict(zip(("reward_model", "judge"), split))
+    parent_dir = ctx.registry.path(state["parent"])
+    tokenizer = AutoTokenizer.from_pretrained(parent_dir)
+    out = {}
+    for name, prompts in halves.items():
+        half = [p for p in pairs if p.prompt in prompts]
+        half = half + pairs_from_ratings([r for r in ratings if r.prompt in prompts], cfg.rating_pair_weight)
+        if half:
+            model, metrics = train_reward_model(parent_dir, tokenizer, half, cfg)
+        else:  # a lone prompt leaves the judge nothing: an untrained head, no accuracy, the gate refuses
+            model, metrics = RewardModel.from_pretrained_backbone(parent_dir, tokenizer, cfg.max_len), {"n_pairs": 0}
+        model.save(ctx.workdir(state["round_id"]) / name)
+        out[name] = {k: metrics.get(k) for k in REWARD_METRICS} | {"n_prompts": len(prompts)}
+    out["reward_model"]["seconds"] = time.perf_counter() - started
+    log.info("round %s reward models (policy | judge): %s | %s", state["round_id"], out["reward_model"], out["judge"])
+    return {**state, **out}
 
 
+@holding_lock
 def ppo(ctx: Context, state: dict) -> dict:
-    from training.ppo_trainer import run_ppo
+    from training.ppo_trainer import norm_prompt_set, run_ppo
     from training.reward_model import RewardModel
+    from training.text_format import train_prompts
     from transformers import AutoTokenizer
 
-    with ctx.lock.held(state["round_id"]):
-        started = time.perf_counter()
-        work = ctx.workdir(state["round_id"])
-        rm = RewardModel.load(work / "reward_model", device=_device(ctx))
-        prompts = training_prompts(ctx, state["seed"])
-        parent_dir, ref_dir = ctx.registry.path(state["parent"]), ctx.registry.path(state["reference"])
-        policy, history = run_ppo(parent_dir, ref_dir, rm, prompts, ppo_config(ctx, state),
-                                  log=lambda line: log.info("ppo %s", line))
-        policy.save_pretrained(work / "policy")
-        AutoTokenizer.from_pretrained(parent_dir).save_pretrained(work / "policy")
-        _copy_generation_config(parent_dir, work / "policy")
+    started = time.perf_counter()
+    work = ctx.workdir(state["round_id"])
+    rm = RewardModel.load(work / "reward_model", device=_device(ctx))  # never the judge
+    cfg = ppo_config(ctx, state)
+    prompts = training_prompts(ctx, state["seed"])
+    norm_prompts = norm_prompt_set(train_prompts(), cfg.norm_samples, ctx.settings.seed)  # fixed: detail 6
+    parent_dir, ref_dir = ctx.registry.path(state["parent"]), ctx.registry.path(state["reference"])
+    policy, history = run_ppo(parent_dir, ref_dir, rm, prompts, cfg, log=lambda line: log.info("ppo %s", line),
+                              norm_prompts=norm_prompts)
+    policy.save_pretrained(work / "policy")
+    AutoTokenizer.from_pretrained(parent_dir).save_pretrained(work / "policy")
+    _copy_generation_config(parent_dir, work / "policy")
     last = history[-1] if history else {}
-    summary = {k: float(last.get(k, 0.0)) for k in ("mean_reward", "kl", "entropy", "clipfrac", "value_loss")}
-    summary.update(steps=len(history), seconds=time.perf_counter() - started)
+    keys = ("mean_reward", "kl", "entropy", "clipfrac", "value_loss", "eos_fraction", "mean_response_len",
+            "reward_gain", "reward_bias")
+    summary = {k: float(last.get(k, 0.0)) for k in keys}
+    summary.update(steps=len(history), seconds=time.perf_counter() - started,
+                   missing_eos_penalty=cfg.missing_eos_penalty, ent_coef=cfg.ent_coef)
     return {**state, "ppo": summary, "ppo_history": history}
 
 
+@holding_lock
 def evaluate(ctx: Context, state: dict) -> dict:
-    """Scores candidate and parent with the round's reward model on held-out prompts."""
-    from training.ppo_trainer import evaluate_policy, load_causal_lm
+    """Samples candidate, parent and SFT reference on held-out prompts; the judge scores them (detail 23)."""
+    from training.gate_eval import gate_figures, sample_policy, score_samples
+    from training.ppo_trainer import load_causal_lm
     from training.reward_model import RewardModel, pick_device
     from transformers import AutoTokenizer
 
-    with ctx.lock.held(state["round_id"]):
-        work, device = ctx.workdir(state["round_id"]), pick_device(_device(ctx))
-        rm = RewardModel.load(work / "reward_model", device=_device(ctx))
-        tokenizer = AutoTokenizer.from_pretrained(work / "policy")
-        reference = load_causal_lm(ctx.registry.path(state["reference"]), device, trainable=False)
-        prompts = eval_prompts(ctx)
-        cfg = ppo_config(ctx, state)
-        figures = {}
-        for name, path in (("candidate", work / "policy"), ("parent", ctx.registry.path(state["parent"]))):
-            policy = load_causal_lm(path, device, trainable=False)
-            figures[name] = evaluate_policy(policy, reference, rm, tokenizer, prompts, cfg)
-    return {**state, "evaluation": figures}
+    work, device = ctx.workdir(state["round_id"]), pick_device(_device(ctx))
+    judge = RewardModel.load(work / "judge", device=_device(ctx))
+    policy_rm = RewardModel.load(work / "reward_model", device=_device(ctx))
+    tokenizer = AutoTokenizer.from_pretrained(work / "policy")
+    reference = load_causal_lm(ctx.registry.path(state["reference"]), device, trainable=False)
+    prompts, cfg = eval_prompts(ctx), gate_sampling(ctx, state)
+    samples = {}
+    for name, path in (("candidate", work / "policy"), ("parent", ctx.registry.path(state["parent"]))):
+        policy = load_causal_lm(path, device, trainable=False)
+        samples[name] = sample_policy(policy, reference, tokenizer, prompts, cfg)
+    same = state["parent"] == state["reference"]
+    samples["reference"] = samples["parent"] if same else sample_policy(reference, None, tokenizer, prompts, cfg)
+    judged = {n: score_samples(judge, prompts, samples[n]) for n in ("candidate", "parent")}
+    by_policy_rm = {n: score_samples(policy_rm, prompts, samples[n]) for n in ("candidate", "parent")}
+    summaries = {n: s.summary() for n, s in samples.items()}
+    figures = gate_figures(state["judge"]["heldout_accuracy"], judged["candidate"], judged["parent"],
+                           summaries["candidate"], summaries["parent"], summaries["reference"], cfg)
+    for n in ("candidate", "parent"):
+        summaries[n]["mean_reward"] = _mean(judged[n])  # the judge's
+        summaries[n]["policy_rm_reward"] = _mean(by_policy_rm[n])
+    return {**state, "evaluation": {**summaries, "gate": asdict(figures), "n_prompts": len(prompts),
+                                    "samples_per_prompt": cfg.samples_per_prompt, "confidence": cfg.confidence}}
 
 
 def publish(ctx: Context, state: dict) -> dict:
     """Applies the gate, writes the version atomically, moves the pointer if promoted."""
+    from training.gate import GateFigures, decide
+
     round_id = state["round_id"]
     ctx.lock.check(round_id)
-    cand, parent = state["evaluation"]["candidate"], state["evaluation"]["parent"]
-    promoted, reason = gate(cand["mean_reward"], parent["mean_reward"], cand["kl"], ctx.settings.kl_bound,
-                            ctx.settings.gate_min_reward_gain)
-    manifest = build_manifest(ctx, state, promoted, reason)
+    promoted, reason, checks = decide(GateFigures(**state["evaluation"]["gate"]), gate_thresholds(ctx.settings))
+    manifest = build_manifest(ctx, state, promoted, reason, checks)
     published = ctx.registry.publish(ctx.workdir(round_id) / "policy", manifest)
     if promoted:
         set_current(ctx.redis, ctx.keys, ctx.registry, published.version, f"round {state['round_number']}")
     summary = {**state, "version": published.version, "promoted": promoted, "reason": reason,
-               "seconds": time.time() - state["started_at"]}
+               "checks": [c.as_dict() for c in checks], "seconds": time.time() - state["started_at"]}
     summary.pop("ppo_history", None)
     finish(ctx, round_id, summary)
     return summary
@@ -163,33 +209,36 @@ def publish(ctx: Context, state: dict) -> dict:
 
 def gate(candidate_reward: float, parent_reward: float, kl: float, kl_bound: float,
          min_gain: float = 0.0) -> tuple[bool, str]:
-    """Promote only a candidate that the reward model prefers and that stays near the reference."""
-    if not candidate_reward > parent_reward + min_gain:
-        return False, (f"reward {candidate_reward:.4f} is not above the parent's {parent_reward:.4f}"
-                       f" + margin {min_gain:g}")
-    if kl > kl_bound:
-        return False, f"KL to the SFT reference {kl:.2f} exceeds the bound {kl_bound:.2f}"
-    return True, f"reward {candidate_reward:.4f} > parent {parent_reward:.4f}, KL {kl:.2f} <= {kl_bound:.2f}"
+    """The reward-gain and KL checks alone (kept for callers of the old gate; rounds use the full gate)."""
+    from training.gate import GateFigures, GateThresholds, checks
+
+    figures = GateFigures(None, 0.5, 0.5, candidate_reward, parent_reward, kl, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    results = [c for c in checks(figures, GateThresholds(min_reward_gain=min_gain, kl_bound=kl_bound))
+               if c.name in ("reward_gain", "kl")]
+    failed = [c for c in results if not c.passed]
+    return (False, failed[0].message) if failed else (True, "; ".join(c.message for c in results))
 
 
-def build_manifest(ctx: Context, state: dict, promoted: bool, reason: str) -> records_pb2.ModelManifest:
-    cand, parent = state["evaluation"]["candidate"], state["evaluation"]["parent"]
-    rm, data, ppo_summary = state["reward_model"], state["data"], state["ppo"]
+def gate_thresholds(s: Settings):
+    from training.gate import GateThresholds
+    return GateThresholds(min_judge_accuracy=s.gate_min_judge_accuracy, win_margin=s.gate_win_margin,
+                          min_reward_gain=s.gate_min_reward_gain, kl_bound=s.kl_bound, max_eos_drop=s.gate_max_eos_drop,
+                          max_length_ratio=s.gate_max_length_ratio, min_distinct_ratio=s.gate_min_distinct_ratio)
+
+
+def gate_sampling(ctx: Context, state: dict):
+    from training.gate_eval import GateSampling
+    s = ctx.settings
+    return GateSampling(samples_per_prompt=s.gate_samples_per_prompt, temperature=s.ppo_temperature,
+                        max_new_tokens=s.ppo_max_new_tokens, batch_size=max(s.ppo_batch_size, 1), seed=state["seed"],
+                        confidence=s.gate_win_confidence)
+
+
+def build_manifest(ctx: Context, state: dict, promoted: bool, reason: str, checks: list) -> records_pb2.ModelManifest:
     m = records_pb2.ModelManifest(parent_version=state["parent"], reference_version=state["reference"],
                                   base_model=ctx.registry.manifest(state["parent"]).base_model)
-    t = m.training
-    t.first_feedback_id, t.last_feedback_id = data["first_feedback_id"], data["last_feedback_id"]
-    t.num_comparisons, t.num_ratings, t.num_prompts = data["num_comparisons"], data["num_ratings"], data["num_prompts"]
-    t.reward_model_accuracy = rm["heldout_accuracy"] if rm["heldout_accuracy"] is not None else float("nan")
-    t.reward_model_loss = rm["train_loss"] or 0.0
-    t.ppo_mean_reward, t.ppo_kl = ppo_summary["mean_reward"], ppo_summary["kl"]
-    t.seconds = time.time() - state["started_at"]
-    t.description = f"ppo round {state['round_number']} ({state['round_id']})"
-    p = m.promotion
-    p.promoted, p.reason = promoted, reason
-    p.candidate_reward, p.parent_reward = cand["mean_reward"], parent["mean_reward"]
-    p.kl_to_reference, p.kl_bound = cand["kl"], ctx.settings.kl_bound
-    p.decided_at.GetCurrentTime()
+    fill_training(m.training, state)
+    fill_promotion(m.promotion, state["evaluation"], promoted, reason, checks, ctx.settings.kl_bound)
     return m
 
 
@@ -225,7 +274,13 @@ def ppo_config(ctx: Context, state: dict):
     return PPOConfig(steps=s.ppo_steps, seed=state["seed"], device=_device(ctx), init_kl_coef=s.kl_coef,
                      adaptive_kl=s.adaptive_kl, kl_target=s.kl_target, lr=s.ppo_lr,
                      rollout_batch_size=s.ppo_batch_size, max_new_tokens=s.ppo_max_new_tokens,
-                     temperature=s.ppo_temperature)
+                     temperature=s.ppo_temperature, missing_eos_penalty=s.ppo_missing_eos_penalty,
+                     ent_coef=s.ppo_ent_coef, norm_seed=s.seed)
+
+
+def _mean(groups: list[list[float]]) -> float:
+    flat = [x for g in groups for x in g]
+    return sum(flat) / len(flat) if flat else float("nan")
 
 
 def _device(ctx: Context) -> str | None:

@@ -19,6 +19,12 @@ from training.text_format import train_prompts
 
 pytestmark = pytest.mark.timeout(400)
 
+# The tiny model and 2-step rounds cannot show a significant win over the parent: these tests check
+# the loop's plumbing, so the gate's statistical checks are relaxed (tests/integration/test_gate_round.py
+# tests the gate itself). The reward-gain and KL checks keep the meaning the tests give them.
+LENIENT_GATE = {"RLHF_GATE_MIN_JUDGE_ACCURACY": "0", "RLHF_GATE_WIN_MARGIN": "-1", "RLHF_GATE_MAX_EOS_DROP": "1",
+                "RLHF_GATE_MAX_LENGTH_RATIO": "1e9", "RLHF_GATE_MIN_DISTINCT_RATIO": "0"}
+
 
 def give_feedback(server, prompts: list[str]) -> int:
     """Two candidates per prompt; the longer answer wins (a consistent, learnable taste)."""
@@ -65,7 +71,7 @@ def current_version(server) -> str:
 
 
 def test_round_publishes_promotes_and_hot_swaps(server, settings, start_worker):
-    worker = start_worker(RLHF_GATE_MIN_REWARD_GAIN="-1e9")  # the gate passes on reward; KL bound still applies
+    worker = start_worker(**LENIENT_GATE, RLHF_GATE_MIN_REWARD_GAIN="-1e9")  # the gate passes on reward; KL bound still applies
     submitted = give_feedback(server, train_prompts()[:12])
     traffic = Traffic(server)
     task = server.admin.TriggerRound(admin_pb2.TriggerRoundRequest(force=True))
@@ -78,6 +84,8 @@ def test_round_publishes_promotes_and_hot_swaps(server, settings, start_worker):
     info = server.policy.GetModel(policy_pb2.GetModelRequest())
     assert info.parent_version == "v0001" and info.current
     assert info.promotion.promoted and info.promotion.kl_bound == settings.kl_bound
+    assert [c.name for c in info.promotion.checks][:2] == ["judge_accuracy", "win_rate"]  # every check recorded
+    assert all(c.passed for c in info.promotion.checks) and 0.0 <= info.promotion.win_rate <= 1.0
     assert info.training.num_comparisons == submitted
     assert 0.0 <= info.training.reward_model_accuracy <= 1.0
     assert stream_stats(settings)["pending"] == 0
@@ -86,7 +94,7 @@ def test_round_publishes_promotes_and_hot_swaps(server, settings, start_worker):
 
 
 def test_round_failing_the_gate_keeps_the_current_version(server, settings, start_worker):
-    start_worker(RLHF_GATE_MIN_REWARD_GAIN="1e9")
+    start_worker(**LENIENT_GATE, RLHF_GATE_MIN_REWARD_GAIN="1e9")
     give_feedback(server, train_prompts()[:8])
     result = subprocess.run(  # the operator's way: `rlhf-serve train --now --force --wait`
         [sys.executable, "-m", "rlhf_serve.cli", "train", "--now", "--force", "--wait",
@@ -104,7 +112,7 @@ def test_round_failing_the_gate_keeps_the_current_version(server, settings, star
 
 
 def test_beat_starts_a_round_once_enough_feedback_arrived(server, settings, start_worker, start_beat):
-    worker = start_worker(RLHF_GATE_MIN_REWARD_GAIN="-1e9", RLHF_MIN_NEW_FEEDBACK="6")
+    worker = start_worker(**LENIENT_GATE, RLHF_GATE_MIN_REWARD_GAIN="-1e9", RLHF_MIN_NEW_FEEDBACK="6")
     start_beat(RLHF_SCHEDULE_S="1", RLHF_MIN_NEW_FEEDBACK="6")
     give_feedback(server, train_prompts()[:3])
     time.sleep(8)  # several beat ticks with 3 < 6 new items: no round
@@ -114,7 +122,7 @@ def test_beat_starts_a_round_once_enough_feedback_arrived(server, settings, star
 
 
 def test_killed_worker_leaves_no_version_and_loses_no_feedback(server, settings, start_worker):
-    slow = start_worker(RLHF_PPO_STEPS="500", RLHF_GATE_MIN_REWARD_GAIN="-1e9")
+    slow = start_worker(**LENIENT_GATE, RLHF_PPO_STEPS="500", RLHF_GATE_MIN_REWARD_GAIN="-1e9")
     submitted = give_feedback(server, train_prompts()[:10])
     server.admin.TriggerRound(admin_pb2.TriggerRoundRequest(force=True))
     tmp = settings.registry / ".tmp"
@@ -125,7 +133,7 @@ def test_killed_worker_leaves_no_version_and_loses_no_feedback(server, settings,
     datasets = list((settings.registry / "datasets").glob("feedback-*.jsonl"))
     rows = [json.loads(line) for path in datasets for line in path.read_text().splitlines()]
     assert len({row["feedback_id"] for row in rows}) == submitted  # acknowledged only once saved
-    start_worker(RLHF_GATE_MIN_REWARD_GAIN="-1e9")
+    start_worker(**LENIENT_GATE, RLHF_GATE_MIN_REWARD_GAIN="-1e9")
     wait_for(lambda: not _lock_held(settings), 30, 0.5, "the dead round's lock to lapse")
     server.admin.TriggerRound(admin_pb2.TriggerRoundRequest(force=True))
     wait_for(lambda: current_version(server) == "v0002", 240, 0.5, "the next round to publish")
