@@ -76,25 +76,32 @@ class Stack:
         self.redis_proc.kill()
 
 
+def _batch(stack: Stack, b: int, innocents: int, bad_temperature: float) -> list[str]:
+    """innocents + 1 Generate calls released together (one batch); the last one uses bad_temperature."""
+    barrier = threading.Barrier(innocents + 1)
+
+    def call(i: int):
+        temperature = bad_temperature if i == innocents else 1.0
+        sampling = policy_pb2.SamplingParams(max_new_tokens=8, seed=100 * b + i, temperature=temperature)
+        req = policy_pb2.GenerateRequest(prompt=PROMPT, sampling=sampling)
+        barrier.wait()
+        return code_of(lambda: stack.server.policy.Generate(req, timeout=60))[0]
+    with ThreadPoolExecutor(innocents + 1) as pool:
+        return list(pool.map(call, range(innocents + 1)))
+
+
 def bad_neighbour(stack: Stack, batches: int = 4, innocents: int = 15) -> dict:
-    """A request with temperature 1e-40 batched with innocent ones."""
+    """A request with temperature 1e-40 batched with innocent ones; baseline: the same batch with 0.7."""
+    baseline = collections.Counter(c for b in range(batches) for c in _batch(stack, b, innocents, 0.7)[:-1])
     innocent_codes, bad_codes = collections.Counter(), collections.Counter()
     for b in range(batches):
-        barrier = threading.Barrier(innocents + 1)
-
-        def call(i: int, bad: bool):
-            sampling = policy_pb2.SamplingParams(max_new_tokens=8, seed=100 * b + i, temperature=1e-40 if bad else 1.0)
-            req = policy_pb2.GenerateRequest(prompt=PROMPT, sampling=sampling)
-            barrier.wait()
-            return code_of(lambda: stack.server.policy.Generate(req, timeout=60))[0]
-        with ThreadPoolExecutor(innocents + 1) as pool:
-            futures = [pool.submit(call, i, i == innocents) for i in range(innocents + 1)]
-            codes = [f.result() for f in futures]
+        codes = _batch(stack, b, innocents, 1e-40)
         innocent_codes.update(codes[:-1])
         bad_codes[codes[-1]] += 1
     failed = sum(n for c, n in innocent_codes.items() if c != "OK")
     return {"innocent_calls": batches * innocents, "innocent_failed": failed, "innocent_codes": dict(innocent_codes),
-            "bad_request_codes": dict(bad_codes), "target_met": failed == 0}
+            "bad_request_codes": dict(bad_codes), "baseline_innocent_codes": dict(baseline),
+            "target_met": failed == 0}
 
 
 def path_like_version(stack: Stack) -> dict:
