@@ -14,7 +14,8 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from rlhf.v1 import admin_pb2, policy_pb2
 
-DOCUMENTED = {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED", "ALREADY_EXISTS"}
+DOCUMENTED = {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED", "ALREADY_EXISTS",
+              "PERMISSION_DENIED"}
 LEAK = re.compile(r"\b[A-Z]\w*(Error|Exception)\b|Traceback|\.py\b|site-packages")
 STRINGS = ["", " ", "v0001", "v9999", "v0001/", "./v0001", "../../versions/v0001", "/etc/passwd", "x" * 65,
            "y" * 300, "z" * 5000, "\u00e9\u4e2d\U0001F600", "nul\x00byte", "\n\t", "' OR 1=1 --", "%s%n{0}"]

@@ -115,10 +115,17 @@ def cmd_feedback(args, settings: Settings) -> int:
     return 0
 
 
-def _admin(settings: Settings):
-    from registry import Registry
-    from service.admin import AdminCore
-    return AdminCore(settings, Registry(settings.registry), Keys(settings.key_prefix))
+def _ops(settings: Settings):
+    from registry.operations import Operations
+    return Operations(settings)
+
+
+def _operation_errors():
+    """The plain exceptions of registry.operations: the CLI answers them with exit code 2."""
+    from registry import ChecksumError, InvalidVersionName, VersionNotFound
+    from registry.operations import NoParent, RoundRunning
+    from registry.probe import UnloadableVersion
+    return (ChecksumError, InvalidVersionName, VersionNotFound, NoParent, RoundRunning, UnloadableVersion)
 
 
 def _print_servers(listing) -> None:
@@ -133,11 +140,10 @@ def _print_servers(listing) -> None:
 
 def cmd_models(args, settings: Settings) -> int:
     from google.protobuf import json_format
-    from service.errors import ApiError
-    admin = _admin(settings)
+    ops = _ops(settings)
     try:
         if args.action == "list":
-            listing = admin.list_models()
+            listing = ops.list_models()
             for info in listing.models:
                 mark = "*" if info.current else " "
                 p = info.promotion
@@ -154,25 +160,24 @@ def cmd_models(args, settings: Settings) -> int:
             _print_servers(listing)
             return 0
         if args.action == "prune":
-            return _prune(args, settings)
-        target = args.version if args.action == "promote" else admin.rollback_target(args.version)
-        info = admin.move_pointer(target, args.action)
+            return _prune(args, ops)
+        target = args.version if args.action == "promote" else ops.rollback_target(args.version)
+        info = ops.move_pointer(target, args.action)
         print(json_format.MessageToJson(info, indent=1))
         return 0
-    except ApiError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+    except _operation_errors() as exc:
+        what = "is not registered" if type(exc).__name__ == "VersionNotFound" else ""
+        print(f"error: {exc} {what}".rstrip(), file=sys.stderr)
         return 2
 
 
-def _prune(args, settings: Settings) -> int:
-    from registry import Registry
-    from registry.retention import prune
-    r, keys = redis.Redis.from_url(settings.redis_url), Keys(settings.key_prefix)
-    if r.exists(keys.round_lock) and not args.dry_run:
-        print("error: a training round is running (round lock held); prune again after it", file=sys.stderr)
+def _prune(args, ops) -> int:
+    from registry.operations import RoundRunning
+    try:
+        plan = ops.prune(args.keep_refused, dry_run=args.dry_run)
+    except RoundRunning as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
-    keep_refused = args.keep_refused if args.keep_refused is not None else settings.retention_keep_refused
-    plan = prune(Registry(settings.registry), r, keys, keep_refused, dry_run=args.dry_run)
     for version, why in sorted(plan.keep.items()):
         print(f"keep   {version}  ({why})")
     for version in plan.delete:
@@ -182,16 +187,14 @@ def _prune(args, settings: Settings) -> int:
 
 
 def cmd_train(args, settings: Settings) -> int:
-    task_id = _admin(settings).trigger_round(force=args.force)
+    ops = _ops(settings)
+    task_id = ops.trigger_round(force=args.force, reason="cli")
     print(f"queued training round: task {task_id}")
     if args.wait:
-        from rlhf_serve.tasks import make_sender
-        app = make_sender(settings)  # the flags' Redis and key prefix, not the environment's
-        started = app.AsyncResult(task_id).get(timeout=3600)
-        if not started.get("started"):
-            print(f"round not started: {started.get('why')}")
+        summary = ops.wait_for_round(task_id)  # the flags' Redis and key prefix, not the environment's
+        if summary.get("started") is False:
+            print(f"round not started: {summary.get('why')}")
             return 1
-        summary = app.AsyncResult(started["result_id"]).get(timeout=24 * 3600, propagate=False)
         print(json.dumps(summary, indent=1, default=str))
     return 0
 

@@ -16,12 +16,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from registry import Registry
+from registry.operations import Operations
 from rlhf.v1 import admin_pb2, admin_pb2_grpc, policy_pb2, policy_pb2_grpc
 from rlhf_serve import quiet_transformers
 from rlhf_serve.keys import Keys
 from rlhf_serve.settings import Settings
 from service import tls
-from service.admin import AdminCore, AdminServicer
+from service.admin import AdminServicer
 from service.engine import Engine
 from service.feedback import FeedbackStore
 from service.heartbeat import Heartbeat
@@ -69,7 +70,7 @@ class Server:
             options=[("grpc.so_reuseport", 0)])
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(core), self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(AdminCore(s, self.registry, self.keys, probe=self.pool.load)), self.server)
+            AdminServicer(Operations(s, self.registry, probe=self.pool.load)), self.server)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,

@@ -2,8 +2,8 @@
 
 Every `interval_s` (and whenever what it serves changes) a server writes
 `<prefix>servers:<server_id>` (JSON, expiring after 3 intervals) and its time in the ZSET
-`<prefix>servers`. `live_servers` (for `models list`/ListModels) reads the recent members and
-prunes those whose key expired (a server killed with -9 disappears within 3 intervals).
+`<prefix>servers`. `registry.operations.live_servers` (for `models list`/ListModels) reads the
+recent members and prunes those whose key expired (a server killed with -9 disappears within 3 intervals).
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import os
 import socket
 import time
 import uuid
-
-import redis
 
 from rlhf_serve.keys import Keys
 from service.model_pool import ModelPool
@@ -87,18 +85,3 @@ class Heartbeat:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
-
-
-def live_servers(r: redis.Redis, keys: Keys, horizon_s: float = 3600.0) -> list[dict]:
-    """Heartbeats of live servers (sync client), oldest start first; prunes vanished ones."""
-    now = time.time()
-    r.zremrangebyscore(keys.servers, "-inf", now - horizon_s)
-    ids = [i.decode() if isinstance(i, bytes) else i for i in r.zrange(keys.servers, 0, -1)]
-    if not ids:
-        return []
-    values = r.mget([keys.server(i) for i in ids])
-    gone = [i for i, v in zip(ids, values) if v is None]
-    if gone:
-        r.zrem(keys.servers, *gone)
-    servers = [json.loads(v) for v in values if v is not None]
-    return sorted(servers, key=lambda s: (s.get("started", 0), s.get("server_id", "")))

@@ -27,6 +27,8 @@ FIELD_MAX_CHARS = {
     "model_version": ID_MAX_CHARS,
 }
 ECHO_CHARS = 64
+FIELD_HINTS = {"model_version": " (a version name is `v` + digits, e.g. v0001)"}
+"""What a well-formed value looks like, added to the refusal of an over-long one."""
 
 
 def clip(value: str, limit: int = ECHO_CHARS) -> str:
@@ -43,7 +45,8 @@ def check_lengths(message: Message, path: str = "") -> None:
             limit = FIELD_MAX_CHARS.get(field.name, DEFAULT_MAX_CHARS)
             for item in (value if _repeated(field) else [value]):
                 if len(item) > limit:
-                    raise InvalidArgument(f"{name} is {len(item)} characters; the limit is {limit}")
+                    raise InvalidArgument(f"{name} is {len(item)} characters; the limit is {limit}"
+                                          f"{FIELD_HINTS.get(field.name, '')}")
         elif field.type == FieldDescriptor.TYPE_BYTES:
             continue
         elif field.type == FieldDescriptor.TYPE_MESSAGE:

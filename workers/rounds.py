@@ -74,10 +74,15 @@ def begin(ctx: Context, round_id: str) -> dict | None:
             "started_at": time.time(), "seed": ctx.settings.seed + number}
 
 
+def training_set(ctx: Context):
+    """(pairs, ratings, info): the latest votes of the window, weighted per voter (snapshots)."""
+    return snapshots.load_training_set(ctx.datasets, ctx.settings.train_window, snapshots.Hygiene.from_settings(ctx.settings))
+
+
 def snapshot(ctx: Context, state: dict) -> dict:
     with ctx.lock.held(state["round_id"]):
-        snap = snapshots.take_snapshot(ctx.redis, ctx.keys, ctx.datasets)
-        pairs, ratings, info = snapshots.load_training_set(ctx.datasets, ctx.settings.train_window)
+        snap = snapshots.take_snapshot(ctx.redis, ctx.keys, ctx.datasets, keep=ctx.settings.feedback_stream_keep)
+        pairs, ratings, info = training_set(ctx)
     if not pairs and not ratings:
         raise NothingToTrain("no feedback to train on yet")
     return {**state, "snapshot": {"path": snap.path, "count": snap.count}, "data": info}
@@ -107,7 +112,7 @@ def train_reward(ctx: Context, state: dict) -> dict:
     from transformers import AutoTokenizer
 
     started = time.perf_counter()
-    pairs, ratings, _ = snapshots.load_training_set(ctx.datasets, ctx.settings.train_window)
+    pairs, ratings, _ = training_set(ctx)
     cfg = RewardConfig(epochs=ctx.settings.reward_epochs, seed=state["seed"], device=_device(ctx),
                        lr=ctx.settings.reward_lr)
     split = split_prompts([x.prompt for x in pairs + ratings], ctx.settings.seed)

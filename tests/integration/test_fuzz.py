@@ -9,10 +9,10 @@ from rlhf.v1 import policy_pb2
 from benchmarks import fuzzing as fuzz
 
 
-
 def real_ids(server) -> list[str]:
     resp = server.policy.Generate(policy_pb2.GenerateRequest(
-        prompt="hello", num_candidates=2, sampling=policy_pb2.SamplingParams(max_new_tokens=4, seed=1)))
+        prompt="hello", num_candidates=2, sampling=policy_pb2.SamplingParams(max_new_tokens=4, seed=1),
+        user_id="after-fuzz"))  # rated below by the user it was served to
     return [c.response_id for c in resp.candidates]
 
 

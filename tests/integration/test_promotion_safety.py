@@ -240,7 +240,7 @@ def test_concurrent_loads_in_one_process_keep_tied_weights(tiny_model_dir):
 
 def test_heartbeats_of_vanished_servers_are_not_listed(redis_url, tmp_path):
     """A server killed without a goodbye drops out when its heartbeat key expires."""
-    from service.heartbeat import live_servers
+    from registry.operations import live_servers
     settings = make_settings(redis_url, tmp_path / "registry")
     r, keys = redis.Redis.from_url(redis_url), Keys(settings.key_prefix)
     try:
