@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.learning.stack import CACHE, builtin_sft_dir, register_sft
@@ -61,7 +62,10 @@ def serve_phases(model_dir: Path, p: dict, log) -> dict:
                 log(f"  closed {clients:3d} clients: {fmt(r)} | mean batch {r['mean_batch']:.1f}")
                 closed.append(r)
             ref = next(c for c in closed if c["clients"] == max(c2["clients"] for c2 in closed if c2["clients"] <= 16))
-            capacity = ref["tokens_per_s"] / 136.0  # calls/s at the mean max_new_tokens of 16..256
+            # calls/s the server sustains at max_new_tokens 16..256 (mean 136), or at the model's own
+            # length when it ends before max_new_tokens (EOS) in the closed loop
+            per_call = ref["mean_tokens"] if ref["mean_tokens"] < 0.9 * MAX_NEW else 136.0
+            capacity = ref["tokens_per_s"] / max(1.0, per_call)
             opened = []
             for frac in p["open_fractions"]:
                 r = open_loop(srv.target, max(0.2, frac * capacity), p["open_s"])
@@ -74,6 +78,13 @@ def serve_phases(model_dir: Path, p: dict, log) -> dict:
     return {"closed_loop": closed, "open_loop": opened}
 
 
+def in_thread(fn, *args):
+    """Runs `fn` on a fresh thread, as the engine runs the model (on a loaded 2-core machine torch's
+    main-thread OpenMP team was ~100x slower than a worker thread's: compare like with like)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def fmt(r: dict) -> str:
     return (f"{r['tokens_per_s']:7.1f} tok/s, TTFT p50 {r['ttft_p50_s'] * 1e3:6.0f} ms p99 {r['ttft_p99_s'] * 1e3:6.0f} ms,"
             f" latency p50 {r['latency_p50_s'] * 1e3:6.0f} ms p99 {r['latency_p99_s'] * 1e3:6.0f} ms,"
@@ -82,12 +93,12 @@ def fmt(r: dict) -> str:
 
 def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
     log(f"[{name}] {model_dir}")
-    naive = naive_generate(model_dir, p["naive_requests"], MAX_NEW)
+    naive = in_thread(naive_generate, model_dir, p["naive_requests"], MAX_NEW)
     log(f"  naive HF generate: {naive['tokens_per_s']:.1f} tok/s, latency p50 {naive['latency_p50_s'] * 1e3:.0f} ms")
     served = serve_phases(model_dir, p, log)
     at16 = next((c for c in served["closed_loop"] if c["clients"] == 16), served["closed_loop"][-1])
     batch = max(1, round(at16["mean_batch"]))
-    bare = bare_loop(model_dir, batch, MAX_NEW, p["bare_rounds"])
+    bare = in_thread(bare_loop, model_dir, batch, MAX_NEW, p["bare_rounds"])
     log(f"  bare batched loop (batch {batch}): {bare['tokens_per_s']:.1f} tok/s, step {bare['decode_step_s'] * 1e3:.1f}"
         f" ms, prefill(1) {bare['prefill_one_s'] * 1e3:.1f} ms")
     ttft_bound = bare["prefill_one_s"] + 2 * bare["decode_step_s"]

@@ -115,6 +115,7 @@ def naive_generate(model_dir: Path, requests: int, max_new: int) -> dict:
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     prompts = _prompt_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.generate(torch.tensor([prompts[0]]), max_new_tokens=2, pad_token_id=pad)  # warm-up
     tokens, latencies, started = 0, [], time.perf_counter()
     for i in range(requests):
         ids = torch.tensor([prompts[i % len(prompts)]])
