@@ -23,6 +23,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
+
 from benchmarks.learning.stack import CACHE, builtin_sft_dir, register_sft
 from benchmarks.serving_load import bare_loop, closed_loop, naive_generate, open_loop, random_gpt2_dir
 from rlhf_serve.local import LocalServer, delete_prefix, metric_value, unique_prefix
@@ -32,11 +34,12 @@ MAX_NEW = 32
 
 
 def plan(quick: bool) -> dict:
+    """Phase lengths; a closed-loop window is at least `calls_per_window` call durations long."""
     if quick:
-        return {"clients": [1, 16], "closed_s": 3.0, "open_fractions": [0.5], "open_s": 4.0, "naive_requests": 3,
-                "bare_rounds": 1}
-    return {"clients": [1, 4, 16, 32], "closed_s": 12.0, "open_fractions": [0.3, 0.6, 0.9], "open_s": 15.0,
-            "naive_requests": 8, "bare_rounds": 2}
+        return {"clients": [1, 16], "closed_s": 3.0, "calls_per_window": 1.5, "open_fractions": [0.5], "open_s": 5.0,
+                "naive_requests": 3, "bare_rounds": 1}
+    return {"clients": [1, 4, 16, 32], "closed_s": 15.0, "calls_per_window": 3.0, "open_fractions": [0.3, 0.6, 0.9],
+            "open_s": 30.0, "naive_requests": 6, "bare_rounds": 2}
 
 
 def batch_mean(srv) -> tuple[float, float]:
@@ -52,11 +55,10 @@ def serve_phases(model_dir: Path, p: dict, log) -> dict:
         register_sft(s, model_dir, str(model_dir))
         srv = LocalServer(s).start()
         try:
-            closed_loop(srv.target, 2, 1.0, 8)  # warm-up
             closed = []
             for clients in p["clients"]:
                 before = batch_mean(srv)
-                r = closed_loop(srv.target, clients, p["closed_s"], MAX_NEW)
+                r = closed_loop(srv.target, clients, p["closed_s"], MAX_NEW, p["calls_per_window"])
                 after = batch_mean(srv)
                 r["mean_batch"] = (after[0] - before[0]) / max(1.0, after[1] - before[1])
                 log(f"  closed {clients:3d} clients: {fmt(r)} | mean batch {r['mean_batch']:.1f}")
@@ -68,7 +70,7 @@ def serve_phases(model_dir: Path, p: dict, log) -> dict:
             capacity = ref["tokens_per_s"] / max(1.0, per_call)
             opened = []
             for frac in p["open_fractions"]:
-                r = open_loop(srv.target, max(0.2, frac * capacity), p["open_s"])
+                r = open_loop(srv.target, frac * capacity, max(p["open_s"], 3.0 / (frac * capacity)))
                 r["load_fraction"] = frac
                 log(f"  open {r['rate_per_s']:5.2f}/s: {fmt(r)}")
                 opened.append(r)
@@ -150,11 +152,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--models", default="builtin,gpt2-small")
     parser.add_argument("--model-dir", type=Path, help="benchmark this Hugging Face directory only")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving"))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for every phase (default 1: on a small shared machine more only contend)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     p = plan(args.quick)
     started = time.time()
     results = {name: bench_model(name, d, p) for name, d in model_dirs(args.models.split(","), args.model_dir).items()}
-    out = {"cpu_count": os.cpu_count(), "quick": args.quick, "plan": p, "seconds": time.time() - started,
+    out = {"cpu_count": os.cpu_count(), "torch_threads": args.threads, "load_avg": os.getloadavg(), "quick": args.quick, "plan": p, "seconds": time.time() - started,
            "models": results}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "result-quick" if args.quick else "result"

@@ -36,13 +36,14 @@ async def _call(stub, req, results: list) -> None:
     started = time.perf_counter()
     first, tokens, error = None, 0, None
     try:
-        async for chunk in stub.GenerateStream(req, timeout=300):
+        async for chunk in stub.GenerateStream(req, timeout=600):
             if first is None:
                 first = time.perf_counter()
             tokens += chunk.num_tokens
     except grpc.aio.AioRpcError as exc:
         error = exc.code().name
-    results.append({"ttft": (first or time.perf_counter()) - started, "latency": time.perf_counter() - started,
+    ended = time.perf_counter()
+    results.append({"start": started, "end": ended, "ttft": (first or ended) - started, "latency": ended - started,
                     "tokens": tokens, "error": error, "max_new": req.sampling.max_new_tokens})
 
 
@@ -51,10 +52,15 @@ def request(i: int, max_new: int) -> policy_pb2.GenerateRequest:
         max_new_tokens=max_new, temperature=1.0, seed=i))
 
 
-def summarise(results: list[dict], wall: float) -> dict:
-    ok = [r for r in results if r["error"] is None]
-    return {"requests": len(results), "errors": len(results) - len(ok), "wall_s": wall,
-            "tokens_per_s": sum(r["tokens"] for r in ok) / wall, "requests_per_s": len(ok) / wall,
+def summarise(results: list[dict], window: tuple[float, float] | None = None) -> dict:
+    """Figures over calls that started in `window` (throughput: tokens of calls that ended in it)."""
+    lo, hi = window or (min(r["start"] for r in results), max(r["end"] for r in results))
+    started = [r for r in results if lo <= r["start"] <= hi]
+    ok = [r for r in started if r["error"] is None]
+    wall = hi - lo
+    ended = [r for r in results if r["error"] is None and lo <= r["end"] <= hi]
+    return {"requests": len(started), "errors": len(started) - len(ok), "wall_s": wall,
+            "tokens_per_s": sum(r["tokens"] for r in ended) / wall, "requests_per_s": len(ended) / wall,
             "ttft_p50_s": percentile([r["ttft"] for r in ok], 0.5),
             "ttft_p99_s": percentile([r["ttft"] for r in ok], 0.99),
             "latency_p50_s": percentile([r["latency"] for r in ok], 0.5),
@@ -62,22 +68,28 @@ def summarise(results: list[dict], wall: float) -> dict:
             "mean_tokens": statistics.fmean([r["tokens"] for r in ok]) if ok else 0.0}
 
 
-def closed_loop(target: str, clients: int, seconds: float, max_new: int) -> dict:
-    """`clients` callers, each sending its next call as soon as the last one ends, for `seconds`."""
+def closed_loop(target: str, clients: int, seconds: float, max_new: int, calls_per_window: float = 3.0) -> dict:
+    """`clients` callers, each sending its next call as soon as the last one ends. Ramp-up (until
+    every client has finished its first call) is not measured; the window after it lasts `seconds`
+    or `calls_per_window` times the ramp-up, whichever is longer."""
     async def run():
         results: list[dict] = []
+        window: dict[str, float] = {}
         async with grpc.aio.insecure_channel(target) as channel:
             stub = policy_pb2_grpc.PolicyServiceStub(channel)
-            end = time.perf_counter() + seconds
+            t0, firsts = time.perf_counter(), [0]
 
             async def client(c: int):
                 i = 0
-                while time.perf_counter() < end:
+                while "hi" not in window or time.perf_counter() < window["hi"]:
                     await _call(stub, request(c * 100_000 + i, max_new), results)
                     i += 1
-            started = time.perf_counter()
+                    firsts[0] += i == 1
+                    if i == 1 and firsts[0] == clients:
+                        window["lo"] = lo = time.perf_counter()
+                        window["hi"] = lo + max(seconds, calls_per_window * (lo - t0))
             await asyncio.gather(*(client(c) for c in range(clients)))
-            return summarise(results, time.perf_counter() - started)
+            return {"ramp_s": window["lo"] - t0, **summarise(results, (window["lo"], window["hi"]))}
     return {"clients": clients, "max_new_tokens": max_new, **asyncio.run(run())}
 
 
@@ -98,7 +110,10 @@ def open_loop(target: str, rate: float, seconds: float, lo: int = 16, hi: int = 
                 tasks.append(asyncio.create_task(_call(stub, request(i, rng.randint(lo, hi)), results)))
                 i += 1
             await asyncio.gather(*tasks)
-            return summarise(results, time.perf_counter() - started)
+            if not results:  # no arrival fell in the window
+                return {"requests": 0, "errors": 0, "tokens_per_s": 0.0, "ttft_p50_s": float("nan"),
+                        "ttft_p99_s": float("nan"), "latency_p50_s": float("nan"), "latency_p99_s": float("nan")}
+            return summarise(results)
     return {"rate_per_s": rate, **asyncio.run(run())}
 
 

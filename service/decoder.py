@@ -81,9 +81,9 @@ def _advance_text(lm: LoadedModel, row: Row) -> None:
         row.emitted = final
 
 
-def _step_row(lm: LoadedModel, row: Row, logits: torch.Tensor) -> int:
+def _step_row(lm: LoadedModel, row: Row, logits: torch.Tensor, finite: bool) -> int:
     """Samples the row's next token and updates its state; returns the token fed back."""
-    if not bool(torch.isfinite(logits).any()):
+    if not finite:
         raise FloatingPointError("the model produced no finite score for this row")
     token = sample_token(logits, row.spec, row.generator)
     now = time.perf_counter()
@@ -105,9 +105,10 @@ def _step_row(lm: LoadedModel, row: Row, logits: torch.Tensor) -> int:
 def sample_rows(lm: LoadedModel, rows: list[Row], logits: torch.Tensor) -> list[int]:
     """Next token of every row from its logits (B, V); a row that fails is finished with ERROR alone."""
     out = []
-    for row, row_logits in zip(rows, logits):
+    finite = torch.isfinite(logits).any(dim=-1).tolist()  # (B,) some score is usable
+    for row, row_logits, ok in zip(rows, logits, finite):
         try:
-            out.append(_step_row(lm, row, row_logits))
+            out.append(_step_row(lm, row, row_logits, ok))
         except Exception as exc:  # this row's failure must not fail its batch-mates
             log.warning("sampling failed for one row (%s): %s", row.spec, exc)
             row.finish, row.error = ERROR, "sampling failed"

@@ -65,7 +65,19 @@ def sample_token(logits: torch.Tensor, spec: SamplingSpec, generator: torch.Gene
     scaled = shifted / spec.temperature  # (V,) still <= 0, best = 0
     filtered = filter_logits(scaled, spec.top_k, spec.top_p)  # the best token always survives
     probs = torch.softmax(filtered, dim=-1)  # (V,) sums to >= 1 before normalising: no nan
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return inverse_cdf_draw(probs, generator)
+
+
+def inverse_cdf_draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
+    """One draw from `probs` (V,) by inverting its CDF with a uniform u in [0, 1).
+
+    The first index whose cumulative mass exceeds u * total: never a zero-probability token, always
+    in range. One uniform per draw (cheaper than torch.multinomial on CPU for a single sample).
+    """
+    cdf = torch.cumsum(probs.double(), dim=-1)  # (V,) non-decreasing, cdf[-1] = total mass
+    u = torch.rand((), dtype=torch.float64, generator=generator, device=probs.device)
+    index = torch.searchsorted(cdf, u * cdf[-1], right=True)
+    return min(int(index), probs.numel() - 1)
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:

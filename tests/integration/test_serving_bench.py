@@ -12,8 +12,8 @@ from benchmarks import serving
 @pytest.mark.slow
 def test_serving_benchmark_smoke(redis_url, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("REDIS_URL", redis_url)
-    monkeypatch.setattr(serving, "plan", lambda quick: {"clients": [1, 4], "closed_s": 1.5, "open_fractions": [0.5],
-                                                        "open_s": 2.0, "naive_requests": 2, "bare_rounds": 1})
+    small = {**serving.plan(True), "clients": [1, 4], "closed_s": 1.5, "open_s": 2.0, "naive_requests": 2}
+    monkeypatch.setattr(serving, "plan", lambda quick: small)
     out = serving.main(["--quick", "--model-dir", str(tiny_model_dir), "--out", str(tmp_path)])
     r = out["models"]["tiny"]
     assert r["targets"]["errors"] == 0

@@ -99,3 +99,13 @@ def test_safe_logits_guards_nan_and_inf():
     assert out[2].item() == 0.0  # +inf is the best score
     assert out[0].item() == float("-inf") and out[3].item() == float("-inf")  # nan never wins
     assert torch.all(safe_logits(torch.full((4,), float("nan"))) == 0)  # no information: uniform, not nan
+
+
+def test_inverse_cdf_draw_matches_the_distribution():
+    from service.sampling import inverse_cdf_draw
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.3, 0.2, 0.0])
+    gen = make_generator(1, torch.device("cpu"))
+    counts = torch.bincount(torch.tensor([inverse_cdf_draw(probs, gen) for _ in range(4000)]), minlength=6)
+    assert counts[0] == counts[2] == counts[5] == 0  # zero-probability tokens are never drawn
+    assert torch.allclose(counts.float() / 4000, probs, atol=0.03)
+    assert inverse_cdf_draw(torch.tensor([0.0, 0.0, 1e-30]), gen) == 2
