@@ -159,7 +159,7 @@ class RowBatch:
         for i, r in enumerate(rows):
             ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
             mask[i, width - len(r.prompt_ids):] = 1
-            r.generator = make_generator(r.spec.seed, device)
+            r.generator = make_generator(r.spec.seed, torch.device("cpu"))  # logits are sampled on the CPU
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T0) pads at 0
         logits, self.cache = _forward(self.lm, ids, mask, positions, None)

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from benchmarks import serving
 
 
-@pytest.mark.slow
 def test_serving_benchmark_smoke(redis_url, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("REDIS_URL", redis_url)
     small = {**serving.plan(True), "clients": [1, 4], "closed_s": 1.5, "open_s": 2.0, "naive_requests": 2}
