@@ -47,11 +47,11 @@ def batch_mean(srv) -> tuple[float, float]:
     return metric_value(text, "rlhf_batch_size_sum"), metric_value(text, "rlhf_batch_size_count")
 
 
-def serve_phases(model_dir: Path, p: dict, log) -> dict:
+def serve_phases(model_dir: Path, p: dict, log, **overrides) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         s = Settings(redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
                      key_prefix=unique_prefix("bench"), registry=Path(tmp) / "registry", port=0, metrics_port=0,
-                     host="127.0.0.1", device="auto", max_batch_size=32, max_queue=4096)
+                     host="127.0.0.1", device="auto", max_batch_size=32, max_queue=4096, **overrides)
         register_sft(s, model_dir, str(model_dir))
         srv = LocalServer(s).start()
         try:
@@ -69,7 +69,7 @@ def serve_phases(model_dir: Path, p: dict, log) -> dict:
             per_call = ref["mean_tokens"] if ref["mean_tokens"] < 0.9 * MAX_NEW else 136.0
             capacity = ref["tokens_per_s"] / max(1.0, per_call)
             opened = []
-            for frac in p["open_fractions"]:
+            for frac in p["open_fractions"] if not overrides else []:
                 r = open_loop(srv.target, frac * capacity, max(p["open_s"], 3.0 / (frac * capacity)))
                 r["load_fraction"] = frac
                 log(f"  open {r['rate_per_s']:5.2f}/s: {fmt(r)}")
@@ -98,6 +98,9 @@ def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
     naive = in_thread(naive_generate, model_dir, p["naive_requests"], MAX_NEW)
     log(f"  naive HF generate: {naive['tokens_per_s']:.1f} tok/s, latency p50 {naive['latency_p50_s'] * 1e3:.0f} ms")
     served = serve_phases(model_dir, p, log)
+    log("  the same load without the prefill budget (RLHF_PREFILL_STEP_RATIO=0):")
+    no_budget = serve_phases(model_dir, {**p, "clients": [min(16, max(p["clients"]))]}, log,
+                             prefill_step_ratio=0.0)["closed_loop"][0]
     at16 = next((c for c in served["closed_loop"] if c["clients"] == 16), served["closed_loop"][-1])
     batch = max(1, round(at16["mean_batch"]))
     bare = in_thread(bare_loop, model_dir, batch, MAX_NEW, p["bare_rounds"])
@@ -115,7 +118,8 @@ def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
     log(f"  => {targets['speedup_vs_naive_at_16']:.2f}x naive at 16 clients; TTFT p99 {at16['ttft_p99_s'] * 1e3:.0f} ms"
         f" vs bound {ttft_bound * 1e3:.0f} ms; overhead vs bare {targets['engine_overhead_vs_bare'] * 100:.0f}%;"
         f" {targets['errors']} errors")
-    return {"model_dir": str(model_dir), "naive": naive, **served, "bare_loop": bare, "targets": targets}
+    return {"model_dir": str(model_dir), "naive": naive, **served, "closed_16_no_prefill_budget": no_budget,
+            "bare_loop": bare, "targets": targets}
 
 
 def plot(results: dict, path: Path) -> None:

@@ -6,6 +6,10 @@ is freed with them), and waiting jobs join: their prompts are prefilled together
 tokens sampled, and their cache merged into the running batch before the next step.
 
 Admission is FIFO: the oldest waiting job joins first, and none overtakes it, so nothing starves.
+While rows are running, the prompts prefilled in one iteration are limited to about
+`prefill_step_ratio` decoding steps' worth of time (measured as it runs; at least one job per
+iteration): running rows keep their pace, and a burst of arrivals is spread over a few steps, so
+rows do not finish, and come back, in lockstep convoys. An idle engine prefills a burst at once.
 It joins while the batch has room (`max_batch_size` rows) and while the tokens its rows may come
 to hold (prompt + max_new_tokens each) fit in `max_tokens_in_flight`; a job larger than the caps
 runs alone. Jobs waiting beyond `max_queue` are refused (QueueFull -> RESOURCE_EXHAUSTED).
@@ -60,12 +64,15 @@ class Job:
 
 class Engine:
     def __init__(self, metrics: Metrics, max_batch_size: int = 16, batch_wait_ms: float = 5.0,
-                 max_queue: int = 256, max_tokens_in_flight: int = 65536):
+                 max_queue: int = 256, max_tokens_in_flight: int = 65536, prefill_step_ratio: float = 1.0):
         self.metrics = metrics
         self.max_batch_size = max(1, max_batch_size)
         self.batch_wait = batch_wait_ms / 1000.0
         self.max_queue = max_queue
         self.max_tokens_in_flight = max_tokens_in_flight
+        self.prefill_step_ratio = prefill_step_ratio
+        self._step_s = 0.0  # running mean of a decoding step's duration
+        self._prefill_token_s = 0.0  # running mean of prefill time per prompt token
         self._waiting: collections.deque[Job] = collections.deque()
         self._wake = threading.Condition()
         self._batches: dict[int, RowBatch] = {}  # id(LoadedModel) -> its running rows
@@ -163,6 +170,7 @@ class Engine:
         joining: dict[int, list[Job]] = {}
         now = time.perf_counter()
         rows = sum(len(b) for b in self._batches.values())
+        budget = self._prefill_budget() if rows else None  # prompt tokens to prefill now
         with self._wake:
             for job in [j for j in self._waiting if j.is_cancelled()]:
                 self._waiting.remove(job)
@@ -175,6 +183,11 @@ class Engine:
                         and self._tokens_reserved + need <= self.max_tokens_in_flight)
                 if not (fits or empty):
                     break  # the head waits for room; nobody overtakes it
+                if budget is not None:
+                    cost = len(job.prompt_ids) * len(job.rows)
+                    if joining and cost > budget:
+                        break  # this iteration's prefill is full: it joins at the next step
+                    budget -= cost
                 self._waiting.popleft()
                 rows += len(job.rows)
                 self._tokens_reserved += need
@@ -182,6 +195,15 @@ class Engine:
                 self.metrics.queue_time.labels(job.lm.version).observe(now - job.enqueued_at)
             self._rows_in_flight = rows  # counted before the lock is released: stop() sees them as busy
         return joining
+
+    def _prefill_budget(self) -> float | None:
+        if not (self._step_s and self._prefill_token_s and self.prefill_step_ratio > 0):
+            return None
+        return self.prefill_step_ratio * self._step_s / self._prefill_token_s
+
+    @staticmethod
+    def _mean(old: float, new: float) -> float:
+        return new if not old else 0.8 * old + 0.2 * new
 
     def _step_version(self, key: int, jobs: list[Job]) -> None:
         """Joins `jobs` to the version's batch and runs one decoding step."""
@@ -191,8 +213,11 @@ class Engine:
         self._release(batch.release())
         if jobs:
             fresh = RowBatch(batch.lm)
+            started = time.perf_counter()
             try:
                 fresh.prefill([r for job in jobs for r in job.rows])
+                tokens = sum(len(job.prompt_ids) * len(job.rows) for job in jobs)
+                self._prefill_token_s = self._mean(self._prefill_token_s, (time.perf_counter() - started) / tokens)
             except Exception:
                 log.exception("prefill failed on %s", batch.lm.version)
                 fresh.fail("the model failed on this prompt; retry, or report it if it persists")
@@ -200,8 +225,10 @@ class Engine:
             batch.merge(fresh)
         if batch.rows:
             self.metrics.batch_size.observe(len(batch))
+            started = time.perf_counter()
             try:
                 batch.step()
+                self._step_s = self._mean(self._step_s, time.perf_counter() - started)
             except Exception:
                 log.exception("decoding step failed on %s", batch.lm.version)
                 batch.fail("the model failed while decoding; retry, or report it if it persists")
