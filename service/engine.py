@@ -6,10 +6,10 @@ is freed with them), and waiting jobs join: their prompts are prefilled together
 tokens sampled, and their cache merged into the running batch before the next step.
 
 Admission is FIFO: the oldest waiting job joins first, and none overtakes it, so nothing starves.
-While rows are running, the prompts prefilled in one iteration are limited to about
-`prefill_step_ratio` decoding steps' worth of time (measured as it runs; at least one job per
-iteration): running rows keep their pace, and a burst of arrivals is spread over a few steps, so
-rows do not finish, and come back, in lockstep convoys. An idle engine prefills a burst at once.
+Optionally (`prefill_step_ratio` > 0), while rows are running the prompts prefilled in one
+iteration are limited to about that many decoding steps' worth of time (measured as it runs; at
+least one job per iteration), so that running rows keep their pace. Off by default: on CPU it
+measured worse (single-prompt prefills cost nearly as much as batched ones; see the benchmark).
 It joins while the batch has room (`max_batch_size` rows) and while the tokens its rows may come
 to hold (prompt + max_new_tokens each) fit in `max_tokens_in_flight`; a job larger than the caps
 runs alone. Jobs waiting beyond `max_queue` are refused (QueueFull -> RESOURCE_EXHAUSTED).
@@ -64,7 +64,7 @@ class Job:
 
 class Engine:
     def __init__(self, metrics: Metrics, max_batch_size: int = 16, batch_wait_ms: float = 5.0,
-                 max_queue: int = 256, max_tokens_in_flight: int = 65536, prefill_step_ratio: float = 1.0):
+                 max_queue: int = 256, max_tokens_in_flight: int = 65536, prefill_step_ratio: float = 0.0):
         self.metrics = metrics
         self.max_batch_size = max(1, max_batch_size)
         self.batch_wait = batch_wait_ms / 1000.0
