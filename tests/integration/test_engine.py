@@ -59,14 +59,28 @@ def solo_texts(lm, prompt, specs):
 
 
 def test_a_late_request_joins_the_running_batch(lm):
-    long_spec = SamplingSpec(max_new_tokens=60, temperature=0.0, stop=NEVER)
+    long_spec = SamplingSpec(max_new_tokens=100, temperature=0.0, stop=NEVER)
     late_spec = SamplingSpec(max_new_tokens=3, temperature=0.0)
     alone_long, alone_late = solo_texts(lm, PROMPTS[0], [long_spec]), solo_texts(lm, PROMPTS[1], [late_spec])
-    jobs, outcomes = asyncio.run(run_jobs(lm, [(0, PROMPTS[0], [long_spec]), (0.05, PROMPTS[1], [late_spec])]))
-    long_row, late_row = outcomes[0][0], outcomes[1][0]
-    assert late_row.first_token_at < long_row.token_times[-1]  # it did not wait for the long row to finish
-    assert late_row.token_times[-1] < long_row.token_times[-1]  # ... and left before it
-    assert len(long_row.tokens) == 60
+
+    async def scenario():
+        engine = Engine(Metrics(), batch_wait_ms=0.0)
+        engine.start()
+        long_job = Job(lm=lm, prompt_ids=prompt_ids(lm, PROMPTS[0]), specs=[long_spec])
+        long_done = engine.submit(long_job)
+        while len(long_job.rows[0].tokens) < 3:  # the long row is decoding: now the late one arrives
+            await asyncio.sleep(0.0005)
+        late_at = len(long_job.rows[0].tokens)
+        late = await engine.submit(Job(lm=lm, prompt_ids=prompt_ids(lm, PROMPTS[1]), specs=[late_spec]))
+        left_at = len(long_job.rows[0].tokens)
+        rows = await long_done
+        await engine.stop(5)
+        return rows[0], late[0], late_at, left_at
+
+    long_row, late_row, late_at, left_at = asyncio.run(scenario())
+    assert late_at < 100 and left_at < 100  # it joined and left while the long row was still decoding
+    assert late_row.token_times[-1] < long_row.token_times[-1]
+    assert len(long_row.tokens) == 100
     assert [long_row.text, late_row.text] == alone_long + alone_late  # joining changes no greedy text
 
 
@@ -139,19 +153,22 @@ def test_cancelled_and_expired_rows_stop_at_the_next_step(lm):
     async def scenario():
         engine = Engine(Metrics(), batch_wait_ms=0.0)
         engine.start()
-        spec = [SamplingSpec(max_new_tokens=200, temperature=1.0, stop=NEVER)]
+        spec = [SamplingSpec(max_new_tokens=100, temperature=1.0, stop=NEVER)]
         ids = prompt_ids(lm, PROMPTS[0])
         cancel_me = Job(lm=lm, prompt_ids=ids, specs=spec)
-        expire_me = Job(lm=lm, prompt_ids=ids, specs=spec, deadline=time.monotonic() + 0.05)
+        expire_me = Job(lm=lm, prompt_ids=ids, specs=spec, deadline=time.monotonic() + 600)
         keep = Job(lm=lm, prompt_ids=ids, specs=[SamplingSpec(max_new_tokens=30, temperature=1.0, stop=NEVER)])
-        futures = [engine.submit(j) for j in (cancel_me, expire_me, keep)]
-        await asyncio.sleep(0.05)
+        late = Job(lm=lm, prompt_ids=ids, specs=spec, deadline=time.monotonic() - 1)  # expired while waiting
+        futures = [engine.submit(j) for j in (cancel_me, expire_me, keep, late)]
+        while len(cancel_me.rows[0].tokens) < 3:
+            await asyncio.sleep(0.0005)
         cancel_me.cancelled.set()
+        expire_me.deadline = time.monotonic() - 1  # its deadline passes mid-decoding
         rows = await asyncio.gather(*futures)
         await engine.stop(5)
         return rows
 
-    cancelled, expired, kept = asyncio.run(scenario())
-    assert cancelled[0].finish == expired[0].finish == "cancelled"
-    assert len(cancelled[0].tokens) < 200 and len(expired[0].tokens) < 200
+    cancelled, expired, kept, late = asyncio.run(scenario())
+    assert cancelled[0].finish == expired[0].finish == late[0].finish == "cancelled"
+    assert len(cancelled[0].tokens) < 100 and len(expired[0].tokens) < 100 and not late[0].tokens
     assert kept[0].finish == "length" and len(kept[0].tokens) == 30
