@@ -1,10 +1,16 @@
-"""Serving latency and batching benchmark: one Generate call, and 16 concurrent ones.
+"""Serving benchmark: continuous batching against the naive baseline and the bare forward loop.
 
-    .venv/bin/python -m benchmarks.serving [--model-dir DIR] [--out benchmarks/results/serving]
+    .venv/bin/python -m benchmarks.serving [--quick] [--models builtin,gpt2-small] [--out benchmarks/results/serving]
 
-Runs a real server (loopback, real Redis) on the built-in model (built into benchmarks/.cache if
-missing) twice: with batching (max_batch_size 16) and with batching off (max_batch_size 1) as
-the baseline, and reports the ratio, since absolute figures depend on the machine's load.
+For each model, in one run: the naive baseline (Hugging Face `generate`, one request at a time);
+a real server (loopback gRPC, real Redis) under closed-loop load with 1, 4, 16 and 32 streaming
+clients (32 new tokens each) and open-loop Poisson arrivals at several rates with max_new_tokens
+uniform in 16..256; and the bare batched forward loop at the same batch size (no server) as the
+roofline. Reports throughput, TTFT p50/p99, latency p50/p99 and the targets of issue 8, writes
+result.json and a throughput-vs-latency plot. Models: the built-in SFT model (cached under
+benchmarks/.cache) and a randomly initialised GPT-2-small shape (12 x 768, ~86M parameters) with
+the built-in tokenizer. Absolute figures depend on the machine's load; ratios within a run count.
+`--quick` runs a short version (the test suite's smoke test uses it on the tiny model).
 """
 
 from __future__ import annotations
@@ -12,88 +18,158 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from rlhf.v1 import policy_pb2
-from benchmarks.learning.stack import builtin_sft_dir, register_sft
-from rlhf_serve.local import LocalServer, delete_prefix, unique_prefix
+import torch
+
+from benchmarks.learning.stack import CACHE, builtin_sft_dir, register_sft
+from benchmarks.serving_load import bare_loop, closed_loop, naive_generate, open_loop, random_gpt2_dir
+from rlhf_serve.local import LocalServer, delete_prefix, metric_value, unique_prefix
 from rlhf_serve.settings import Settings
 
-PROMPT = "My order hasn't arrived. What should I do?"
+MAX_NEW = 32
 
 
-def request(i: int, max_new: int) -> policy_pb2.GenerateRequest:
-    # min_tokens is not in the API, so a seed per call keeps runs comparable between configurations
-    return policy_pb2.GenerateRequest(prompt=PROMPT, sampling=policy_pb2.SamplingParams(max_new_tokens=max_new, seed=i))
+def plan(quick: bool) -> dict:
+    """Phase lengths; a closed-loop window is at least `calls_per_window` call durations long."""
+    if quick:
+        return {"clients": [1, 16], "closed_s": 3.0, "calls_per_window": 1.5, "open_fractions": [0.5], "open_s": 5.0,
+                "naive_requests": 3, "bare_rounds": 1}
+    return {"clients": [1, 4, 16, 32], "closed_s": 15.0, "calls_per_window": 3.0, "open_fractions": [0.3, 0.6, 0.9],
+            "open_s": 30.0, "naive_requests": 6, "bare_rounds": 2}
 
 
-def timed(stub, req) -> tuple[float, int]:
-    started = time.perf_counter()
-    resp = stub.Generate(req, timeout=120)
-    return time.perf_counter() - started, resp.candidates[0].num_tokens
+def batch_mean(srv) -> tuple[float, float]:
+    text = srv.metrics_text()
+    return metric_value(text, "rlhf_batch_size_sum"), metric_value(text, "rlhf_batch_size_count")
 
 
-def measure(model_dir: Path, max_batch: int, concurrency: int, repeats: int, max_new: int) -> dict:
+def serve_phases(model_dir: Path, p: dict, log, **overrides) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        s = Settings(redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), key_prefix=unique_prefix("bench"),
-                     registry=Path(tmp) / "registry", port=0, metrics_port=-1, host="127.0.0.1", device="auto",
-                     max_batch_size=max_batch, batch_wait_ms=5.0)
+        s = Settings(redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+                     key_prefix=unique_prefix("bench"), registry=Path(tmp) / "registry", port=0, metrics_port=0,
+                     host="127.0.0.1", device="auto", max_batch_size=32, max_queue=4096, **overrides)
         register_sft(s, model_dir, str(model_dir))
-        server = LocalServer(s).start()
+        srv = LocalServer(s).start()
         try:
-            timed(server.policy, request(0, max_new))  # warm-up
-            single = [timed(server.policy, request(i, max_new))[0] for i in range(repeats)]
-            bursts, latencies, tokens = [], [], 0
-            for r in range(repeats):
-                started = time.perf_counter()
-                with ThreadPoolExecutor(concurrency) as pool:
-                    results = list(pool.map(lambda i: timed(server.policy, request(i, max_new)),
-                                            range(r * concurrency, (r + 1) * concurrency)))
-                bursts.append(time.perf_counter() - started)
-                latencies += [lat for lat, _ in results]
-                tokens += sum(n for _, n in results)
+            closed = []
+            for clients in p["clients"]:
+                before = batch_mean(srv)
+                r = closed_loop(srv.target, clients, p["closed_s"], MAX_NEW, p["calls_per_window"])
+                after = batch_mean(srv)
+                r["mean_batch"] = (after[0] - before[0]) / max(1.0, after[1] - before[1])
+                log(f"  closed {clients:3d} clients: {fmt(r)} | mean batch {r['mean_batch']:.1f}")
+                closed.append(r)
+            ref = next(c for c in closed if c["clients"] == max(c2["clients"] for c2 in closed if c2["clients"] <= 16))
+            # calls/s the server sustains at max_new_tokens 16..256 (mean 136), or at the model's own
+            # length when it ends before max_new_tokens (EOS) in the closed loop
+            per_call = ref["mean_tokens"] if ref["mean_tokens"] < 0.9 * MAX_NEW else 136.0
+            capacity = ref["tokens_per_s"] / max(1.0, per_call)
+            opened = []
+            for frac in p["open_fractions"] if not overrides else []:
+                r = open_loop(srv.target, frac * capacity, max(p["open_s"], 3.0 / (frac * capacity)))
+                r["load_fraction"] = frac
+                log(f"  open {r['rate_per_s']:5.2f}/s: {fmt(r)}")
+                opened.append(r)
         finally:
-            server.stop()
+            srv.stop()
             delete_prefix(s.redis_url, s.key_prefix)
-    return {
-        "max_batch_size": max_batch,
-        "single_p50_s": statistics.median(single),
-        "concurrent": concurrency,
-        "burst_wall_p50_s": statistics.median(bursts),
-        "concurrent_latency_p50_s": statistics.median(latencies),
-        "concurrent_latency_p95_s": sorted(latencies)[int(0.95 * (len(latencies) - 1))],
-        "tokens_per_s": tokens / sum(bursts),
+    return {"closed_loop": closed, "open_loop": opened}
+
+
+def in_thread(fn, *args):
+    """Runs `fn` on a fresh thread, as the engine runs the model (on a loaded 2-core machine torch's
+    main-thread OpenMP team was ~100x slower than a worker thread's: compare like with like)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def fmt(r: dict) -> str:
+    return (f"{r['tokens_per_s']:7.1f} tok/s, TTFT p50 {r['ttft_p50_s'] * 1e3:6.0f} ms p99 {r['ttft_p99_s'] * 1e3:6.0f} ms,"
+            f" latency p50 {r['latency_p50_s'] * 1e3:6.0f} ms p99 {r['latency_p99_s'] * 1e3:6.0f} ms,"
+            f" {r['requests']} calls, {r['errors']} errors")
+
+
+def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
+    log(f"[{name}] {model_dir}")
+    naive = in_thread(naive_generate, model_dir, p["naive_requests"], MAX_NEW)
+    log(f"  naive HF generate: {naive['tokens_per_s']:.1f} tok/s, latency p50 {naive['latency_p50_s'] * 1e3:.0f} ms")
+    served = serve_phases(model_dir, p, log)
+    log("  the same load with a prefill budget of one step (RLHF_PREFILL_STEP_RATIO=1):")
+    budget = serve_phases(model_dir, {**p, "clients": [min(16, max(p["clients"]))]}, log,
+                          prefill_step_ratio=1.0)["closed_loop"][0]
+    at16 = next((c for c in served["closed_loop"] if c["clients"] == 16), served["closed_loop"][-1])
+    batch = max(1, round(at16["mean_batch"]))
+    bare = in_thread(bare_loop, model_dir, batch, MAX_NEW, p["bare_rounds"])
+    log(f"  bare batched loop (batch {batch}): {bare['tokens_per_s']:.1f} tok/s, step {bare['decode_step_s'] * 1e3:.1f}"
+        f" ms, prefill(1) {bare['prefill_one_s'] * 1e3:.1f} ms")
+    ttft_bound = bare["prefill_one_s"] + 2 * bare["decode_step_s"]
+    targets = {
+        "speedup_vs_naive_at_16": at16["tokens_per_s"] / naive["tokens_per_s"],
+        "ttft_p99_at_16_s": at16["ttft_p99_s"],
+        "ttft_bound_prefill_plus_2_steps_s": ttft_bound,
+        "ttft_p99_over_bound": at16["ttft_p99_s"] / ttft_bound,
+        "engine_overhead_vs_bare": 1.0 - at16["tokens_per_s"] / bare["tokens_per_s"],
+        "errors": sum(r["errors"] for r in served["closed_loop"] + served["open_loop"]),
     }
+    log(f"  => {targets['speedup_vs_naive_at_16']:.2f}x naive at 16 clients; TTFT p99 {at16['ttft_p99_s'] * 1e3:.0f} ms"
+        f" vs bound {ttft_bound * 1e3:.0f} ms; overhead vs bare {targets['engine_overhead_vs_bare'] * 100:.0f}%;"
+        f" {targets['errors']} errors")
+    return {"model_dir": str(model_dir), "naive": naive, **served, "closed_16_prefill_budget_1": budget,
+            "bare_loop": bare, "targets": targets}
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
+    for ax, (name, r) in zip(axes[0], results.items()):
+        closed, opened = r["closed_loop"], r["open_loop"]
+        ax.plot([c["tokens_per_s"] for c in closed], [c["latency_p50_s"] for c in closed], "o-", label="closed loop p50")
+        ax.plot([c["tokens_per_s"] for c in closed], [c["latency_p99_s"] for c in closed], "o--", label="closed loop p99")
+        for c in closed:
+            ax.annotate(f"{c['clients']}", (c["tokens_per_s"], c["latency_p50_s"]))
+        ax.plot([o["tokens_per_s"] for o in opened], [o["latency_p50_s"] for o in opened], "s-", label="open loop p50")
+        ax.plot([r["naive"]["tokens_per_s"]], [r["naive"]["latency_p50_s"]], "k^", label="naive HF generate")
+        ax.axvline(r["bare_loop"]["tokens_per_s"], color="grey", linestyle=":", label="bare batched loop")
+        ax.set(title=name, xlabel="throughput (generated tokens/s)", ylabel="latency per call (s)", yscale="log")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def model_dirs(names: list[str], tiny: Path | None) -> dict[str, Path]:
+    if tiny is not None:
+        return {"tiny": tiny}
+    builtin = builtin_sft_dir(0)
+    known = {"builtin": lambda: builtin, "gpt2-small": lambda: random_gpt2_dir(builtin, CACHE / "gpt2-small-random")}
+    return {n: known[n]() for n in names}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--quick", action="store_true", help="a short run (seconds per phase, fewer phases)")
+    parser.add_argument("--models", default="builtin,gpt2-small")
+    parser.add_argument("--model-dir", type=Path, help="benchmark this Hugging Face directory only")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving"))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for every phase (default 1: on a small shared machine more only contend)")
     args = parser.parse_args(argv)
-    model_dir = args.model_dir or builtin_sft_dir(0)
-    batched = measure(model_dir, 16, args.concurrency, args.repeats, args.max_new_tokens)
-    baseline = measure(model_dir, 1, args.concurrency, args.repeats, args.max_new_tokens)
-    result = {"model_dir": str(model_dir), "cpu_count": os.cpu_count(), "batched": batched,
-              "baseline_unbatched": baseline,
-              "throughput_ratio": batched["tokens_per_s"] / baseline["tokens_per_s"],
-              "burst_wall_ratio": baseline["burst_wall_p50_s"] / batched["burst_wall_p50_s"]}
+    torch.set_num_threads(args.threads)
+    p = plan(args.quick)
+    started = time.time()
+    results = {name: bench_model(name, d, p) for name, d in model_dirs(args.models.split(","), args.model_dir).items()}
+    out = {"cpu_count": os.cpu_count(), "torch_threads": args.threads, "load_avg": os.getloadavg(), "quick": args.quick, "plan": p, "seconds": time.time() - started,
+           "models": results}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "result.json").write_text(json.dumps(result, indent=1))
-    for name, r in (("batched", batched), ("unbatched", baseline)):
-        print(f"{name:10} single p50 {r['single_p50_s'] * 1000:7.1f} ms | {args.concurrency} concurrent: burst "
-              f"{r['burst_wall_p50_s'] * 1000:7.1f} ms, per-call p50 {r['concurrent_latency_p50_s'] * 1000:7.1f} ms "
-              f"p95 {r['concurrent_latency_p95_s'] * 1000:7.1f} ms, {r['tokens_per_s']:7.1f} tok/s")
-    print(f"batching speeds a {args.concurrency}-call burst up {result['burst_wall_ratio']:.2f}x "
-          f"(throughput x{result['throughput_ratio']:.2f})")
-    return result
+    stem = "result-quick" if args.quick else "result"
+    (args.out / f"{stem}.json").write_text(json.dumps(out, indent=1))
+    plot(results, args.out / f"{stem}.png")
+    return out
 
 
 if __name__ == "__main__":

@@ -54,9 +54,13 @@ class Settings(BaseSettings):
 
     # --- generation --------------------------------------------------------------------------
     max_batch_size: int = 16
-    """Most sequences (candidates) decoded together in one batch."""
+    """Most sequences (candidates) decoded together in one step (continuous batching: rows join and leave per step)."""
     batch_wait_ms: float = 5.0
-    """How long the scheduler waits to fill a batch after the first request arrives."""
+    """How long an idle engine waits after the first request arrives, to prefill a burst together."""
+    max_tokens_in_flight: int = 65536
+    """Most tokens (prompt + max_new_tokens, per candidate) the running batch may hold in its KV cache."""
+    prefill_step_ratio: float = 0.0
+    """If > 0: while candidates are decoding, prompts prefilled per step take at most about this many decoding steps' time (0: off; measured slower on CPU, see the serving benchmark)."""
     max_queue: int = 256
     """Most requests waiting for a batch; beyond this Generate answers RESOURCE_EXHAUSTED."""
     max_prompt_chars: int = 8000

@@ -62,7 +62,8 @@ class Server:
                                     s.model_retry_max_s, on_change=self._model_changed)
         self.health = None
         version = await self.watcher.load_initial()
-        self.engine = Engine(self.metrics, s.max_batch_size, s.batch_wait_ms, s.max_queue)
+        self.engine = Engine(self.metrics, s.max_batch_size, s.batch_wait_ms, s.max_queue, s.max_tokens_in_flight,
+                             s.prefill_step_ratio)
         store = FeedbackStore(self.redis, self.keys, s.generation_ttl_s, s.idempotency_ttl_s, s.recent_prompts)
         core = PolicyCore(s, self.registry, self.pool, self.engine, store, self.metrics)
         self.server = grpc.aio.server(

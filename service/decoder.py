@@ -1,11 +1,18 @@
-"""Batched autoregressive decoding with a KV cache, per-row sampling and streaming.
+"""Batched autoregressive decoding with a per-row KV cache, per-row sampling and streaming.
 
-Runs in a worker thread (never on the event loop). Each row is one candidate; rows are
-left-padded so that every row's next token sits in the last column.
+Runs in the engine's decode thread (never on the event loop). A `RowBatch` holds the rows that
+decode together on one model version: one KV cache whose rows are left-padded to a common width
+(every row's next token sits in the last column), an attention mask that hides the padding, and
+per-row positions. Rows join by being prefilled as a batch of their own and merged in (the
+narrower side is padded on the left); rows leave by being selected out of the cache, and columns
+that only padding uses any more are trimmed. So a row's cache grows with it and is freed with it.
+
+A row whose sampling fails finishes with ERROR; the other rows carry on.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -14,7 +21,9 @@ import torch
 
 from service.sampling import SamplingSpec, find_stop, make_generator, sample_token, stop_holdback
 
-EOS, LENGTH, STOP, CANCELLED = "eos", "length", "stop", "cancelled"
+log = logging.getLogger(__name__)
+
+EOS, LENGTH, STOP, CANCELLED, ERROR = "eos", "length", "stop", "cancelled", "error"
 
 
 @dataclass
@@ -33,6 +42,14 @@ class Row:
     token_times: list[float] = field(default_factory=list)
     on_finished: Callable[["Row"], None] | None = None  # called once, from the decode thread
     notified: bool = False
+    error: str | None = None  # why the row failed (finish == ERROR), safe to show the caller
+    bad_settings: bool = False  # the failure came from this row's own settings (INVALID_ARGUMENT)
+    generator: torch.Generator | None = None
+
+    @property
+    def reserved_tokens(self) -> int:
+        """Cache columns this row may come to hold (its share of `max_tokens_in_flight`)."""
+        return len(self.prompt_ids) + self.spec.max_new_tokens
 
 
 @dataclass
@@ -47,16 +64,6 @@ class LoadedModel:
     eos_ids: frozenset[int]
     pad_id: int
     cache_arg: str = "past_key_values"  # forward()'s KV-cache argument ("cache" in newer transformers)
-
-
-def _left_pad(rows: list[Row], pad_id: int, device: torch.device):
-    width = max(len(r.prompt_ids) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T0) token ids
-    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T0) 1 = real token
-    for i, r in enumerate(rows):
-        ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
-        mask[i, width - len(r.prompt_ids):] = 1
-    return ids.to(device), mask.to(device)
 
 
 def _advance_text(lm: LoadedModel, row: Row) -> None:
@@ -74,9 +81,11 @@ def _advance_text(lm: LoadedModel, row: Row) -> None:
         row.emitted = final
 
 
-def _step_row(lm: LoadedModel, row: Row, logits: torch.Tensor, generator, context_used: int) -> int:
+def _step_row(lm: LoadedModel, row: Row, logits: torch.Tensor, finite: bool) -> int:
     """Samples the row's next token and updates its state; returns the token fed back."""
-    token = sample_token(logits, row.spec, generator)
+    if not finite:
+        raise FloatingPointError("the model produced no finite score for this row")
+    token = sample_token(logits, row.spec, row.generator)
     now = time.perf_counter()
     row.first_token_at = row.first_token_at or now
     row.token_times.append(now)
@@ -86,60 +95,161 @@ def _step_row(lm: LoadedModel, row: Row, logits: torch.Tensor, generator, contex
         return lm.pad_id
     row.tokens.append(token)
     _advance_text(lm, row)
+    context_used = len(row.prompt_ids) + len(row.tokens)
     if row.finish is None and (len(row.tokens) >= row.spec.max_new_tokens or context_used >= lm.max_context):
         row.finish = LENGTH
         _advance_text(lm, row)
     return token
 
 
-def _compact(past, keep: list[int], tensors: list[torch.Tensor]):
-    """Drops finished rows from the KV cache and the per-row tensors (batch dimension 0)."""
-    idx = torch.tensor(keep, device=tensors[0].device)
-    if hasattr(past, "batch_select_indices"):
-        past.batch_select_indices(idx)
-    return [t.index_select(0, idx) for t in tensors]
+def sample_rows(lm: LoadedModel, rows: list[Row], logits: torch.Tensor) -> list[int]:
+    """Next token of every row from its logits (B, V); a row that fails is finished with ERROR alone."""
+    out = []
+    finite = torch.isfinite(logits).any(dim=-1).tolist()  # (B,) some score is usable
+    for row, row_logits, ok in zip(rows, logits, finite):
+        try:
+            out.append(_step_row(lm, row, row_logits, ok))
+        except Exception as exc:  # this row's failure must not fail its batch-mates
+            log.warning("sampling failed for one row (%s): %s", row.spec, exc)
+            row.finish, row.error = ERROR, "sampling failed"
+            row.bad_settings = not isinstance(exc, FloatingPointError)
+            if row.bad_settings:
+                row.error = f"sampling failed with these settings ({type(exc).__name__}); check sampling parameters"
+            out.append(lm.pad_id)
+    return out
 
 
-@torch.inference_mode()
+def _forward(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache):
+    out = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{lm.cache_arg: cache})
+    return out.logits[:, -1, :].float().cpu(), getattr(out, lm.cache_arg)  # (B, V) next-token logits
+
+
+def _pad_left(t: torch.Tensor, cols: int, dim: int) -> torch.Tensor:
+    if cols == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = cols
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+class RowBatch:
+    """Rows decoding together on one model version, with their KV cache."""
+
+    def __init__(self, lm: LoadedModel):
+        self.lm = lm
+        self.rows: list[Row] = []
+        self.cache = None  # per layer (B, H, W, D) keys and values
+        self.mask = torch.zeros((0, 1), dtype=torch.long, device=lm.device)  # (B, W + 1) 1 = real token
+        self.pos = torch.zeros((0, 1), dtype=torch.long, device=lm.device)  # (B, 1) position of the next input
+        self.next_ids = torch.zeros((0, 1), dtype=torch.long, device=lm.device)  # (B, 1) the next input
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def tokens_in_cache(self) -> int:
+        return int(self.mask.sum()) - len(self.rows)
+
+    @torch.inference_mode()
+    def prefill(self, rows: list[Row]) -> None:
+        """Runs the prompts of `rows` (a fresh batch) and samples each row's first token."""
+        device, width = self.lm.device, max(len(r.prompt_ids) for r in rows)
+        ids = torch.full((len(rows), width), self.lm.pad_id, dtype=torch.long)  # (B, T0) token ids
+        mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T0) 1 = real token
+        for i, r in enumerate(rows):
+            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
+            mask[i, width - len(r.prompt_ids):] = 1
+            r.generator = make_generator(r.spec.seed, torch.device("cpu"))  # logits are sampled on the CPU
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T0) pads at 0
+        logits, self.cache = _forward(self.lm, ids, mask, positions, None)
+        self.rows = list(rows)
+        self._advance(logits, mask, positions[:, -1:] + 1)
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """One decoding step for every row."""
+        logits, self.cache = _forward(self.lm, self.next_ids, self.mask, self.pos, self.cache)
+        self._advance(logits, self.mask, self.pos + 1)
+
+    def _advance(self, logits: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> None:
+        next_ids = sample_rows(self.lm, self.rows, logits)
+        self.next_ids = torch.tensor(next_ids, dtype=torch.long, device=self.lm.device).unsqueeze(1)  # (B, 1)
+        self.mask = torch.cat([mask, mask.new_ones((len(self.rows), 1))], dim=1)  # (B, W + 1)
+        self.pos = pos  # (B, 1)
+
+    def release(self) -> list[Row]:
+        """Drops finished and cancelled rows (reporting each once) and trims padding-only columns."""
+        for r in self.rows:
+            if r.finish is None and r.is_cancelled():
+                r.finish = CANCELLED
+        done = [r for r in self.rows if r.finish is not None]
+        if not done:
+            return []
+        keep = [i for i, r in enumerate(self.rows) if r.finish is None]
+        self.rows = [self.rows[i] for i in keep]
+        idx = torch.tensor(keep, dtype=torch.long, device=self.lm.device)
+        self.mask, self.pos, self.next_ids = (t.index_select(0, idx) for t in (self.mask, self.pos, self.next_ids))
+        if not keep:
+            self.cache = None
+        else:
+            self.cache.batch_select_indices(idx)
+            self._trim()
+        for r in done:
+            _notify(r)
+        return done
+
+    def _trim(self) -> None:
+        used = self.mask[:, :-1].any(dim=0)  # (W,) columns some row still attends to
+        first = int(used.float().argmax()) if bool(used.any()) else used.numel()
+        if first == 0:
+            return
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+        self.mask = self.mask[:, first:]
+
+    def merge(self, other: "RowBatch") -> None:
+        """Appends `other`'s rows; the narrower cache is padded on the left to the common width."""
+        if not other.rows:
+            return
+        if not self.rows:
+            self.rows, self.cache, self.mask, self.pos, self.next_ids = (
+                other.rows, other.cache, other.mask, other.pos, other.next_ids)
+            return
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        pad_self, pad_other = width - self.mask.shape[1], width - other.mask.shape[1]
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat([_pad_left(mine.keys, pad_self, 2), _pad_left(theirs.keys, pad_other, 2)])
+            mine.values = torch.cat([_pad_left(mine.values, pad_self, 2), _pad_left(theirs.values, pad_other, 2)])
+        self.mask = torch.cat([_pad_left(self.mask, pad_self, 1), _pad_left(other.mask, pad_other, 1)])
+        self.pos = torch.cat([self.pos, other.pos])
+        self.next_ids = torch.cat([self.next_ids, other.next_ids])
+        self.rows = self.rows + other.rows
+
+    def fail(self, message: str) -> list[Row]:
+        """Finishes every row with ERROR (the model itself failed)."""
+        for r in self.rows:
+            if r.finish is None:
+                r.finish, r.error = ERROR, message
+        return self.release()
+
+
+def _notify(row: Row) -> None:
+    if not row.notified:
+        row.notified = True
+        if row.on_finished is not None:
+            row.on_finished(row)
+
+
 def decode_batch(lm: LoadedModel, rows: list[Row]) -> None:
-    """Decodes every row to completion (EOS, length, stop string or cancellation).
+    """Decodes every row to completion (EOS, length, stop string, cancellation or error).
 
     A row that finishes is reported at once (`on_finished`) and dropped from the batch, so its
     caller does not wait for the longest row and the batch stops paying for it.
     """
-    device = lm.device
-    active = list(rows)
-    generators = [make_generator(r.spec.seed, device) for r in rows]
-    ids, mask = _left_pad(rows, lm.pad_id, device)  # (B, T0), (B, T0)
-    step_pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T0) positions, pads at 0
-    step_input, past, context = ids, None, ids.shape[1]
-    while True:
-        for r in active:
-            if r.finish is None and r.is_cancelled():
-                r.finish = CANCELLED
-        keep = [i for i, r in enumerate(active) if r.finish is None]
-        for r in active:
-            if r.finish is not None and not r.notified:
-                r.notified = True
-                if r.on_finished is not None:
-                    r.on_finished(r)
-        if not keep:
-            return
-        if len(keep) < len(active):
-            if not hasattr(past, "batch_select_indices") and past is not None:
-                keep = list(range(len(active)))  # a cache without row selection: keep the rows
-            else:
-                step_input, mask, step_pos = _compact(past, keep, [step_input, mask, step_pos])
-                active, generators = [active[i] for i in keep], [generators[i] for i in keep]
-        out = lm.model(input_ids=step_input, attention_mask=mask, position_ids=step_pos,
-                       use_cache=True, **{lm.cache_arg: past})
-        past = getattr(out, lm.cache_arg)
-        logits = out.logits[:, -1, :].float().cpu()  # (B, V) next-token logits
-        context += 1
-        next_ids = [
-            lm.pad_id if r.finish else _step_row(lm, r, logits[i], generators[i], context)
-            for i, r in enumerate(active)
-        ]
-        step_input = torch.tensor(next_ids, device=device).unsqueeze(1)  # (B, 1)
-        mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=device)], dim=1)
-        step_pos = step_pos[:, -1:] + 1  # (B, 1)
+    batch = RowBatch(lm)
+    batch.prefill(rows)
+    batch.release()
+    while batch.rows:
+        batch.step()
+        batch.release()

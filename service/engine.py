@@ -1,9 +1,22 @@
-"""The batching scheduler: collects concurrent generation jobs into batches and decodes them.
+"""The serving engine: continuous batching with iteration-level scheduling (Orca, vLLM).
 
-Jobs wait in a bounded queue; the scheduler takes the first, then waits up to `batch_wait_ms`
-for more jobs on the same model version until `max_batch_size` candidates are collected, and
-decodes the batch in one worker thread (the event loop never runs the model). Cancelled or
-expired jobs stop consuming compute at the next decoding step.
+One decode loop runs in a worker thread (the event loop never runs the model). At every decoding
+step, rows that finished, were cancelled or passed their deadline leave the batch (their KV cache
+is freed with them), and waiting jobs join: their prompts are prefilled together, their first
+tokens sampled, and their cache merged into the running batch before the next step.
+
+Admission is FIFO: the oldest waiting job joins first, and none overtakes it, so nothing starves.
+Optionally (`prefill_step_ratio` > 0), while rows are running the prompts prefilled in one
+iteration are limited to about that many decoding steps' worth of time (measured as it runs; at
+least one job per iteration), so that running rows keep their pace. Off by default: on CPU it
+measured worse (single-prompt prefills cost nearly as much as batched ones; see the benchmark).
+It joins while the batch has room (`max_batch_size` rows) and while the tokens its rows may come
+to hold (prompt + max_new_tokens each) fit in `max_tokens_in_flight`; a job larger than the caps
+runs alone. Jobs waiting beyond `max_queue` are refused (QueueFull -> RESOURCE_EXHAUSTED).
+
+Rows of different model versions never share a forward pass: each version has its own RowBatch,
+stepped in turn, so rows of an old version finish on the old weights while new ones start on the
+new. A row that fails fails only its own job.
 """
 
 from __future__ import annotations
@@ -13,10 +26,10 @@ import collections
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from service.decoder import LoadedModel, Row, decode_batch
+from service.decoder import CANCELLED, ERROR, LoadedModel, Row, RowBatch
+from service.errors import ApiError, InvalidArgument
 from service.metrics import Metrics
 from service.sampling import SamplingSpec
 
@@ -51,24 +64,37 @@ class Job:
 
 class Engine:
     def __init__(self, metrics: Metrics, max_batch_size: int = 16, batch_wait_ms: float = 5.0,
-                 max_queue: int = 256):
+                 max_queue: int = 256, max_tokens_in_flight: int = 65536, prefill_step_ratio: float = 0.0):
         self.metrics = metrics
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = max(1, max_batch_size)
         self.batch_wait = batch_wait_ms / 1000.0
         self.max_queue = max_queue
-        self._queue: asyncio.Queue[Job] = asyncio.Queue()
-        self._carry: collections.deque[Job] = collections.deque()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
-        self._task: asyncio.Task | None = None
+        self.max_tokens_in_flight = max_tokens_in_flight
+        self.prefill_step_ratio = prefill_step_ratio
+        self._step_s = 0.0  # running mean of a decoding step's duration
+        self._prefill_token_s = 0.0  # running mean of prefill time per prompt token
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._wake = threading.Condition()
+        self._batches: dict[int, RowBatch] = {}  # id(LoadedModel) -> its running rows
+        self._rows_in_flight = 0
+        self._tokens_reserved = 0
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting = True
-        self._busy = False
+        self._halt = False
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize() + len(self._carry)
+        return len(self._waiting)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._waiting) or self._rows_in_flight > 0
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="engine")
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
+        self._thread.start()
 
     def submit(self, job: Job) -> asyncio.Future:
         """Queues a job; its future resolves when every candidate is finished."""
@@ -79,7 +105,9 @@ class Engine:
         loop = asyncio.get_running_loop()
         job.done = loop.create_future()
         job.rows = [self._make_row(job, i, spec, loop) for i, spec in enumerate(job.specs)]
-        self._queue.put_nowait(job)
+        with self._wake:
+            self._waiting.append(job)
+            self._wake.notify()
         self.metrics.queue_depth.set(self.depth)
         return job.done
 
@@ -87,8 +115,12 @@ class Engine:
         def on_delta(delta: str) -> None:
             if job.stream is not None:
                 loop.call_soon_threadsafe(job.stream.put_nowait, (index, delta))
-        def on_finished(_row: Row) -> None:
+
+        def on_finished(row: Row) -> None:
+            if row.finish == ERROR:
+                job.cancelled.set()  # its sibling candidates stop at the next step
             if all(r.finish for r in job.rows):  # the job's last candidate: answer without waiting for the batch
+                self.metrics.observe_job(job.lm.version, job)
                 loop.call_soon_threadsafe(self._finish, job)
         return Row(prompt_ids=job.prompt_ids, spec=spec, on_delta=on_delta, is_cancelled=job.is_cancelled,
                    on_finished=on_finished)
@@ -97,80 +129,142 @@ class Engine:
         """Stops accepting work, lets queued and running jobs finish (up to `grace` seconds)."""
         self._accepting = False
         end = time.monotonic() + grace
-        while (self.depth or self._busy) and time.monotonic() < end:
+        while self.busy and time.monotonic() < end:
             await asyncio.sleep(0.02)
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        with self._wake:
+            self._halt = True
+            self._wake.notify()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10.0)
 
-    async def _next_job(self, timeout: float | None) -> Job | None:
-        if self._carry:
-            return self._carry.popleft()
-        if timeout is None:
-            return await self._queue.get()
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout) if timeout > 0 else self._queue.get_nowait()
-        except (asyncio.TimeoutError, asyncio.QueueEmpty):
-            return None
+    # --- the decode thread ------------------------------------------------------------------
 
-    async def _collect(self) -> list[Job]:
-        """A batch: jobs on one model version with at most max_batch_size candidates."""
-        first = await self._next_job(None)
-        self._busy = True  # a job has left the queue: stop() must wait for it (it is no longer in `depth`)
-        batch, size = [first], len(first.specs)
-        end = time.perf_counter() + self.batch_wait
-        while size < self.max_batch_size:
-            job = await self._next_job(end - time.perf_counter())
-            if job is None:
-                break
-            if job.lm is not first.lm or size + len(job.specs) > self.max_batch_size:
-                self._carry.appendleft(job)
-                break
-            batch.append(job)
-            size += len(job.specs)
-        return batch
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _run(self) -> None:
         while True:
-            batch = await self._collect()
-            live = [j for j in batch if not j.is_cancelled()]
-            for job in batch:
-                if job not in live:
-                    self._finish(job, cancelled=True)
-            self.metrics.queue_depth.set(self.depth)
-            if not live:
-                self._busy = False
-                continue
+            with self._wake:
+                while not self._waiting and not self._rows_in_flight and not self._halt:
+                    self._wake.wait()
+                if self._halt:
+                    break
+                idle = not self._rows_in_flight
+            if idle and self.batch_wait > 0:
+                time.sleep(self.batch_wait)  # an idle engine gathers the first burst into one prefill
             try:
-                await loop.run_in_executor(self._executor, self._decode, live)
-            except Exception as exc:  # a model failure fails the batch, never the server
-                log.exception("decoding failed")
-                for job in live:
-                    if not job.done.done():
-                        job.done.set_exception(exc)
-            for job in live:
-                self._finish(job)
-            self._busy = False
+                self._iteration()
+            except Exception:  # never lose the decode thread
+                log.exception("engine iteration failed")
+        self._abandon()
 
-    def _decode(self, jobs: list[Job]) -> None:
-        started = time.perf_counter()
-        rows = [row for job in jobs for row in job.rows]
-        version = jobs[0].lm.version
-        self.metrics.batch_size.observe(len(rows))
+    def _iteration(self) -> None:
+        joining = self._admit()
+        keys = list(dict.fromkeys([*self._batches, *joining]))
+        for key in keys:
+            self._step_version(key, joining.get(key, []))
+        self._rows_in_flight = sum(len(b) for b in self._batches.values())
+        self.metrics.running.set(self._rows_in_flight)
+        self.metrics.tokens_in_flight.set(sum(b.tokens_in_cache for b in self._batches.values()))
+        self.metrics.queue_depth.set(self.depth)
+
+    def _admit(self) -> dict[int, list[Job]]:
+        """Waiting jobs that join now (FIFO within the caps), grouped by model version."""
+        joining: dict[int, list[Job]] = {}
+        now = time.perf_counter()
+        rows = sum(len(b) for b in self._batches.values())
+        budget = self._prefill_budget() if rows else None  # prompt tokens to prefill now
+        with self._wake:
+            for job in [j for j in self._waiting if j.is_cancelled()]:
+                self._waiting.remove(job)
+                self._finish_threadsafe(job, cancelled=True)
+            while self._waiting:
+                job = self._waiting[0]
+                need = sum(r.reserved_tokens for r in job.rows)
+                empty = rows == 0 and not joining
+                fits = (rows + len(job.rows) <= self.max_batch_size
+                        and self._tokens_reserved + need <= self.max_tokens_in_flight)
+                if not (fits or empty):
+                    break  # the head waits for room; nobody overtakes it
+                if budget is not None:
+                    cost = len(job.prompt_ids) * len(job.rows)
+                    if joining and cost > budget:
+                        break  # this iteration's prefill is full: it joins at the next step
+                    budget -= cost
+                self._waiting.popleft()
+                rows += len(job.rows)
+                self._tokens_reserved += need
+                joining.setdefault(id(job.lm), []).append(job)
+                self.metrics.queue_time.labels(job.lm.version).observe(now - job.enqueued_at)
+            self._rows_in_flight = rows  # counted before the lock is released: stop() sees them as busy
+        return joining
+
+    def _prefill_budget(self) -> float | None:
+        if not (self._step_s and self._prefill_token_s and self.prefill_step_ratio > 0):
+            return None
+        return self.prefill_step_ratio * self._step_s / self._prefill_token_s
+
+    @staticmethod
+    def _mean(old: float, new: float) -> float:
+        return new if not old else 0.8 * old + 0.2 * new
+
+    def _step_version(self, key: int, jobs: list[Job]) -> None:
+        """Joins `jobs` to the version's batch and runs one decoding step."""
+        batch = self._batches.get(key)
+        if batch is None:
+            batch = self._batches[key] = RowBatch(jobs[0].lm)
+        self._release(batch.release())
+        if jobs:
+            fresh = RowBatch(batch.lm)
+            started = time.perf_counter()
+            try:
+                fresh.prefill([r for job in jobs for r in job.rows])
+                tokens = sum(len(job.prompt_ids) * len(job.rows) for job in jobs)
+                self._prefill_token_s = self._mean(self._prefill_token_s, (time.perf_counter() - started) / tokens)
+            except Exception:
+                log.exception("prefill failed on %s", batch.lm.version)
+                fresh.fail("the model failed on this prompt; retry, or report it if it persists")
+            self._release(fresh.release())
+            batch.merge(fresh)
+        if batch.rows:
+            self.metrics.batch_size.observe(len(batch))
+            started = time.perf_counter()
+            try:
+                batch.step()
+                self._step_s = self._mean(self._step_s, time.perf_counter() - started)
+            except Exception:
+                log.exception("decoding step failed on %s", batch.lm.version)
+                batch.fail("the model failed while decoding; retry, or report it if it persists")
+            self._release(batch.release())
+        if not batch.rows:
+            del self._batches[key]
+
+    def _release(self, rows: list[Row]) -> None:
+        self._tokens_reserved -= sum(r.reserved_tokens for r in rows)
+
+    def _abandon(self) -> None:
+        """After a forced stop: every waiting or running job ends as cancelled."""
+        with self._wake:
+            jobs, self._waiting = list(self._waiting), collections.deque()
+        for batch in self._batches.values():
+            for row in batch.rows:
+                row.finish = row.finish or CANCELLED
+            batch.release()  # each row's job is answered (as cancelled)
+        self._batches.clear()
         for job in jobs:
-            self.metrics.queue_time.labels(version).observe(started - job.enqueued_at)
-        self.metrics.running.inc(len(rows))
-        try:
-            decode_batch(jobs[0].lm, rows)
-        finally:
-            self.metrics.running.dec(len(rows))
-        self.metrics.observe_rows(version, jobs, rows)
+            self._finish_threadsafe(job, cancelled=True)
+
+    def _finish_threadsafe(self, job: Job, cancelled: bool = False) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._finish, job, cancelled)
 
     def _finish(self, job: Job, cancelled: bool = False) -> None:
-        if job.done is not None and not job.done.done():
-            if cancelled:
-                for row in job.rows:
-                    row.finish = row.finish or "cancelled"
-            job.done.set_result(job.rows)
+        if job.done is None or job.done.done():
+            return
+        failed = [r for r in job.rows if r.finish == ERROR]
+        if failed:
+            cls = InvalidArgument if any(r.bad_settings for r in failed) else ApiError
+            job.done.set_exception(cls(failed[0].error or "generation failed"))
+            job.done.exception()  # retrieved here: a caller that went away leaves no warning behind
+            return
+        if cancelled:
+            for row in job.rows:
+                row.finish = row.finish or "cancelled"
+        job.done.set_result(job.rows)

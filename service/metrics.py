@@ -31,17 +31,19 @@ class Metrics:
                              v, buckets=TOKEN_LATENCY_BUCKETS, registry=r)
         self.e2e = Histogram("rlhf_e2e_request_latency_seconds", "Generate/GenerateStream latency, end to end.",
                              v, buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_time = Histogram("rlhf_queue_time_seconds", "Time a request waited for its batch.", v,
+        self.queue_time = Histogram("rlhf_queue_time_seconds", "Time a request waited to join the running batch.", v,
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.generation_tokens = Counter("rlhf_generation_tokens_total", "Generated tokens.", v, registry=r)
         self.prompt_tokens = Counter("rlhf_prompt_tokens_total", "Prompt tokens processed (per candidate).", v,
                                      registry=r)
         self.requests_finished = Counter("rlhf_request_success_total", "Finished candidates by finish reason.",
                                          v + ["finish_reason"], registry=r)
-        self.batch_size = Histogram("rlhf_batch_size", "Candidates decoded together in one batch.",
+        self.batch_size = Histogram("rlhf_batch_size", "Candidates decoded together in one decoding step.",
                                     buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("rlhf_queue_depth", "Generate requests waiting for a batch.", registry=r)
         self.running = Gauge("rlhf_num_sequences_running", "Candidates being decoded now.", registry=r)
+        self.tokens_in_flight = Gauge("rlhf_tokens_in_flight", "Tokens held in the KV cache of running candidates.",
+                                      registry=r)
         self.feedback = Counter("rlhf_feedback_total", "Accepted feedback items (duplicates excluded).",
                                 ["kind", "model_version"], registry=r)
         self.feedback_duplicates = Counter("rlhf_feedback_duplicates_total",
@@ -76,13 +78,12 @@ class Metrics:
         self.model_info.labels(version).set(1)
         self._served = version
 
-    def observe_rows(self, version: str, jobs, rows) -> None:
-        """Token and latency figures of a finished batch."""
-        for job in jobs:
-            firsts = [r.first_token_at for r in job.rows if r.first_token_at]
-            if firsts:
-                self.ttft.labels(version).observe(min(firsts) - job.enqueued_at)
-        for row in rows:
+    def observe_job(self, version: str, job) -> None:
+        """Token and latency figures of a finished job (called once, when its last candidate ends)."""
+        firsts = [r.first_token_at for r in job.rows if r.first_token_at]
+        if firsts:
+            self.ttft.labels(version).observe(min(firsts) - job.enqueued_at)
+        for row in job.rows:
             times = row.token_times
             for a, b in zip(times, times[1:]):
                 self.itl.labels(version).observe(b - a)

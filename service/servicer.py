@@ -68,6 +68,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 yield policy_pb2.GenerateChunk(index=i, response_id=rid, model_version=pending.lm.version,
                                                finish_reason=FINISH.get(row.finish, 0), num_tokens=len(row.tokens),
                                                **self.core.feedback_fields(pending, i))
+        except ApiError as exc:  # this call's own candidate failed (e.g. its sampling settings)
+            await context.abort(exc.code, exc.message)
         finally:
             pending.job.cancelled.set()
 

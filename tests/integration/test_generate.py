@@ -276,3 +276,46 @@ def test_graceful_shutdown_finishes_in_flight(redis_url, tiny_model_dir, tmp_pat
         channel.close()
     finally:
         s.close()
+
+
+def burst(stack, requests, timeout=120):
+    """Sends every request at once (threads behind a barrier); returns responses or grpc errors, in order."""
+    out: list = [None] * len(requests)
+    barrier = threading.Barrier(len(requests))
+
+    def call(i):
+        barrier.wait(10)
+        try:
+            out[i] = stack.server.policy.Generate(requests[i], timeout=timeout)
+        except grpc.RpcError as exc:
+            out[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout + 10)
+    return out
+
+
+def test_tiny_temperature_fails_no_call_in_its_batch(stack):
+    """Issue 12.1: temperature=1e-40 used to overflow and fail every call batched with it."""
+    tiny = policy_pb2.SamplingParams(max_new_tokens=12, temperature=1e-40)
+    normal = policy_pb2.SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.9, top_k=50)
+    reqs = [policy_pb2.GenerateRequest(prompt=PROMPT, sampling=tiny if i % 4 == 0 else normal, num_candidates=2)
+            for i in range(12)]
+    out = burst(stack, reqs)
+    assert [type(r).__name__ for r in out] == ["GenerateResponse"] * 12
+    greedy = gen(stack, sampling=policy_pb2.SamplingParams(max_new_tokens=12, temperature=0.0)).candidates[0].text
+    assert all(c.text == greedy for c in out[0].candidates)  # below the floor, temperature means greedy
+
+
+def test_seeded_text_does_not_depend_on_the_batch(stack):
+    sp = policy_pb2.SamplingParams(max_new_tokens=20, temperature=1.0, seed=4242)
+    alone = gen(stack, sampling=sp).candidates[0].text
+    noise = [policy_pb2.GenerateRequest(prompt=f"Question {i}: where is my parcel?", num_candidates=2,
+                                        sampling=policy_pb2.SamplingParams(max_new_tokens=8 + 4 * i, temperature=1.2))
+             for i in range(7)]
+    out = burst(stack, noise[:3] + [policy_pb2.GenerateRequest(prompt=PROMPT, sampling=sp)] + noise[3:])
+    assert out[3].candidates[0].text == alone
+    assert all(isinstance(r, policy_pb2.GenerateResponse) for r in out)

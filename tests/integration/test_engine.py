@@ -1,0 +1,174 @@
+"""Continuous batching on a real model: rows join and leave the running batch at every step."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import pytest
+import torch
+
+from service.engine import Engine, Job
+from service.errors import InvalidArgument
+from service.metrics import Metrics
+from service.model_pool import load_model_dir
+from service.sampling import SamplingSpec
+from training.text_format import render_prompt
+
+PROMPTS = ["My order hasn't arrived. What should I do?", "How do I make a cup of tea?", "Hi", "Tell me a joke."]
+NEVER = ("\u2603",)  # a stop string the model never produces: rows run to max_new_tokens
+
+
+def load(model_dir, version):
+    """The model with no end-of-sequence token: rows run to max_new_tokens, so timings are predictable."""
+    return dataclasses.replace(load_model_dir(model_dir, version, torch.device("cpu")), eos_ids=frozenset())
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model_dir):
+    return load(tiny_model_dir, "v0001")
+
+
+def prompt_ids(lm, prompt):
+    return lm.tokenizer(render_prompt(lm.tokenizer, prompt), add_special_tokens=False)["input_ids"]
+
+
+async def run_jobs(lm_or_lms, plans, **engine_kwargs):
+    """plans: (delay_s, prompt, [SamplingSpec]) or (delay_s, prompt, specs, lm); returns (jobs, outcomes)."""
+    engine = Engine(Metrics(), **{"batch_wait_ms": 0.0, **engine_kwargs})
+    engine.start()
+    jobs = []
+
+    async def one(plan):
+        delay, prompt, specs, *model = plan
+        await asyncio.sleep(delay)
+        lm = model[0] if model else lm_or_lms
+        job = Job(lm=lm, prompt_ids=prompt_ids(lm, prompt), specs=specs, stream=asyncio.Queue())
+        jobs.append(job)
+        return await engine.submit(job)
+
+    outcomes = await asyncio.gather(*(one(p) for p in plans), return_exceptions=True)
+    await engine.stop(5)
+    return jobs, outcomes
+
+
+def solo_texts(lm, prompt, specs):
+    _, outcomes = asyncio.run(run_jobs(lm, [(0, prompt, specs)]))
+    return [r.text for r in outcomes[0]]
+
+
+def test_a_late_request_joins_the_running_batch(lm):
+    long_spec = SamplingSpec(max_new_tokens=100, temperature=0.0, stop=NEVER)
+    late_spec = SamplingSpec(max_new_tokens=3, temperature=0.0)
+    alone_long, alone_late = solo_texts(lm, PROMPTS[0], [long_spec]), solo_texts(lm, PROMPTS[1], [late_spec])
+
+    async def scenario():
+        engine = Engine(Metrics(), batch_wait_ms=0.0)
+        engine.start()
+        long_job = Job(lm=lm, prompt_ids=prompt_ids(lm, PROMPTS[0]), specs=[long_spec])
+        long_done = engine.submit(long_job)
+        while len(long_job.rows[0].tokens) < 3:  # the long row is decoding: now the late one arrives
+            await asyncio.sleep(0.0005)
+        late_at = len(long_job.rows[0].tokens)
+        late = await engine.submit(Job(lm=lm, prompt_ids=prompt_ids(lm, PROMPTS[1]), specs=[late_spec]))
+        left_at = len(long_job.rows[0].tokens)
+        rows = await long_done
+        await engine.stop(5)
+        return rows[0], late[0], late_at, left_at
+
+    long_row, late_row, late_at, left_at = asyncio.run(scenario())
+    assert late_at < 100 and left_at < 100  # it joined and left while the long row was still decoding
+    assert late_row.token_times[-1] < long_row.token_times[-1]
+    assert len(long_row.tokens) == 100
+    assert [long_row.text, late_row.text] == alone_long + alone_late  # joining changes no greedy text
+
+
+def test_seeded_text_is_the_same_alone_and_in_a_busy_batch(lm):
+    spec = SamplingSpec(max_new_tokens=24, temperature=1.0, seed=123)
+    alone = solo_texts(lm, PROMPTS[0], [spec])
+    busy = [(0.0, PROMPTS[2], [SamplingSpec(max_new_tokens=40, seed=1, stop=NEVER)] * 3),
+            (0.02, PROMPTS[3], [SamplingSpec(max_new_tokens=5, seed=2)]),
+            (0.03, PROMPTS[0], [spec]),
+            (0.04, PROMPTS[1], [SamplingSpec(max_new_tokens=30, temperature=1.5, seed=9)] * 2)]
+    _, outcomes = asyncio.run(run_jobs(lm, busy))
+    assert not [o for o in outcomes if isinstance(o, BaseException)]
+    assert outcomes[2][0].text == alone[0]
+
+
+def test_caps_and_fifo(lm):
+    specs = [SamplingSpec(max_new_tokens=8, temperature=0.0, stop=NEVER)]
+    metrics_engine = {"max_batch_size": 2}
+    jobs, outcomes = asyncio.run(run_jobs(lm, [(0.001 * i, PROMPTS[i % 4], specs) for i in range(6)],
+                                          **metrics_engine))
+    assert all(len(o[0].tokens) == 8 for o in outcomes)
+    firsts = [o[0].first_token_at for o in outcomes]
+    assert firsts == sorted(firsts)  # first come, first served
+    # at most 2 rows ever ran together: while job i ran, jobs i+2.. had not started
+    for i in range(len(outcomes) - 2):
+        assert outcomes[i + 2][0].first_token_at > outcomes[i][0].token_times[-1]
+    # a token cap: each job reserves prompt + 8 tokens; with room for one job at a time they run one by one
+    one_job = len(prompt_ids(lm, PROMPTS[0])) + 8
+    _, outcomes = asyncio.run(run_jobs(lm, [(0, PROMPTS[0], specs)] * 3, max_tokens_in_flight=one_job))
+    times = sorted((o[0].first_token_at, o[0].token_times[-1]) for o in outcomes)
+    assert all(b[0] > a[1] for a, b in zip(times, times[1:]))
+
+
+def test_a_failing_row_fails_only_its_own_call(lm):
+    bad = SamplingSpec(max_new_tokens=8, temperature=1.0, top_k="many")  # sampling raises TypeError on this row
+    normal = [SamplingSpec(max_new_tokens=12, temperature=1.0, seed=s, stop=NEVER) for s in range(3)]
+    plans = [(0, PROMPTS[0], normal[:2]), (0, PROMPTS[1], [bad, normal[2]]), (0, PROMPTS[2], normal[2:])]
+    _, outcomes = asyncio.run(run_jobs(lm, plans))
+    assert isinstance(outcomes[1], InvalidArgument) and "sampling" in outcomes[1].message
+    assert [len(r.tokens) for r in outcomes[0]] == [12, 12] and len(outcomes[2][0].tokens) == 12
+
+
+def test_tiny_temperature_beside_normal_requests(lm):
+    tiny = SamplingSpec(max_new_tokens=10, temperature=1e-40, stop=NEVER)
+    normal = SamplingSpec(max_new_tokens=10, temperature=1.0, seed=5, stop=NEVER)
+    _, outcomes = asyncio.run(run_jobs(lm, [(0, PROMPTS[i % 4], [tiny if i % 3 == 0 else normal]) for i in range(9)]))
+    assert not [o for o in outcomes if isinstance(o, BaseException)]
+    greedy = solo_texts(lm, PROMPTS[0], [SamplingSpec(max_new_tokens=10, temperature=0.0, stop=NEVER)])
+    assert outcomes[0][0].text == greedy[0]  # below the floor the temperature is greedy
+
+
+def test_versions_never_share_a_forward_pass(tiny_model_dir, lm):
+    other = load(tiny_model_dir, "v0002")
+    seen = {"v0001": [], "v0002": []}
+    hooks = [m.model.register_forward_hook(lambda mod, args, kw, out, v=m.version: seen[v].append(
+        kw["input_ids"].shape[0]), with_kwargs=True) for m in (lm, other)]
+    try:
+        spec = SamplingSpec(max_new_tokens=16, temperature=0.0, stop=NEVER)
+        plans = [(0, PROMPTS[0], [spec] * 2), (0.01, PROMPTS[1], [spec] * 3, other), (0.02, PROMPTS[2], [spec])]
+        jobs, outcomes = asyncio.run(run_jobs(lm, plans))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert max(seen["v0001"]) <= 3 and max(seen["v0002"]) <= 3  # v1 has 3 rows, v2 has 3: never 6 together
+    assert all(job.lm.version == ("v0002" if i == 1 else "v0001") for i, job in enumerate(jobs))
+    assert outcomes[1][0].text == solo_texts(other, PROMPTS[1], [spec])[0]
+
+
+def test_cancelled_and_expired_rows_stop_at_the_next_step(lm):
+    async def scenario():
+        engine = Engine(Metrics(), batch_wait_ms=0.0)
+        engine.start()
+        spec = [SamplingSpec(max_new_tokens=100, temperature=1.0, stop=NEVER)]
+        ids = prompt_ids(lm, PROMPTS[0])
+        cancel_me = Job(lm=lm, prompt_ids=ids, specs=spec)
+        expire_me = Job(lm=lm, prompt_ids=ids, specs=spec, deadline=time.monotonic() + 600)
+        keep = Job(lm=lm, prompt_ids=ids, specs=[SamplingSpec(max_new_tokens=30, temperature=1.0, stop=NEVER)])
+        late = Job(lm=lm, prompt_ids=ids, specs=spec, deadline=time.monotonic() - 1)  # expired while waiting
+        futures = [engine.submit(j) for j in (cancel_me, expire_me, keep, late)]
+        while len(cancel_me.rows[0].tokens) < 3:
+            await asyncio.sleep(0.0005)
+        cancel_me.cancelled.set()
+        expire_me.deadline = time.monotonic() - 1  # its deadline passes mid-decoding
+        rows = await asyncio.gather(*futures)
+        await engine.stop(5)
+        return rows
+
+    cancelled, expired, kept, late = asyncio.run(scenario())
+    assert cancelled[0].finish == expired[0].finish == late[0].finish == "cancelled"
+    assert len(cancelled[0].tokens) < 100 and len(expired[0].tokens) < 100 and not late[0].tokens
+    assert kept[0].finish == "length" and len(kept[0].tokens) == 30

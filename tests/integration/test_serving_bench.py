@@ -1,0 +1,21 @@
+"""Smoke version of benchmarks/serving.py on the tests' tiny model: every phase runs, nothing fails."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import serving
+
+
+def test_serving_benchmark_smoke(redis_url, tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    small = {**serving.plan(True), "clients": [1, 4], "closed_s": 1.5, "open_s": 2.0, "naive_requests": 2}
+    monkeypatch.setattr(serving, "plan", lambda quick: small)
+    out = serving.main(["--quick", "--model-dir", str(tiny_model_dir), "--out", str(tmp_path)])
+    r = out["models"]["tiny"]
+    assert r["targets"]["errors"] == 0
+    assert [c["clients"] for c in r["closed_loop"]] == [1, 4]
+    assert all(c["requests"] > 0 and c["tokens_per_s"] > 0 for c in r["closed_loop"] + r["open_loop"])
+    assert r["naive"]["tokens_per_s"] > 0 and r["bare_loop"]["tokens_per_s"] > 0
+    assert json.loads((tmp_path / "result-quick.json").read_text())["models"]["tiny"]["targets"]
+    assert (tmp_path / "result-quick.png").stat().st_size > 0
