@@ -81,7 +81,6 @@ def snapshot(ctx: Context, state: dict) -> dict:
 
 def train_reward(ctx: Context, state: dict) -> dict:
     from training.config import RewardConfig
-    from training.records import pairs_from_ratings
     from training.reward_model import train_reward_model
     from transformers import AutoTokenizer
 
@@ -90,11 +89,13 @@ def train_reward(ctx: Context, state: dict) -> dict:
         pairs, ratings, _ = snapshots.load_training_set(ctx.datasets, ctx.settings.train_window)
         cfg = RewardConfig(epochs=ctx.settings.reward_epochs, seed=state["seed"], device=_device(ctx),
                            lr=ctx.settings.reward_lr)
-        pairs = pairs + pairs_from_ratings(ratings, cfg.rating_pair_weight)
         parent_dir = ctx.registry.path(state["parent"])
-        model, metrics = train_reward_model(parent_dir, AutoTokenizer.from_pretrained(parent_dir), pairs, cfg)
+        model, metrics = train_reward_model(parent_dir, AutoTokenizer.from_pretrained(parent_dir), pairs, cfg,
+                                            ratings=ratings)  # ratings: pointwise loss, split by prompt too
         model.save(ctx.workdir(state["round_id"]) / "reward_model")
-    rm = {k: metrics[k] for k in ("train_loss", "train_accuracy", "heldout_accuracy", "heldout_loss", "n_pairs")}
+    rm = {k: metrics.get(k) for k in ("train_loss", "train_accuracy", "heldout_accuracy", "heldout_loss", "n_pairs",
+                                      "n_ratings", "heldout_pair_accuracy", "heldout_rating_accuracy",
+                                      "heldout_rating_auc")}
     rm["seconds"] = time.perf_counter() - started
     log.info("round %s reward model: %s", state["round_id"], rm)
     return {**state, "reward_model": rm}
