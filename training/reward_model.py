@@ -218,17 +218,27 @@ def evaluate_pairs(model: RewardModel, pairs: list[PreferencePair], batch_size: 
     return {"accuracy": correct / len(pairs), "loss": sum(losses) / len(pairs)}
 
 
+def balanced_accuracy(predicted_up: Tensor, thumbs_up: Tensor) -> float:
+    """Mean of the accuracy on up-rated and on down-rated items (0.5 = chance whatever the base rate);
+    plain accuracy when only one class is present."""
+    per_class = [float((predicted_up[thumbs_up == c] == c).float().mean()) for c in (True, False)
+                 if bool((thumbs_up == c).any())]
+    return sum(per_class) / len(per_class)
+
+
 @torch.no_grad()
 def evaluate_ratings(model: RewardModel, ratings: list[Rating], bias: float, batch_size: int) -> dict[str, float | None]:
-    """Accuracy ((r > b) == thumbs_up), AUC of r and pointwise loss on ``ratings`` (None when empty)."""
+    """Accuracy ((r > b) == thumbs_up), balanced accuracy, AUC of r and pointwise loss on ``ratings``
+    (None when empty)."""
     if not ratings:
-        return {"accuracy": None, "auc": None, "loss": None}
+        return {"accuracy": None, "balanced_accuracy": None, "auc": None, "loss": None}
     rewards = torch.cat([batch_rewards(model, [], ratings[i : i + batch_size])[2].cpu()
                          for i in range(0, len(ratings), batch_size)])  # (R,)
     ups = torch.tensor([r.thumbs_up for r in ratings])  # (R,)
+    predicted = rewards > bias  # (R,)
     losses = pointwise_logistic_losses(rewards, ups, torch.tensor(bias))  # (R,)
-    return {"accuracy": float(((rewards > bias) == ups).float().mean()), "auc": binary_auc(rewards, ups),
-            "loss": float(weighted_mean(losses, _weights(ratings, losses)))}
+    return {"accuracy": float((predicted == ups).float().mean()), "balanced_accuracy": balanced_accuracy(predicted, ups),
+            "auc": binary_auc(rewards, ups), "loss": float(weighted_mean(losses, _weights(ratings, losses)))}
 
 
 def combined(a: float | None, n_a: int, b: float | None, n_b: int) -> float | None:
@@ -239,12 +249,13 @@ def combined(a: float | None, n_a: int, b: float | None, n_b: int) -> float | No
 
 def evaluate_all(model: RewardModel, pairs: list[PreferencePair], ratings: list[Rating], bias: float,
                  batch_size: int) -> dict[str, float | None]:
-    """Pair figures, rating figures and their count-weighted combination (``accuracy``, ``loss``)."""
+    """Pair figures, rating figures and their count-weighted combination (``accuracy``: pair accuracy
+    and the ratings' balanced accuracy, so that 0.5 is chance for both; ``loss``)."""
     p = evaluate_pairs(model, pairs, batch_size)
     r = evaluate_ratings(model, ratings, bias, batch_size)
     return {"pair_accuracy": p["accuracy"], "pair_loss": p["loss"], "rating_accuracy": r["accuracy"],
-            "rating_auc": r["auc"], "rating_loss": r["loss"],
-            "accuracy": combined(p["accuracy"], len(pairs), r["accuracy"], len(ratings)),
+            "rating_balanced_accuracy": r["balanced_accuracy"], "rating_auc": r["auc"], "rating_loss": r["loss"],
+            "accuracy": combined(p["accuracy"], len(pairs), r["balanced_accuracy"], len(ratings)),
             "loss": combined(p["loss"], len(pairs), r["loss"], len(ratings))}
 
 

@@ -95,7 +95,7 @@ def train_reward(ctx: Context, state: dict) -> dict:
         model.save(ctx.workdir(state["round_id"]) / "reward_model")
     rm = {k: metrics.get(k) for k in ("train_loss", "train_accuracy", "heldout_accuracy", "heldout_loss", "n_pairs",
                                       "n_ratings", "heldout_pair_accuracy", "heldout_rating_accuracy",
-                                      "heldout_rating_auc")}
+                                      "heldout_rating_balanced_accuracy", "heldout_rating_auc")}
     rm["seconds"] = time.perf_counter() - started
     log.info("round %s reward model: %s", state["round_id"], rm)
     return {**state, "reward_model": rm}

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tests.unit.test_reward_model import char_tokenizer, tiny_gpt2
 from training.config import RewardConfig
 from training.records import PreferencePair, Rating, pairs_from_ratings, split_by_prompt
-from training.reward_model import (RewardModel, batch_loss, binary_auc, bradley_terry_losses, joint_reward_loss,
+from training.reward_model import (RewardModel, balanced_accuracy, batch_loss, binary_auc, bradley_terry_losses, joint_reward_loss,
                                    pointwise_logistic_losses, train_reward_model)
 
 
@@ -56,6 +56,14 @@ def test_binary_auc_matches_pairwise_count():
     naive = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg) / (len(pos) * len(neg))
     assert binary_auc(torch.tensor(scores), torch.tensor(labels)) == pytest.approx(naive)
     assert binary_auc(torch.tensor([1.0, 2.0]), torch.tensor([1, 1])) is None
+
+
+def test_balanced_accuracy_is_chance_for_a_constant_guess():
+    ups = torch.tensor([False] * 8 + [True] * 2)
+    assert balanced_accuracy(torch.zeros(10, dtype=torch.bool), ups) == 0.5  # plain accuracy would be 0.8
+    assert balanced_accuracy(ups.clone(), ups) == 1.0
+    predicted = torch.tensor([False] * 6 + [True] * 2 + [True, False])
+    assert balanced_accuracy(predicted, ups) == pytest.approx((6 / 8 + 1 / 2) / 2)
 
 
 items = st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9), st.booleans()), max_size=40)
@@ -110,7 +118,8 @@ def test_ratings_alone_train_the_reward_and_heldout_prompts_are_never_trained_on
     assert not {prompt for prompt, _ in model.trained_on} & held_prompts
     assert m["heldout_rating_accuracy"] == 1.0 and m["heldout_rating_auc"] == 1.0
     n_pair, n_rating = m["n_heldout"], m["n_heldout_ratings"]
-    expected = ((m["heldout_pair_accuracy"] or 0) * n_pair + m["heldout_rating_accuracy"] * n_rating) / (n_pair + n_rating)
+    assert m["heldout_rating_balanced_accuracy"] == 1.0
+    expected = ((m["heldout_pair_accuracy"] or 0) * n_pair + m["heldout_rating_balanced_accuracy"] * n_rating) / (n_pair + n_rating)
     assert m["heldout_accuracy"] == pytest.approx(expected)
     good, bad = model.score([("question 99", "yes good"), ("question 99", "no bad")])
     assert good > model.rating_bias > bad
