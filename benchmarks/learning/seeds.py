@@ -48,6 +48,7 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
             "figures": {f: spread([h.get(f) for h in heads]) for f in FIGURES}, "targets": targets,
             "all_targets_met_every_seed": bool(heads) and all(h["all_targets_met"] for h in heads),
             "per_seed": heads, "command": results[0].get("command") if results else None,
+            "runs": [{"seed": r["config"]["seed"], "command": r.get("command"), "model": r.get("model")} for r in results],
             "feedback_mode": report.feedback_mode(results[0]["config"]) if results else None}
 
 
@@ -113,7 +114,9 @@ def markdown(agg: dict[str, Any]) -> str:
                      f"[{h['win_rate_lo']:.3f}, {h['win_rate_hi']:.3f}] | {h['kl_to_sft']:.2f} | "
                      f"{h['distinct_2_ratio']:.2f} | {h['length_ratio']:.2f} | {tt} | "
                      f"{'yes' if h['all_targets_met'] else 'no'} |")
-    lines += ["", "![per-seed curves](seeds.png)", ""]
+    lines += ["", "![per-seed curves](seeds.png)", "", "Runs:", ""]
+    lines += [f"- seed {r['seed']}: `{r['command']}` (model: {r['model']})" for r in agg.get("runs", [])]
+    lines.append("")
     return "\n".join(lines)
 
 
