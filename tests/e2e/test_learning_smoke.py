@@ -89,5 +89,5 @@ def test_thumbs_only_users_with_a_spammer_still_yield_a_better_version(redis_url
     report.write(result, tmp_path / "out" / "seed-0")
     agg = seeds.write(tmp_path / "out")
     assert agg["seeds"] == [0] and agg["figures"]["win_rate"]["mean"] == pytest.approx(trained["win_rate"])
-    assert agg["targets"]["win_rate"]["threshold"] == report.THUMBS_ONLY_TARGET
+    assert agg["targets"]["win_rate"]["threshold"] == report.ADVERSARIAL_TARGET  # a spammer: the adversarial target
     assert (tmp_path / "out" / "seeds.png").stat().st_size > 1000
