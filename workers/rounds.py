@@ -98,7 +98,9 @@ def holding_lock(stage):
     return run
 
 
-REWARD_METRICS = ("train_loss", "train_accuracy", "heldout_accuracy", "heldout_loss", "n_pairs", "n_heldout")
+REWARD_METRICS = ("train_loss", "train_accuracy", "heldout_accuracy", "heldout_loss", "n_pairs", "n_heldout",
+                  "n_ratings", "heldout_pair_accuracy", "heldout_rating_accuracy",
+                  "heldout_rating_balanced_accuracy", "heldout_rating_auc")
 
 
 @holding_lock
@@ -107,7 +109,6 @@ def train_reward(ctx: Context, state: dict) -> dict:
     train on the feedback of disjoint halves of the prompts, split by a seeded hash of each prompt."""
     from training.config import RewardConfig
     from training.gate import split_prompts
-    from training.records import pairs_from_ratings
     from training.reward_model import RewardModel, train_reward_model
     from transformers import AutoTokenizer
 
@@ -121,10 +122,10 @@ def train_reward(ctx: Context, state: dict) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(parent_dir)
     out = {}
     for name, prompts in halves.items():
-        half = [p for p in pairs if p.prompt in prompts]
-        half = half + pairs_from_ratings([r for r in ratings if r.prompt in prompts], cfg.rating_pair_weight)
-        if half:
-            model, metrics = train_reward_model(parent_dir, tokenizer, half, cfg)
+        half_pairs = [p for p in pairs if p.prompt in prompts]
+        half_ratings = [r for r in ratings if r.prompt in prompts]  # pointwise loss, split by prompt too
+        if half_pairs or half_ratings:
+            model, metrics = train_reward_model(parent_dir, tokenizer, half_pairs, cfg, ratings=half_ratings)
         else:  # a lone prompt leaves the judge nothing: an untrained head, no accuracy, the gate refuses
             model, metrics = RewardModel.from_pretrained_backbone(parent_dir, tokenizer, cfg.max_len), {"n_pairs": 0}
         model.save(ctx.workdir(state["round_id"]) / name)
