@@ -49,6 +49,7 @@ class Server:
         self.redis = aioredis.Redis.from_url(s.redis_url)
         await self.redis.ping()
         self.pool = ModelPool(self.registry, resolve_device(s.device), s.loaded_versions)
+        self.metrics.watch_pool(self.pool)  # issue 7: base copies, adapter load bytes/seconds
         self.watcher = ModelWatcher(self.redis, self.keys, self.registry, self.pool, self.metrics)
         version = await self.watcher.load_initial()
         self.engine = Engine(self.metrics, s.max_batch_size, s.batch_wait_ms, s.max_queue)

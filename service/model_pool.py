@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from registry import Registry
+from service.adapters import AdapterBank
 from service.decoder import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class ModelPool:
         self.current: LoadedModel | None = None
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
+        self.adapters = AdapterBank(registry, device, self._load_base)  # LoRA versions: one base each (issue 7)
+        self._unmerged: set[str] = set()
 
     def get(self, version: str) -> LoadedModel | None:
         """A loaded version, or None (call `load` off the event loop)."""
@@ -61,30 +64,56 @@ class ModelPool:
                 self._loaded.move_to_end(version)
             return lm
 
-    def load(self, version: str) -> LoadedModel:
-        """Verifies checksums and loads a version (blocking). Raises ChecksumError, VersionNotFound."""
+    def load(self, version: str, merged: bool = True) -> LoadedModel:
+        """Verifies checksums and loads a version (blocking). Raises ChecksumError, VersionNotFound.
+
+        A LoRA version loads as its adapter on the resident base: merged into a working copy
+        (``merged``: decodes at full speed; the current version) or unmerged (costs only the
+        adapter; pinned versions)."""
         lm = self.get(version)
-        if lm is not None:
+        if lm is not None and (not merged or version not in self._unmerged):
             return lm
-        self.registry.verify(version)
-        lm = load_model_dir(self.registry.path(version), version, self.device)
+        manifest = self.registry.verify(version)
+        if manifest.adapter_base_version:
+            lm = self.adapters.load(version, manifest.adapter_base_version, merged)
+        else:
+            lm = self.adapters.bases.get(version) or load_model_dir(self.registry.path(version), version, self.device)
         with self._lock:
             self._loaded[version] = lm
+            (self._unmerged.discard if merged else self._unmerged.add)(version)
             self._evict()
+            loaded = list(self._loaded)
+        self.adapters.drop_unused(loaded)  # outside our lock: the bank's lock is taken first elsewhere
         log.info("loaded model %s on %s", version, self.device)
         return lm
+
+    def _load_base(self, path, version: str, device: torch.device) -> LoadedModel:
+        """A base for the adapter bank: the already loaded full version if there is one."""
+        with self._lock:
+            lm = self._loaded.get(version)
+        return lm if lm is not None else load_model_dir(path, version, device)
+
+    @property
+    def base_copies(self) -> int:
+        """Full-weight models resident (full versions and LoRA bases, each counted once)."""
+        with self._lock:
+            full = {id(lm.model) for v, lm in self._loaded.items() if v not in self.adapters.loaded_adapters}
+        return len(full | {id(b.model) for b in list(self.adapters.bases.values())})
 
     def set_current(self, lm: LoadedModel) -> None:
         with self._lock:
             self._loaded[lm.version] = lm
             self.current = lm
             self._evict()
+            loaded = list(self._loaded)
+        self.adapters.drop_unused(loaded)
 
     def _evict(self) -> None:
         while len(self._loaded) > self.capacity:
             for version in self._loaded:
                 if self.current is None or version != self.current.version:
                     del self._loaded[version]
+                    self._unmerged.discard(version)
                     break
             else:
                 return

@@ -66,7 +66,7 @@ class PolicyCore:
         if lm is not None:
             return lm
         try:
-            return await asyncio.get_running_loop().run_in_executor(None, self.pool.load, version)
+            return await asyncio.get_running_loop().run_in_executor(None, self.pool.load, version, False)
         except ChecksumError as exc:
             raise FailedPrecondition(f"model_version {version!r} cannot be served: {exc}") from exc
 

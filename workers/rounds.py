@@ -24,7 +24,7 @@ from registry.pointer import current_version, set_current
 from rlhf.v1 import records_pb2
 from rlhf_serve.keys import Keys
 from rlhf_serve.settings import Settings
-from workers import snapshots
+from workers import lora_rounds, snapshots
 from workers.lock import RoundLock
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,8 @@ def begin(ctx: Context, round_id: str) -> dict | None:
     reference = ctx.registry.manifest(parent).reference_version or parent
     number = int(ctx.redis.incr(ctx.keys.round_counter))
     return {"round_id": round_id, "round_number": number, "parent": parent, "reference": reference,
-            "started_at": time.time(), "seed": ctx.settings.seed + number}
+            "started_at": time.time(), "seed": ctx.settings.seed + number,
+            **lora_rounds.decide(ctx.registry, ctx.settings, parent, reference)}  # issue 7: lora | full
 
 
 def snapshot(ctx: Context, state: dict) -> dict:
@@ -92,8 +93,12 @@ def train_reward(ctx: Context, state: dict) -> dict:
                            lr=ctx.settings.reward_lr)
         pairs = pairs + pairs_from_ratings(ratings, cfg.rating_pair_weight)
         parent_dir = ctx.registry.path(state["parent"])
-        model, metrics = train_reward_model(parent_dir, AutoTokenizer.from_pretrained(parent_dir), pairs, cfg)
-        model.save(ctx.workdir(state["round_id"]) / "reward_model")
+        if state.get("finetune") == "lora":  # issue 7: base + reward adapter + head
+            metrics = lora_rounds.train_reward(ctx.registry, ctx.settings, state, ctx.workdir(state["round_id"]),
+                                               pairs, cfg, _device(ctx))
+        else:
+            model, metrics = train_reward_model(parent_dir, AutoTokenizer.from_pretrained(parent_dir), pairs, cfg)
+            model.save(ctx.workdir(state["round_id"]) / "reward_model")
     rm = {k: metrics[k] for k in ("train_loss", "train_accuracy", "heldout_accuracy", "heldout_loss", "n_pairs")}
     rm["seconds"] = time.perf_counter() - started
     log.info("round %s reward model: %s", state["round_id"], rm)
@@ -108,17 +113,26 @@ def ppo(ctx: Context, state: dict) -> dict:
     with ctx.lock.held(state["round_id"]):
         started = time.perf_counter()
         work = ctx.workdir(state["round_id"])
-        rm = RewardModel.load(work / "reward_model", device=_device(ctx))
         prompts = training_prompts(ctx, state["seed"])
+        if state.get("finetune") == "lora":  # issue 7: policy, reference, value and reward on one base
+            history = lora_rounds.ppo(ctx.registry, ctx.settings, state, work, prompts, ppo_config(ctx, state),
+                                      lambda line: log.info("ppo %s", line))
+            return _ppo_summary(state, history, started)
+        rm = RewardModel.load(work / "reward_model", device=_device(ctx))
         parent_dir, ref_dir = ctx.registry.path(state["parent"]), ctx.registry.path(state["reference"])
         policy, history = run_ppo(parent_dir, ref_dir, rm, prompts, ppo_config(ctx, state),
                                   log=lambda line: log.info("ppo %s", line))
         policy.save_pretrained(work / "policy")
         AutoTokenizer.from_pretrained(parent_dir).save_pretrained(work / "policy")
         _copy_generation_config(parent_dir, work / "policy")
+    return _ppo_summary(state, history, started)
+
+
+def _ppo_summary(state: dict, history: list[dict], started: float) -> dict:
     last = history[-1] if history else {}
     summary = {k: float(last.get(k, 0.0)) for k in ("mean_reward", "kl", "entropy", "clipfrac", "value_loss")}
-    summary.update(steps=len(history), seconds=time.perf_counter() - started)
+    summary.update(steps=len(history), seconds=time.perf_counter() - started,
+                   trainable_parameters=float(last.get("trainable_parameters", 0.0)))
     return {**state, "ppo": summary, "ppo_history": history}
 
 
@@ -130,6 +144,10 @@ def evaluate(ctx: Context, state: dict) -> dict:
 
     with ctx.lock.held(state["round_id"]):
         work, device = ctx.workdir(state["round_id"]), pick_device(_device(ctx))
+        if state.get("finetune") == "lora":  # issue 7
+            figures = lora_rounds.evaluate(ctx.registry, ctx.settings, state, work, eval_prompts(ctx),
+                                           ppo_config(ctx, state), _device(ctx))
+            return {**state, "evaluation": figures}
         rm = RewardModel.load(work / "reward_model", device=_device(ctx))
         tokenizer = AutoTokenizer.from_pretrained(work / "policy")
         reference = load_causal_lm(ctx.registry.path(state["reference"]), device, trainable=False)
@@ -176,6 +194,10 @@ def build_manifest(ctx: Context, state: dict, promoted: bool, reason: str) -> re
     rm, data, ppo_summary = state["reward_model"], state["data"], state["ppo"]
     m = records_pb2.ModelManifest(parent_version=state["parent"], reference_version=state["reference"],
                                   base_model=ctx.registry.manifest(state["parent"]).base_model)
+    if state.get("finetune") == "lora":  # issue 7: the version is an adapter on this base
+        m.adapter_base_version = state["base_version"]
+    m.training.finetune = state.get("finetune", "full")
+    m.training.trainable_parameters = int(ppo_summary.get("trainable_parameters", 0))
     t = m.training
     t.first_feedback_id, t.last_feedback_id = data["first_feedback_id"], data["last_feedback_id"]
     t.num_comparisons, t.num_ratings, t.num_prompts = data["num_comparisons"], data["num_ratings"], data["num_prompts"]

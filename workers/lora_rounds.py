@@ -1,0 +1,113 @@
+"""The LoRA branch of a round's stages (workers/rounds.py calls these when ``state["finetune"] == "lora"``).
+
+A LoRA lineage is a full base version plus adapter versions on it. The round trains the parent's
+adapter further (a fresh one when the parent is the base), the reward model is the base plus its
+own adapter and head, the reference is the base with the adapter disabled, and the published
+version is the adapter only, its manifest naming the base (``adapter_base_version``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from registry import Registry
+from rlhf_serve.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def finetune_config(settings: Settings):
+    """training.lora.FinetuneConfig from the service settings."""
+    from training.lora import FinetuneConfig
+
+    targets = tuple(t.strip() for t in settings.lora_target_modules.split(",") if t.strip()) or None
+    return FinetuneConfig(finetune=settings.finetune, auto_min_params=settings.lora_auto_min_params,
+                          rank=settings.lora_rank, alpha=settings.lora_alpha, dropout=settings.lora_dropout,
+                          target_modules=targets, gradient_checkpointing=settings.gradient_checkpointing,
+                          micro_batch_size=settings.ppo_micro_batch_size or None)
+
+
+def base_of(registry: Registry, version: str) -> str:
+    """The full version whose weights ``version`` runs on (itself for a full version)."""
+    return registry.manifest(version).adapter_base_version or version
+
+
+def decide(registry: Registry, settings: Settings, parent: str, reference: str) -> dict[str, Any]:
+    """``{"finetune": "lora"|"full", "base_version": ...}`` for a round on ``parent``.
+
+    An adapter parent always continues as LoRA. A full parent goes LoRA when the setting says so
+    and the reference is the parent itself (the base with the adapter disabled *is* the
+    reference); a full parent that already drifted from its reference keeps full rounds.
+    """
+    from training.lora import count_parameters
+
+    base = base_of(registry, parent)
+    if base != parent:
+        return {"finetune": "lora", "base_version": base}
+    n_params = count_parameters(registry.path(parent))
+    wants_lora = finetune_config(settings).uses_lora(n_params)
+    if wants_lora and reference != parent:
+        log.warning("parent %s differs from its reference %s: a LoRA reference would be wrong; full round",
+                    parent, reference)
+        wants_lora = False
+    return {"finetune": "lora" if wants_lora else "full", "base_version": base, "base_parameters": n_params}
+
+
+def _dirs(registry: Registry, state: dict) -> tuple[Path, Path, Path | None]:
+    """(base dir, parent dir, parent adapter dir or None)."""
+    base_dir, parent_dir = registry.path(state["base_version"]), registry.path(state["parent"])
+    return base_dir, parent_dir, (parent_dir if state["parent"] != state["base_version"] else None)
+
+
+def train_reward(registry: Registry, settings: Settings, state: dict, workdir: Path, pairs: list, cfg: Any,
+                 device: Any) -> dict:
+    """Reward model = base + its own adapter (started from the parent's) + scalar head; saved to ``workdir``."""
+    from training.lora import new_reward_model
+    from training.reward_model import pick_device, train_reward_model
+    from transformers import AutoTokenizer
+
+    base_dir, _, parent_adapter = _dirs(registry, state)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = new_reward_model(base_dir, finetune_config(settings), tokenizer, cfg.max_len, pick_device(device),
+                             parent_adapter)
+    model, metrics = train_reward_model(model, tokenizer, pairs, cfg)
+    model.save(workdir / "reward_model")
+    return metrics
+
+
+def ppo(registry: Registry, settings: Settings, state: dict, workdir: Path, prompts: list[str], cfg: Any,
+        log_line: Any) -> list[dict]:
+    """PPO on the adapter; writes the adapter (and tokenizer) to ``workdir/policy``."""
+    from training.lora_ppo import run_lora_ppo, save_policy_adapter
+    from transformers import AutoTokenizer
+
+    base_dir, parent_dir, _ = _dirs(registry, state)
+    pv, history = run_lora_ppo(base_dir, parent_dir, workdir / "reward_model", prompts, cfg,
+                               finetune_config(settings), log=log_line)
+    save_policy_adapter(pv, workdir / "policy", AutoTokenizer.from_pretrained(base_dir))
+    state_trainable = sum(p.numel() for p in pv.parameters() if p.requires_grad)
+    history and history[-1].update(trainable_parameters=float(state_trainable))
+    return history
+
+
+def evaluate(registry: Registry, settings: Settings, state: dict, workdir: Path, prompts: list[str],
+             cfg: Any, device: Any) -> dict:
+    """Candidate and parent scored by the round's reward model, all on one base."""
+    from training.lora import attach_reward
+    from training.lora_ppo import build_lora_policy, evaluate_lora_policy
+    from training.reward_model import pick_device
+    from transformers import AutoTokenizer
+
+    base_dir, parent_dir, parent_adapter = _dirs(registry, state)
+    pv = build_lora_policy(base_dir, workdir / "policy", finetune_config(settings), pick_device(device),
+                           trainable=False)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    reward = attach_reward(pv.model, workdir / "reward_model", tokenizer)
+    parent = None
+    if parent_adapter is not None:
+        pv.model.load_adapter(str(parent_adapter), adapter_name="parent", is_trainable=False)
+        parent = "parent"
+    return {"candidate": evaluate_lora_policy(pv, reward, tokenizer, prompts, cfg, "default"),
+            "parent": evaluate_lora_policy(pv, reward, tokenizer, prompts, cfg, parent)}
