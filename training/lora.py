@@ -166,10 +166,10 @@ class PolicyValue(nn.Module):
         nn.init.zeros_(self.value_head.bias)
         self.value_head.to(next(peft_model.parameters()).device)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, L, V) logits and (B, L) values."""
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                         position_ids=position_ids(attention_mask), output_hidden_states=True)
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int = 0) -> tuple[Tensor, Tensor]:
+        """(B, K, V) logits of the last ``logits_to_keep`` positions (0: all L) and (B, L) values."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                         output_hidden_states=True, logits_to_keep=logits_to_keep)
         values = self.value_head(out.hidden_states[-1].to(self.value_head.weight.dtype)).squeeze(-1)
         return out.logits, values.float()  # (B, L, V), (B, L)
 
@@ -177,7 +177,7 @@ class PolicyValue(nn.Module):
 def hidden_states(model: Any, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """(B, L, H) final hidden states of a (peft) causal LM."""
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                output_hidden_states=True)
+                output_hidden_states=True, logits_to_keep=1)  # the LM head is not needed: one position
     return out.hidden_states[-1]
 
 

@@ -3,8 +3,9 @@
 Same math and IMPLEMENTATION_DETAILS as training/ppo_trainer.py; what differs is where the
 quantities come from, so that one base serves four roles and no forward is done twice:
 
-- one policy forward per rollout gives log pi_old (B, T) *and* V(s_t) (value head on the same
-  hidden states), and one per mini-batch in the update gives both again (with gradients);
+- the sampling pass itself gives log pi_old (B, T) *and* V(s_t) (value head on the same hidden
+  states), so a rollout needs no policy forward; one forward per mini-batch in the update gives
+  both again (with gradients); the LM head runs only on response positions;
 - log pi_ref comes from the same base with the adapter disabled, once per rollout;
 - r(x, y) comes from the same base with the reward adapter active, once per rollout;
 - on CUDA every forward runs under bf16 autocast; a mini-batch may be split into micro-batches
@@ -39,18 +40,52 @@ def response_slice(x: Tensor, query_len: int) -> Tensor:
 def policy_terms(pv: PolicyValue, ids: Tensor, mask: Tensor, response: Tensor, response_mask: Tensor,
                  query_len: int, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
     """(B, T, V) logits / temperature, (B, T) log pi(a_t|s_t), (B, T) V(s_t): one forward."""
-    logits, values = pv(ids, mask)  # (B, Q+T, V), (B, Q+T)
-    logits = response_slice(logits, query_len).float() / temperature  # (B, T, V) detail 5
+    T = response.shape[1]
+    logits, values = pv(ids, mask, logits_to_keep=T + 1)  # (B, T+1, V), (B, Q+T): no LM head on the prompt
+    logits = logits[:, :-1].float() / temperature  # (B, T, V) at s_t, detail 5
     logprobs = logprobs_from_logits(logits, response)  # (B, T)
     return logits, logprobs, response_slice(values, query_len) * response_mask
+
+
+@torch.no_grad()
+def sample_with_terms(pv: PolicyValue, query: Tensor, query_mask: Tensor, tokenizer: Any, cfg: PPOConfig,
+                      generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Sample responses and read log pi_old(a_t|s_t) and V(s_t) off the sampling pass itself.
+
+    The decoding forward already computed the logits and final hidden state at every s_t, so no
+    second policy forward is needed (numerically equal to one up to float rounding: see
+    tests/unit/test_lora.py). Same seeding as ``training.rollout.generate`` (detail 21).
+    Returns ``(response, response_mask, has_eos, logprobs, values)``, each (B, T) or (B,).
+    """
+    from transformers import GenerationConfig
+
+    from training.rollout import truncate_at_eos
+
+    gen_cfg = GenerationConfig(
+        do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0, max_new_tokens=cfg.max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id_of(tokenizer), return_dict_in_generate=True,
+        output_logits=True, output_hidden_states=True)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+    with torch.random.fork_rng(devices=[query.device] if query.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        out = pv.model.generate(input_ids=query, attention_mask=query_mask, generation_config=gen_cfg)
+    tokens = out.sequences[:, query.shape[1] :]  # (B, T) a_t
+    logits = torch.stack(out.logits, dim=1).float() / cfg.temperature  # (B, T, V) raw logits at s_t, detail 5
+    hidden = torch.stack([step[-1][:, -1] for step in out.hidden_states], dim=1)  # (B, T, H) final h at s_t
+    mask, has_eos = truncate_at_eos(tokens, tokenizer.eos_token_id)  # (B, T), (B,)
+    tokens = torch.where(mask.bool(), tokens, torch.full_like(tokens, pad_id_of(tokenizer)))
+    logprobs = logprobs_from_logits(logits, tokens) * mask  # (B, T) log pi_old(a_t|s_t)
+    values = pv.value_head(hidden.to(pv.value_head.weight.dtype)).squeeze(-1).float() * mask  # (B, T) V(s_t)
+    return tokens, mask, has_eos, logprobs, values
 
 
 def reference_logprobs(pv: PolicyValue, ids: Tensor, mask: Tensor, response: Tensor, query_len: int,
                        temperature: float) -> Tensor:
     """(B, T) log pi_ref(a_t|s_t): the same base with the adapter disabled (detail 8)."""
     with pv.model.disable_adapter():
-        logits = pv.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
-    return logprobs_from_logits(response_slice(logits, query_len).float() / temperature, response)
+        logits = pv.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                          logits_to_keep=response.shape[1] + 1).logits  # (B, T+1, V): no lm_head on the prompt
+    return logprobs_from_logits(logits[:, :-1].float() / temperature, response)
 
 
 def policy_context(pv: PolicyValue, adapter: str | None) -> contextlib.AbstractContextManager:
@@ -75,11 +110,13 @@ def lora_rollouts(pv: PolicyValue, reward: AdapterRewardModel, tokenizer: Any, p
     Q, values = query.shape[1], None
     with autocast(device):
         with policy_context(pv, adapter):
-            response, response_mask, has_eos = generate(pv.model, query, query_mask, tokenizer, cfg, generator)
+            if adapter is not None:  # log pi_old and V from the sampling pass (no second forward)
+                response, response_mask, has_eos, logprobs, values = sample_with_terms(
+                    pv, query, query_mask, tokenizer, cfg, generator)
+            else:
+                response, response_mask, has_eos = generate(pv.model, query, query_mask, tokenizer, cfg, generator)
             ids = torch.cat([query, response], dim=1)  # (B, Q+T)
             mask = torch.cat([query_mask, response_mask], dim=1)  # (B, Q+T)
-            if adapter is not None:
-                _, logprobs, values = policy_terms(pv, ids, mask, response, response_mask, Q, cfg.temperature)
         ref_logprobs = reference_logprobs(pv, ids, mask, response, Q, cfg.temperature)  # (B, T)
         if adapter is None:
             logprobs = ref_logprobs

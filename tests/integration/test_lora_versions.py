@@ -7,10 +7,12 @@ from __future__ import annotations
 import threading
 import time
 
+import grpc
 import pytest
 import torch
 
 from rlhf.v1 import policy_pb2
+from rlhf_serve.keys import Keys
 from service.model_pool import ModelPool
 from tests.helpers import ServingStack, metric_value, point_at
 from tests.lora_helpers import make_adapter_dir, publish_adapter
@@ -114,10 +116,16 @@ def test_corrupt_adapter_is_refused_and_old_version_keeps_serving(stack, adapter
     data = bytearray(weights.read_bytes())
     data[-8:] = b"\x00" * 8
     weights.write_bytes(bytes(data))
-    point_at(stack.settings, bad)
+    keys = Keys(stack.settings.key_prefix)
+    stack.redis.set(keys.current_version, bad)  # the admin API would refuse; a hand edit moves it anyway
+    stack.redis.publish(keys.model_events, bad)
     assert wait_for(lambda: metric_value(stack.server.metrics_text(settle_s=0.5),
                                          "rlhf_model_swap_failures_total") >= 1)
     assert served(stack) == current and gen(stack).model_version == current
+    with pytest.raises(grpc.RpcError) as err:
+        gen(stack, model_version=bad)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    point_at(stack.settings, current)
 
 
 def test_rollback_to_the_base(stack):
