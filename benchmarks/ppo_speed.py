@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per side (1: on a shared machine more threads spin and slow down)")
     parser.add_argument("--sides", default=",".join(SIDES))
     parser.add_argument("--trl-venv", type=Path, default=ROOT / ".tools" / "trl-venv")
     parser.add_argument("--swap", action=argparse.BooleanOptionalAction, default=True)

@@ -29,6 +29,7 @@ def main(spec_path: str, out_path: str) -> None:
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     spec = json.loads(open(spec_path).read())
+    torch.set_num_threads(spec.get("threads", 1))
     torch.manual_seed(spec["seed"])
     model_dir = spec["model_dir"]
     tok = AutoTokenizer.from_pretrained(model_dir)
