@@ -8,7 +8,10 @@ version is the adapter only, its manifest naming the base (``adapter_base_versio
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +44,30 @@ def decide(registry: Registry, settings: Settings, parent: str, reference: str) 
     and the reference is the parent itself (the base with the adapter disabled *is* the
     reference); a full parent that already drifted from its reference keeps full rounds.
     """
-    from training.lora import count_parameters
-
     base = base_of(registry, parent)
     if base != parent:
         return {"finetune": "lora", "base_version": base}
     n_params = count_parameters(registry.path(parent))
-    wants_lora = finetune_config(settings).uses_lora(n_params)
+    mode = settings.finetune
+    if mode not in ("lora", "full", "auto"):
+        raise ValueError(f"RLHF_FINETUNE must be lora, full or auto, not {mode!r}")
+    wants_lora = mode == "lora" or (mode == "auto" and n_params >= settings.lora_auto_min_params)
     if wants_lora and reference != parent:
         log.warning("parent %s differs from its reference %s: a LoRA reference would be wrong; full round",
                     parent, reference)
         wants_lora = False
     return {"finetune": "lora" if wants_lora else "full", "base_version": base, "base_parameters": n_params}
+
+
+def count_parameters(model_dir: Path) -> int:
+    """Parameters in the safetensors files of ``model_dir``, from their JSON headers (no torch import:
+    ``begin`` runs under a short lock)."""
+    total = 0
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        with open(file, "rb") as f:
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    return total
 
 
 def _dirs(registry: Registry, state: dict) -> tuple[Path, Path, Path | None]:
