@@ -109,3 +109,21 @@ def test_sampling_pass_gives_the_same_logprobs_and_values_as_a_forward(tiny_mode
         _, want_lp, want_v = policy_terms(pv, torch.cat([q, r], 1), torch.cat([qm, rm], 1), r, rm, q.shape[1], 0.7)
     assert torch.allclose(logprobs, want_lp * rm, atol=1e-4)
     assert torch.allclose(values, want_v, atol=1e-4)
+
+
+def test_round_mode_full_is_unchanged_for_small_models_and_lora_is_opt_in(tiny_model_dir, tmp_path):
+    from registry import Registry
+    from rlhf_serve.settings import Settings
+    from tests.helpers import publish_model
+    from workers.lora_rounds import decide
+
+    registry = Registry(tmp_path / "registry")
+    v1 = publish_model(registry, tiny_model_dir)
+    v2 = publish_model(registry, tiny_model_dir, parent=v1)  # a full PPO version: its reference is v1
+    auto, lora = Settings(registry=registry.root), Settings(registry=registry.root, finetune="lora")
+    assert decide(registry, auto, v1, v1)["finetune"] == "full"  # 141k parameters < 20M
+    assert decide(registry, lora, v1, v1) == {"finetune": "lora", "base_version": v1,
+                                              "base_parameters": decide(registry, auto, v1, v1)["base_parameters"]}
+    assert decide(registry, lora, v2, v1)["finetune"] == "full"  # the base would not be the reference
+    big = Settings(registry=registry.root, lora_auto_min_params=1000)
+    assert decide(registry, big, v1, v1)["finetune"] == "lora"
