@@ -146,4 +146,5 @@ def measure_swap(model_dir: Path) -> dict:
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     print(json.dumps(measure_swap(Path(sys.argv[1])), indent=2))

@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(name, json.dumps(entry["ratios"]))
     if args.swap and "gpt2-86m" in result["models"]:
         from benchmarks.lora_swap import measure_swap
+        torch.set_num_threads(args.threads)
         result["swap"] = measure_swap(Path(result["models"]["gpt2-86m"]["dir"]))
         print("swap", json.dumps(result["swap"]))
     args.out.mkdir(parents=True, exist_ok=True)
