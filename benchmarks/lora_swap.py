@@ -67,7 +67,7 @@ def decode_speeds(registry, base: str, adapter: str) -> dict:
     pool = ModelPool(registry, torch.device("cpu"))
     base_lm = pool.load(base)
     started = time.perf_counter()
-    merged = pool.load(adapter)
+    merged = pool.load(adapter, merged=True)
     merged_s = time.perf_counter() - started
     unmerged = ModelPool(registry, torch.device("cpu"))
     unmerged.adapters.bases[base] = base_lm  # same resident base

@@ -56,7 +56,7 @@ def test_merged_working_copy_matches_peft_and_leaves_the_base_intact(stack, adap
     v = publish_adapter(stack.registry, adapters[0], stack.v1)
     pool = ModelPool(stack.registry, torch.device("cpu"))
     base_lm = pool.load(stack.v1)
-    merged, unmerged = pool.load(v).model, ModelPool(stack.registry, torch.device("cpu")).load(v, merged=False).model
+    merged, unmerged = pool.load(v, merged=True).model, ModelPool(stack.registry, torch.device("cpu")).load(v).model
     ids = torch.randint(0, 400, (2, 12))
     fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     with torch.no_grad():
