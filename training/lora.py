@@ -126,7 +126,8 @@ def attach_policy_adapter(base: nn.Module, cfg: FinetuneConfig, adapter_dir: str
         model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
     else:
         model = get_peft_model(base, peft_config(base, cfg))
-        model.requires_grad_(False) if not trainable else None
+        if not trainable:
+            model.requires_grad_(False)
     if trainable and cfg.gradient_checkpointing and next(base.parameters()).device.type == "cuda":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

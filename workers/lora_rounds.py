@@ -102,8 +102,8 @@ def ppo(registry: Registry, settings: Settings, state: dict, workdir: Path, prom
     pv, history = run_lora_ppo(base_dir, parent_dir, workdir / "reward_model", prompts, cfg,
                                finetune_config(settings), log=log_line)
     save_policy_adapter(pv, workdir / "policy", AutoTokenizer.from_pretrained(base_dir))
-    state_trainable = sum(p.numel() for p in pv.parameters() if p.requires_grad)
-    history and history[-1].update(trainable_parameters=float(state_trainable))
+    if history:  # adapter + value head: what the round trained (the manifest records it)
+        history[-1]["trainable_parameters"] = float(sum(p.numel() for p in pv.parameters() if p.requires_grad))
     return history
 
 
