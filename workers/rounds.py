@@ -282,7 +282,7 @@ def build_manifest(ctx: Context, state: dict, promoted: bool, reason: str, check
     if state.get("finetune") == "lora":  # issue 7: the version is an adapter on this base
         m.adapter_base_version = state["base_version"]
     m.training.finetune = state.get("finetune", "full")
-    m.training.trainable_parameters = int(state["ppo"].get("trainable_parameters", 0))
+    m.training.trainable_parameters = int((state.get("ppo") or {}).get("trainable_parameters", 0))
     fill_training(m.training, state)
     fill_promotion(m.promotion, state["evaluation"], promoted, reason, checks, ctx.settings.kl_bound)
     return m

@@ -14,7 +14,7 @@ import redis
 
 from rlhf.v1 import admin_pb2
 from rlhf_serve.keys import Keys
-from tests.e2e.conftest import FAST_ROUND, ROOT, Worker, wait_for
+from tests.e2e.conftest import FAST_ROUND, LENIENT_GATE, ROOT, Worker, wait_for
 from tests.e2e.test_training_loop import give_feedback
 from training.text_format import train_prompts
 
@@ -38,7 +38,7 @@ class QueueWorker(Worker):
 
 
 def test_gpu_stage_starts_after_the_old_ttl_and_the_round_completes(server, settings, tmp_path):
-    env = dict(RLHF_ROUND_LOCK_TTL_S=str(LOCK_TTL_S), RLHF_GATE_MIN_REWARD_GAIN="-1e9")
+    env = dict(RLHF_ROUND_LOCK_TTL_S=str(LOCK_TTL_S), RLHF_GATE_MIN_REWARD_GAIN="-1e9", **LENIENT_GATE)
     r, keys = redis.Redis.from_url(settings.redis_url), Keys(settings.key_prefix)
     workers = [QueueWorker(settings, tmp_path, "default", **env)]
     try:

@@ -14,7 +14,7 @@ import redis
 import pytest
 
 from rlhf.v1 import admin_pb2, policy_pb2
-from tests.e2e.conftest import stream_stats, wait_for
+from tests.e2e.conftest import LENIENT_GATE, stream_stats, wait_for
 from training.text_format import train_prompts
 
 pytestmark = pytest.mark.timeout(400)
@@ -22,8 +22,6 @@ pytestmark = pytest.mark.timeout(400)
 # The tiny model and 2-step rounds cannot show a significant win over the parent: these tests check
 # the loop's plumbing, so the gate's statistical checks are relaxed (tests/integration/test_gate_round.py
 # tests the gate itself). The reward-gain and KL checks keep the meaning the tests give them.
-LENIENT_GATE = {"RLHF_GATE_MIN_JUDGE_ACCURACY": "0", "RLHF_GATE_WIN_MARGIN": "-1", "RLHF_GATE_MAX_EOS_DROP": "1",
-                "RLHF_GATE_MAX_LENGTH_RATIO": "1e9", "RLHF_GATE_MIN_DISTINCT_RATIO": "0"}
 
 
 def give_feedback(server, prompts: list[str]) -> int:
