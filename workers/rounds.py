@@ -16,7 +16,7 @@ import logging
 import random
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import redis
@@ -105,7 +105,6 @@ REWARD_METRICS = ("train_loss", "train_accuracy", "heldout_accuracy", "heldout_l
 def train_reward(ctx: Context, state: dict) -> dict:
     """Cross-fitting (detail 22): the policy reward model (for PPO) and the judge (for the gate only)
     train on the feedback of disjoint halves of the prompts, split by a seeded hash of each prompt."""
-    from training.config import RewardConfig
     from training.gate import split_prompts
     from training.records import pairs_from_ratings
     from training.reward_model import RewardModel, train_reward_model
@@ -113,8 +112,7 @@ def train_reward(ctx: Context, state: dict) -> dict:
 
     started = time.perf_counter()
     pairs, ratings, _ = training_set(ctx)
-    cfg = RewardConfig(epochs=ctx.settings.reward_epochs, seed=state["seed"], device=_device(ctx),
-                       lr=ctx.settings.reward_lr)
+    cfg = reward_config(ctx, state)
     split = split_prompts([x.prompt for x in pairs + ratings], ctx.settings.seed)
     halves = dict(zip(("reward_model", "judge"), split))
     parent_dir = ctx.registry.path(state["parent"])
@@ -234,8 +232,8 @@ def gate_thresholds(s: Settings):
 def gate_sampling(ctx: Context, state: dict):
     from training.gate_eval import GateSampling
     s = ctx.settings
-    return GateSampling(samples_per_prompt=s.gate_samples_per_prompt, temperature=s.ppo_temperature,
-                        max_new_tokens=s.ppo_max_new_tokens, batch_size=max(s.ppo_batch_size, 1), seed=state["seed"],
+    return GateSampling(samples_per_prompt=s.gate_samples_per_prompt, temperature=s.ppo.temperature,
+                        max_new_tokens=s.ppo.max_new_tokens, batch_size=max(s.ppo.rollout_batch_size, 1), seed=state["seed"],
                         confidence=s.gate_win_confidence)
 
 
@@ -274,13 +272,13 @@ def eval_prompts(ctx: Context) -> list[str]:
 
 
 def ppo_config(ctx: Context, state: dict):
-    from training.config import PPOConfig
-    s = ctx.settings
-    return PPOConfig(steps=s.ppo_steps, seed=state["seed"], device=_device(ctx), init_kl_coef=s.kl_coef,
-                     adaptive_kl=s.adaptive_kl, kl_target=s.kl_target, lr=s.ppo_lr,
-                     rollout_batch_size=s.ppo_batch_size, max_new_tokens=s.ppo_max_new_tokens,
-                     temperature=s.ppo_temperature, missing_eos_penalty=s.ppo_missing_eos_penalty,
-                     ent_coef=s.ppo_ent_coef, norm_seed=s.seed)
+    """The settings' PPOConfig with this round's seed and the process's device (norm_seed: fixed, detail 6)."""
+    return replace(ctx.settings.ppo, seed=state["seed"], norm_seed=ctx.settings.seed, device=_device(ctx))
+
+
+def reward_config(ctx: Context, state: dict):
+    """The settings' RewardConfig with this round's seed and the process's device."""
+    return replace(ctx.settings.reward, seed=state["seed"], device=_device(ctx))
 
 
 def _mean(groups: list[list[float]]) -> float:

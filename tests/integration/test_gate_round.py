@@ -19,14 +19,15 @@ from registry.pointer import current_version
 from rlhf.v1 import records_pb2
 from rlhf_serve.commands import cmd_models
 from rlhf_serve.feedback_log import APPEND_SCRIPT
+from training.config import PPOConfig, RewardConfig
 from training.gate import split_prompts
 from training.text_format import load_dataset
 from workers import rounds
 
 pytestmark = pytest.mark.timeout(600)
 DEGENERATE = " ".join(["sorry"] * 30)
-SMALL_ROUND = dict(ppo_steps=1, ppo_batch_size=8, ppo_max_new_tokens=24, eval_prompts=8, gate_samples_per_prompt=2,
-                   reward_epochs=2, device="cpu")
+SMALL_ROUND = dict(ppo=PPOConfig(steps=1, rollout_batch_size=8, max_new_tokens=24), eval_prompts=8,
+                   gate_samples_per_prompt=2, reward=RewardConfig(epochs=2), device="cpu")
 
 
 def honest_rows() -> list[tuple[str, str]]:
