@@ -2,8 +2,9 @@
 
     snapshot -> train_reward -> ppo -> evaluate -> publish
 
-Each stage takes and returns a `RoundState` dict (JSON-serialisable, so it travels between
-Celery workers). Stages write only under `<registry>/.tmp/round-<id>/` until `publish`, which
+Each stage takes a typed `RoundState` (workers/state.py) and returns a new one with its part
+filled in; workers/tasks.py turns it into a JSON dict only to hand it to the next Celery task.
+Stages write only under `<registry>/.tmp/round-<id>/` until `publish`, which
 writes the version atomically through the registry; so a failed or killed round leaves the
 registry untouched.
 """
@@ -29,6 +30,7 @@ from rlhf_serve.settings import Settings
 from workers import snapshots
 from workers.manifest import fill_promotion, fill_training
 from workers.lock import RoundLock
+from workers.state import RoundState
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ def should_run(ctx: Context, force: bool) -> tuple[bool, int]:
     return force or pending >= ctx.settings.min_new_feedback, pending
 
 
-def begin(ctx: Context, round_id: str) -> dict | None:
+def begin(ctx: Context, round_id: str, trigger: str = "") -> RoundState | None:
     """Takes the round lock and clears stale work dirs; None if another round is running."""
     if not ctx.lock.acquire(round_id):
         return None
@@ -70,8 +72,8 @@ def begin(ctx: Context, round_id: str) -> dict | None:
         raise RuntimeError("no current model version; run `rlhf-serve bootstrap` first")
     reference = ctx.registry.manifest(parent).reference_version or parent
     number = int(ctx.redis.incr(ctx.keys.round_counter))
-    return {"round_id": round_id, "round_number": number, "parent": parent, "reference": reference,
-            "started_at": time.time(), "seed": ctx.settings.seed + number}
+    return RoundState(round_id=round_id, round_number=number, parent=parent, reference=reference,
+                      started_at=time.time(), seed=ctx.settings.seed + number, trigger=trigger)
 
 
 def training_set(ctx: Context):
@@ -79,21 +81,21 @@ def training_set(ctx: Context):
     return snapshots.load_training_set(ctx.datasets, ctx.settings.train_window, snapshots.Hygiene.from_settings(ctx.settings))
 
 
-def snapshot(ctx: Context, state: dict) -> dict:
-    with ctx.lock.held(state["round_id"]):
+def snapshot(ctx: Context, state: RoundState) -> RoundState:
+    with ctx.lock.held(state.round_id):
         snap = snapshots.take_snapshot(ctx.redis, ctx.keys, ctx.datasets, keep=ctx.settings.feedback_stream_keep)
         pairs, ratings, info = training_set(ctx)
     if not pairs and not ratings:
         raise NothingToTrain("no feedback to train on yet")
-    return {**state, "snapshot": {"path": snap.path, "count": snap.count}, "data": info}
+    return replace(state, snapshot={"path": snap.path, "count": snap.count}, data=info)
 
 
 def holding_lock(stage):
     """Runs a stage under the round lock's heartbeat from its first line: its imports (torch,
     transformers) take seconds, longer than a short lock expiry between stages."""
     @functools.wraps(stage)
-    def run(ctx: Context, state: dict) -> dict:
-        with ctx.lock.held(state["round_id"]):
+    def run(ctx: Context, state: RoundState) -> RoundState:
+        with ctx.lock.held(state.round_id):
             return stage(ctx, state)
     return run
 
@@ -102,7 +104,7 @@ REWARD_METRICS = ("train_loss", "train_accuracy", "heldout_accuracy", "heldout_l
 
 
 @holding_lock
-def train_reward(ctx: Context, state: dict) -> dict:
+def train_reward(ctx: Context, state: RoundState) -> RoundState:
     """Cross-fitting (detail 22): the policy reward model (for PPO) and the judge (for the gate only)
     train on the feedback of disjoint halves of the prompts, split by a seeded hash of each prompt."""
     from training.gate import split_prompts
@@ -115,7 +117,7 @@ def train_reward(ctx: Context, state: dict) -> dict:
     cfg = reward_config(ctx, state)
     split = split_prompts([x.prompt for x in pairs + ratings], ctx.settings.seed)
     halves = dict(zip(("reward_model", "judge"), split))
-    parent_dir = ctx.registry.path(state["parent"])
+    parent_dir = ctx.registry.path(state.parent)
     tokenizer = AutoTokenizer.from_pretrained(parent_dir)
     out = {}
     for name, prompts in halves.items():
@@ -125,27 +127,27 @@ def train_reward(ctx: Context, state: dict) -> dict:
             model, metrics = train_reward_model(parent_dir, tokenizer, half, cfg)
         else:  # a lone prompt leaves the judge nothing: an untrained head, no accuracy, the gate refuses
             model, metrics = RewardModel.from_pretrained_backbone(parent_dir, tokenizer, cfg.max_len), {"n_pairs": 0}
-        model.save(ctx.workdir(state["round_id"]) / name)
+        model.save(ctx.workdir(state.round_id) / name)
         out[name] = {k: metrics.get(k) for k in REWARD_METRICS} | {"n_prompts": len(prompts)}
     out["reward_model"]["seconds"] = time.perf_counter() - started
-    log.info("round %s reward models (policy | judge): %s | %s", state["round_id"], out["reward_model"], out["judge"])
-    return {**state, **out}
+    log.info("round %s reward models (policy | judge): %s | %s", state.round_id, out["reward_model"], out["judge"])
+    return replace(state, reward_model=out["reward_model"], judge=out["judge"])
 
 
 @holding_lock
-def ppo(ctx: Context, state: dict) -> dict:
+def ppo(ctx: Context, state: RoundState) -> RoundState:
     from training.ppo_trainer import norm_prompt_set, run_ppo
     from training.reward_model import RewardModel
     from training.text_format import train_prompts
     from transformers import AutoTokenizer
 
     started = time.perf_counter()
-    work = ctx.workdir(state["round_id"])
+    work = ctx.workdir(state.round_id)
     rm = RewardModel.load(work / "reward_model", device=_device(ctx))  # never the judge
     cfg = ppo_config(ctx, state)
-    prompts = training_prompts(ctx, state["seed"])
+    prompts = training_prompts(ctx, state.seed)
     norm_prompts = norm_prompt_set(train_prompts(), cfg.norm_samples, ctx.settings.seed)  # fixed: detail 6
-    parent_dir, ref_dir = ctx.registry.path(state["parent"]), ctx.registry.path(state["reference"])
+    parent_dir, ref_dir = ctx.registry.path(state.parent), ctx.registry.path(state.reference)
     policy, history = run_ppo(parent_dir, ref_dir, rm, prompts, cfg, log=lambda line: log.info("ppo %s", line),
                               norm_prompts=norm_prompts)
     policy.save_pretrained(work / "policy")
@@ -157,57 +159,56 @@ def ppo(ctx: Context, state: dict) -> dict:
     summary = {k: float(last.get(k, 0.0)) for k in keys}
     summary.update(steps=len(history), seconds=time.perf_counter() - started,
                    missing_eos_penalty=cfg.missing_eos_penalty, ent_coef=cfg.ent_coef)
-    return {**state, "ppo": summary, "ppo_history": history}
+    return replace(state, ppo=summary, ppo_history=history)
 
 
 @holding_lock
-def evaluate(ctx: Context, state: dict) -> dict:
+def evaluate(ctx: Context, state: RoundState) -> RoundState:
     """Samples candidate, parent and SFT reference on held-out prompts; the judge scores them (detail 23)."""
     from training.gate_eval import gate_figures, sample_policy, score_samples
     from training.ppo_trainer import load_causal_lm
     from training.reward_model import RewardModel, pick_device
     from transformers import AutoTokenizer
 
-    work, device = ctx.workdir(state["round_id"]), pick_device(_device(ctx))
+    work, device = ctx.workdir(state.round_id), pick_device(_device(ctx))
     judge = RewardModel.load(work / "judge", device=_device(ctx))
     policy_rm = RewardModel.load(work / "reward_model", device=_device(ctx))
     tokenizer = AutoTokenizer.from_pretrained(work / "policy")
-    reference = load_causal_lm(ctx.registry.path(state["reference"]), device, trainable=False)
+    reference = load_causal_lm(ctx.registry.path(state.reference), device, trainable=False)
     prompts, cfg = eval_prompts(ctx), gate_sampling(ctx, state)
     samples = {}
-    for name, path in (("candidate", work / "policy"), ("parent", ctx.registry.path(state["parent"]))):
+    for name, path in (("candidate", work / "policy"), ("parent", ctx.registry.path(state.parent))):
         policy = load_causal_lm(path, device, trainable=False)
         samples[name] = sample_policy(policy, reference, tokenizer, prompts, cfg)
-    same = state["parent"] == state["reference"]
+    same = state.parent == state.reference
     samples["reference"] = samples["parent"] if same else sample_policy(reference, None, tokenizer, prompts, cfg)
     judged = {n: score_samples(judge, prompts, samples[n]) for n in ("candidate", "parent")}
     by_policy_rm = {n: score_samples(policy_rm, prompts, samples[n]) for n in ("candidate", "parent")}
     summaries = {n: s.summary() for n, s in samples.items()}
-    figures = gate_figures(state["judge"]["heldout_accuracy"], judged["candidate"], judged["parent"],
+    figures = gate_figures(state.judge["heldout_accuracy"], judged["candidate"], judged["parent"],
                            summaries["candidate"], summaries["parent"], summaries["reference"], cfg)
     for n in ("candidate", "parent"):
         summaries[n]["mean_reward"] = _mean(judged[n])  # the judge's
         summaries[n]["policy_rm_reward"] = _mean(by_policy_rm[n])
-    return {**state, "evaluation": {**summaries, "gate": asdict(figures), "n_prompts": len(prompts),
-                                    "samples_per_prompt": cfg.samples_per_prompt, "confidence": cfg.confidence}}
+    return replace(state, evaluation={**summaries, "gate": asdict(figures), "n_prompts": len(prompts),
+                                      "samples_per_prompt": cfg.samples_per_prompt, "confidence": cfg.confidence})
 
 
-def publish(ctx: Context, state: dict) -> dict:
-    """Applies the gate, writes the version atomically, moves the pointer if promoted."""
+def publish(ctx: Context, state: RoundState) -> RoundState:
+    """Applies the gate, writes the version atomically, moves the pointer if promoted, records the round."""
     from training.gate import GateFigures, decide
 
-    round_id = state["round_id"]
+    round_id = state.round_id
     ctx.lock.check(round_id)
-    promoted, reason, checks = decide(GateFigures(**state["evaluation"]["gate"]), gate_thresholds(ctx.settings))
+    promoted, reason, checks = decide(GateFigures(**state.evaluation["gate"]), gate_thresholds(ctx.settings))
     manifest = build_manifest(ctx, state, promoted, reason, checks)
     published = ctx.registry.publish(ctx.workdir(round_id) / "policy", manifest)
     if promoted:
-        set_current(ctx.redis, ctx.keys, ctx.registry, published.version, f"round {state['round_number']}")
-    summary = {**state, "version": published.version, "promoted": promoted, "reason": reason,
-               "checks": [c.as_dict() for c in checks], "seconds": time.time() - state["started_at"]}
-    summary.pop("ppo_history", None)
-    finish(ctx, round_id, summary)
-    return summary
+        set_current(ctx.redis, ctx.keys, ctx.registry, published.version, f"round {state.round_number}")
+    done = replace(state, version=published.version, promoted=promoted, reason=reason, ppo_history=None,
+                   checks=[c.as_dict() for c in checks], seconds=time.time() - state.started_at)
+    finish(ctx, round_id, done.record())
+    return done
 
 
 def gate(candidate_reward: float, parent_reward: float, kl: float, kl_bound: float,
@@ -229,19 +230,20 @@ def gate_thresholds(s: Settings):
                           max_length_ratio=s.gate_max_length_ratio, min_distinct_ratio=s.gate_min_distinct_ratio)
 
 
-def gate_sampling(ctx: Context, state: dict):
+def gate_sampling(ctx: Context, state: RoundState):
     from training.gate_eval import GateSampling
     s = ctx.settings
     return GateSampling(samples_per_prompt=s.gate_samples_per_prompt, temperature=s.ppo.temperature,
-                        max_new_tokens=s.ppo.max_new_tokens, batch_size=max(s.ppo.rollout_batch_size, 1), seed=state["seed"],
+                        max_new_tokens=s.ppo.max_new_tokens, batch_size=max(s.ppo.rollout_batch_size, 1), seed=state.seed,
                         confidence=s.gate_win_confidence)
 
 
-def build_manifest(ctx: Context, state: dict, promoted: bool, reason: str, checks: list) -> records_pb2.ModelManifest:
-    m = records_pb2.ModelManifest(parent_version=state["parent"], reference_version=state["reference"],
-                                  base_model=ctx.registry.manifest(state["parent"]).base_model)
+def build_manifest(ctx: Context, state: RoundState, promoted: bool, reason: str,
+                   checks: list) -> records_pb2.ModelManifest:
+    m = records_pb2.ModelManifest(parent_version=state.parent, reference_version=state.reference,
+                                  base_model=ctx.registry.manifest(state.parent).base_model)
     fill_training(m.training, state)
-    fill_promotion(m.promotion, state["evaluation"], promoted, reason, checks, ctx.settings.kl_bound)
+    fill_promotion(m.promotion, state.evaluation, promoted, reason, checks, ctx.settings.kl_bound)
     return m
 
 
@@ -271,14 +273,14 @@ def eval_prompts(ctx: Context) -> list[str]:
     return heldout_prompts()[: ctx.settings.eval_prompts]
 
 
-def ppo_config(ctx: Context, state: dict):
+def ppo_config(ctx: Context, state: RoundState):
     """The settings' PPOConfig with this round's seed and the process's device (norm_seed: fixed, detail 6)."""
-    return replace(ctx.settings.ppo, seed=state["seed"], norm_seed=ctx.settings.seed, device=_device(ctx))
+    return replace(ctx.settings.ppo, seed=state.seed, norm_seed=ctx.settings.seed, device=_device(ctx))
 
 
-def reward_config(ctx: Context, state: dict):
+def reward_config(ctx: Context, state: RoundState):
     """The settings' RewardConfig with this round's seed and the process's device."""
-    return replace(ctx.settings.reward, seed=state["seed"], device=_device(ctx))
+    return replace(ctx.settings.reward, seed=state.seed, device=_device(ctx))
 
 
 def _mean(groups: list[list[float]]) -> float:
