@@ -41,7 +41,7 @@ class RewardConfig:
     max_grad_norm: float = 1.0
     """Global gradient-norm clip of each step."""
     device: str | None = None
-    """``"cpu"``/``"cuda"``; ``None`` picks CUDA when available."""
+    """``"cpu"``/``"cuda"``/``"cuda:N"``; ``None`` or ``"auto"`` picks CUDA when available (training/devices.py)."""
 
 
 @dataclass
@@ -115,7 +115,7 @@ class PPOConfig:
     seed: int = 0
     """Seed of prompt order, sampling and minibatch permutations."""
     device: str | None = None
-    """``"cpu"``/``"cuda"``; ``None`` picks CUDA when available."""
+    """``"cpu"``/``"cuda"``/``"cuda:N"``; ``None`` or ``"auto"`` picks CUDA when available (training/devices.py)."""
 
     def __post_init__(self) -> None:
         if self.rollout_batch_size % self.mini_batch_size:

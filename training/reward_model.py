@@ -13,17 +13,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.config import RewardConfig
+from training.devices import resolve_device
 from training.ppo import last_token_index
 from training.records import PreferencePair
 from training.sequences import encode_prompt, encode_response, left_pad, pad_id_of, position_ids
 
 HEAD_FILE = "reward_head.safetensors"
 CONFIG_FILE = "reward_config.json"
-
-
-def pick_device(device: str | None) -> torch.device:
-    """``device`` if given, else CUDA when available, else CPU."""
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def bradley_terry_loss(r_chosen: Tensor, r_rejected: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -116,7 +112,7 @@ class RewardModel(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(str(path)) if has_tok else None
         model = cls(AutoModel.from_pretrained(str(path)), tokenizer, config.get("max_len", 128))
         model.head.load_state_dict(load_file(str(path / HEAD_FILE)))
-        return model.to(pick_device(device)).eval()
+        return model.to(resolve_device(device)).eval()
 
 
 def split_pairs(pairs: list[PreferencePair], fraction: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
@@ -169,7 +165,7 @@ def train_reward_model(backbone_dir_or_model: str | Path | nn.Module, tokenizer:
         model = RewardModel(src, tokenizer, cfg.max_len)
     else:
         model = RewardModel.from_pretrained_backbone(src, tokenizer, cfg.max_len)
-    model.to(pick_device(cfg.device)).eval()  # eval(): dropout off (detail 16)
+    model.to(resolve_device(cfg.device)).eval()  # eval(): dropout off (detail 16)
     train, heldout = split_pairs(pairs, cfg.heldout_fraction, cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng, history = random.Random(cfg.seed), []

@@ -143,7 +143,7 @@ def ppo(ctx: Context, state: RoundState) -> RoundState:
 
     started = time.perf_counter()
     work = ctx.workdir(state.round_id)
-    rm = RewardModel.load(work / "reward_model", device=_device(ctx))  # never the judge
+    rm = RewardModel.load(work / "reward_model", device=ctx.settings.device)  # never the judge
     cfg = ppo_config(ctx, state)
     prompts = training_prompts(ctx, state.seed)
     norm_prompts = norm_prompt_set(train_prompts(), cfg.norm_samples, ctx.settings.seed)  # fixed: detail 6
@@ -167,12 +167,13 @@ def evaluate(ctx: Context, state: RoundState) -> RoundState:
     """Samples candidate, parent and SFT reference on held-out prompts; the judge scores them (detail 23)."""
     from training.gate_eval import gate_figures, sample_policy, score_samples
     from training.ppo_trainer import load_causal_lm
-    from training.reward_model import RewardModel, pick_device
+    from training.devices import resolve_device
+    from training.reward_model import RewardModel
     from transformers import AutoTokenizer
 
-    work, device = ctx.workdir(state.round_id), pick_device(_device(ctx))
-    judge = RewardModel.load(work / "judge", device=_device(ctx))
-    policy_rm = RewardModel.load(work / "reward_model", device=_device(ctx))
+    work, device = ctx.workdir(state.round_id), resolve_device(ctx.settings.device)
+    judge = RewardModel.load(work / "judge", device=ctx.settings.device)
+    policy_rm = RewardModel.load(work / "reward_model", device=ctx.settings.device)
     tokenizer = AutoTokenizer.from_pretrained(work / "policy")
     reference = load_causal_lm(ctx.registry.path(state.reference), device, trainable=False)
     prompts, cfg = eval_prompts(ctx), gate_sampling(ctx, state)
@@ -275,21 +276,17 @@ def eval_prompts(ctx: Context) -> list[str]:
 
 def ppo_config(ctx: Context, state: RoundState):
     """The settings' PPOConfig with this round's seed and the process's device (norm_seed: fixed, detail 6)."""
-    return replace(ctx.settings.ppo, seed=state.seed, norm_seed=ctx.settings.seed, device=_device(ctx))
+    return replace(ctx.settings.ppo, seed=state.seed, norm_seed=ctx.settings.seed, device=ctx.settings.device)
 
 
 def reward_config(ctx: Context, state: RoundState):
     """The settings' RewardConfig with this round's seed and the process's device."""
-    return replace(ctx.settings.reward, seed=state.seed, device=_device(ctx))
+    return replace(ctx.settings.reward, seed=state.seed, device=ctx.settings.device)
 
 
 def _mean(groups: list[list[float]]) -> float:
     flat = [x for g in groups for x in g]
     return sum(flat) / len(flat) if flat else float("nan")
-
-
-def _device(ctx: Context) -> str | None:
-    return None if ctx.settings.device == "auto" else ctx.settings.device
 
 
 def _copy_generation_config(src: Path, dst: Path) -> None:
