@@ -55,10 +55,10 @@ class Stack:
         self.r = redis.Redis.from_url(self.settings.redis_url)
         self.acked: set[str] = set()
 
-    def generate(self, n: int = 1, seed: int = 0, timeout: float = 60) -> policy_pb2.GenerateResponse:
+    def generate(self, n: int = 1, seed: int = 0, timeout: float = 60, user: str = "bench") -> policy_pb2.GenerateResponse:
         return self.server.policy.Generate(policy_pb2.GenerateRequest(
-            prompt=PROMPT, num_candidates=n, sampling=policy_pb2.SamplingParams(max_new_tokens=8, seed=seed)),
-            timeout=timeout)
+            prompt=PROMPT, num_candidates=n, sampling=policy_pb2.SamplingParams(max_new_tokens=8, seed=seed),
+            user_id=user), timeout=timeout)
 
     def rate(self, response_id: str, user: str = "bench", key: str = "", up: bool = True) -> policy_pb2.FeedbackAck:
         ack = self.server.policy.SubmitFeedback(policy_pb2.FeedbackRequest(
@@ -130,14 +130,15 @@ def path_like_version(stack: Stack) -> dict:
 
 def idempotency_squat(stack: Stack) -> dict:
     """An attacker sends feedback under alice's user_id and next idempotency key before she does."""
-    ids = [c.response_id for c in stack.generate(2, seed=7).candidates]
-    attacker = stack.rate(ids[0], user="alice", key="alice-42", up=False)
+    ids = [c.response_id for c in stack.generate(2, seed=7, user="alice").candidates]
+    as_other, _, _ = code_of(lambda: stack.rate(ids[0], user="mallory", key="alice-42", up=False))
+    attacker = stack.rate(ids[0], user="alice", key="alice-42", up=False)  # claims to be alice
     code, details, ack = code_of(lambda: stack.rate(ids[0], user="alice", key="alice-42", up=True))
     stored = [records_pb2.FeedbackEvent.FromString(f[b"event"])
               for _, f in stack.r.xrange(stack.settings.key_prefix + "feedback")]
     mine = [e for e in stored if e.idempotency_key == "alice-42"]
     silently_squatted = code == "OK" and ack.duplicate and ack.feedback_id == attacker.feedback_id
-    return {"alice_code": code, "alice_told_duplicate": bool(ack and ack.duplicate), "stored_events": len(mine),
+    return {"other_user_code": as_other, "alice_code": code, "alice_told_duplicate": bool(ack and ack.duplicate), "stored_events": len(mine),
             "stored_kind": [records_pb2.FeedbackEvent.Kind.Name(e.kind) for e in mine],
             "silently_squatted": silently_squatted, "target_met": not silently_squatted}
 

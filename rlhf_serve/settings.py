@@ -201,6 +201,27 @@ class Settings(BaseSettings):
     reward: RewardConfig = Field(default_factory=RewardConfig)
     """Reward-model (and judge) training of each round: the fields of `training.config.RewardConfig`, each
     set by `RLHF_REWARD__<FIELD>`; `seed` and `device` come from `RLHF_SEED` and `RLHF_DEVICE`."""
+    # --- LoRA rounds (issue 7) ---------------------------------------------------------------
+    finetune: str = "auto"
+    """How a round fine-tunes: lora (an adapter on one shared base; versions are adapters),
+    full (every weight; versions are full copies) or auto (LoRA for bases of at least
+    `lora_auto_min_params` parameters, full below)."""
+    lora_auto_min_params: int = 20_000_000
+    """Parameter count from which `finetune=auto` picks LoRA (measured: README, "LoRA rounds")."""
+    lora_rank: int = 8
+    """LoRA rank r."""
+    lora_alpha: float = 16.0
+    """LoRA alpha (updates are scaled by alpha / r)."""
+    lora_dropout: float = 0.0
+    """LoRA dropout (0: PPO runs with dropout off)."""
+    lora_target_modules: str = ""
+    """Comma-separated module names to adapt; empty detects them from the architecture (c_attn for
+    GPT-2; q_proj,k_proj,v_proj,o_proj for Llama/Qwen/Mistral; query_key_value for GPT-NeoX)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass of LoRA rounds (CUDA only: less memory, ~30% slower)."""
+    ppo_micro_batch_size: int = 0
+    """Rows per forward/backward inside a PPO mini-batch (gradient accumulation, LoRA rounds);
+    0: the whole mini-batch at once."""
     worker_metrics_port: int = 9091
     """Prometheus port of a worker process; 0 picks a free one; -1 disables it."""
 

@@ -59,6 +59,7 @@ class Server:
         await self.redis.ping()
         self.pool = ModelPool(self.registry, resolve_device(s.device), s.loaded_versions)
         self.heartbeat = Heartbeat(self.redis, self.keys, self.pool, s.heartbeat_s)
+        self.metrics.watch_pool(self.pool)  # issue 7: base copies, adapter load bytes/seconds
         self.watcher = ModelWatcher(self.redis, self.keys, self.registry, self.pool, self.metrics, s.model_poll_s,
                                     s.model_retry_max_s, on_change=self._model_changed)
         self.health = None

@@ -57,6 +57,7 @@ class Job:
     enqueued_at: float = field(default_factory=time.perf_counter)
     rows: list[Row] = field(default_factory=list)
     done: asyncio.Future | None = None
+    reported: bool = False  # its metrics are observed once, by the first row to see every row finished
 
     def is_cancelled(self) -> bool:
         return self.cancelled.is_set() or (self.deadline is not None and time.monotonic() > self.deadline)
@@ -119,7 +120,8 @@ class Engine:
         def on_finished(row: Row) -> None:
             if row.finish == ERROR:
                 job.cancelled.set()  # its sibling candidates stop at the next step
-            if all(r.finish for r in job.rows):  # the job's last candidate: answer without waiting for the batch
+            if all(r.finish for r in job.rows) and not job.reported:  # answer without waiting for the batch
+                job.reported = True  # rows finishing in one step each see the job complete: report it once
                 self.metrics.observe_job(job.lm.version, job)
                 loop.call_soon_threadsafe(self._finish, job)
         return Row(prompt_ids=job.prompt_ids, spec=spec, on_delta=on_delta, is_cancelled=job.is_cancelled,

@@ -70,7 +70,21 @@ class Metrics:
                                     registry=r)
         self.model_events_ignored = Counter("rlhf_model_events_ignored_total",
                                             "Model-event messages ignored (not a version name).", registry=r)
+        # LoRA versions (issue 7): read from the model pool at scrape time (watch_pool)
+        self.base_copies = Gauge("rlhf_model_base_copies", "Full-weight models resident (LoRA versions share one).",
+                                 registry=r)
+        self.load_bytes = Gauge("rlhf_model_last_load_bytes",
+                                "Bytes of weights read by the latest LoRA adapter load (a swap or a pin).", registry=r)
+        self.adapter_load_seconds = Gauge("rlhf_model_last_adapter_load_seconds",
+                                          "Seconds the latest LoRA adapter load took (working copy included).",
+                                          registry=r)
         self._served: str | None = None
+
+    def watch_pool(self, pool) -> None:
+        """Export the pool's base-copy count and its adapter bank's latest load (LoRA versions)."""
+        self.base_copies.set_function(lambda: pool.base_copies)
+        self.load_bytes.set_function(lambda: pool.adapters.last_load_bytes)
+        self.adapter_load_seconds.set_function(lambda: pool.adapters.last_load_seconds)
 
     def set_served_version(self, version: str) -> None:
         if self._served is not None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 @dataclass
 class RewardConfig:
-    """Training of the Bradley-Terry reward model on preference pairs."""
+    """Training of the reward model: Bradley-Terry on comparisons, pointwise logistic on thumbs ratings."""
 
     lr: float = 3e-4
     """Adam learning rate for backbone and scalar head."""
@@ -31,11 +31,15 @@ class RewardConfig:
     max_len: int = 128
     """Maximum tokens of prompt + response; the prompt's start is dropped first."""
     heldout_fraction: float = 0.2
-    """Fraction of pairs held out (split by prompt) to report ``heldout_accuracy``."""
+    """Fraction of pairs + ratings held out (whole prompts) to report ``heldout_accuracy``."""
     seed: int = 0
     """Seed of the split, the shuffling and the head's initialisation."""
-    rating_pair_weight: float = 0.5
-    """Weight of cross-prompt pairs from unpartnered ratings; pass to ``pairs_from_ratings`` (detail 3)."""
+    rating_loss_weight: float = 1.0
+    """lambda: weight of a rating's pointwise logistic loss relative to a comparison's Bradley-Terry loss."""
+    rating_pairs: bool = False
+    """Also turn the training prompts' ratings into same-prompt up/down pairs (off: the pointwise loss covers them)."""
+    rating_pair_weight: float = 0.0
+    """With ``rating_pairs``: weight of cross-prompt pairs of unpartnered ratings (0: none; detail 3)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float = 1.0

@@ -1,4 +1,5 @@
-"""A transformer + scalar head reward model trained with the Bradley-Terry loss."""
+"""A transformer + scalar head reward model, trained with the Bradley-Terry loss on comparisons
+and a pointwise logistic loss on thumbs ratings (both on the same scalar reward r(x, y))."""
 
 from __future__ import annotations
 
@@ -15,19 +16,62 @@ from torch import Tensor, nn
 from training.config import RewardConfig
 from training.devices import resolve_device
 from training.ppo import last_token_index
-from training.records import PreferencePair
+from training.records import PreferencePair, Rating, pairs_from_ratings, split_by_prompt
 from training.sequences import encode_prompt, encode_response, left_pad, pad_id_of, position_ids
 
 HEAD_FILE = "reward_head.safetensors"
 CONFIG_FILE = "reward_config.json"
 
 
-def bradley_terry_loss(r_chosen: Tensor, r_rejected: Tensor, weight: Tensor | None = None) -> Tensor:
-    """Weighted mean of -log sigmoid(r_c - r_r) (Bradley & Terry 1952; Ouyang et al. 2022 eq. 1; detail 1)."""
-    losses = -F.logsigmoid(r_chosen - r_rejected)  # (B,) -log P(chosen > rejected)
+def weighted_mean(losses: Tensor, weight: Tensor | None = None) -> Tensor:
+    """sum_i w_i l_i / sum_i w_i (the plain mean when ``weight`` is None)."""
     if weight is None:
         return losses.mean()
     return (losses * weight).sum() / weight.sum().clamp(min=1e-8)
+
+
+def bradley_terry_losses(r_chosen: Tensor, r_rejected: Tensor) -> Tensor:
+    """(B,) -log sigmoid(r_c - r_r) = -log P(chosen > rejected) (Bradley & Terry 1952; Ouyang et al. 2022 eq. 1)."""
+    margin = r_chosen - r_rejected  # (B,) r(x, y_c) - r(x', y_r)
+    return -F.logsigmoid(margin)  # (B,)
+
+
+def bradley_terry_loss(r_chosen: Tensor, r_rejected: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Weighted mean of -log sigmoid(r_c - r_r) (detail 1)."""
+    return weighted_mean(bradley_terry_losses(r_chosen, r_rejected), weight)
+
+
+def pointwise_logistic_losses(reward: Tensor, thumbs_up: Tensor, bias: Tensor) -> Tensor:
+    """(N,) -log P(label | x, y) with P(up | x, y) = sigmoid(r(x, y) - b): a thumbs rating as a binary label.
+
+    ``b`` (a learned scalar) is the reward of a response users are as likely to rate up as down;
+    the loss moves r of an up-rated response above b and of a down-rated one below it, so unpaired
+    ratings train the same scalar reward as comparisons do.
+    """
+    logits = reward - bias  # (N,) log-odds of a thumbs-up
+    labels = thumbs_up.to(logits.dtype)  # (N,) 1 = up, 0 = down
+    return F.binary_cross_entropy_with_logits(logits, labels, reduction="none")  # (N,)
+
+
+def joint_reward_loss(pair_losses: Tensor, pair_weight: Tensor, rating_losses: Tensor, rating_weight: Tensor,
+                      rating_loss_weight: float = 1.0) -> Tensor:
+    """(sum_i w_i l_BT,i + lambda sum_j w_j l_pt,j) / (sum_i w_i + sum_j w_j) over a batch's pairs i and ratings j."""
+    pair_sum = (pair_losses * pair_weight).sum()  # () weighted Bradley-Terry losses
+    rating_sum = (rating_losses * rating_weight).sum()  # () weighted pointwise losses
+    total_weight = (pair_weight.sum() + rating_weight.sum()).clamp(min=1e-8)  # ()
+    return (pair_sum + rating_loss_weight * rating_sum) / total_weight
+
+
+def binary_auc(scores: Tensor, labels: Tensor) -> float | None:
+    """P(score of a random positive > score of a random negative), ties half (Mann-Whitney U);
+    None when either class is empty."""
+    positive = scores[labels.bool()]  # (P,)
+    negative = scores[~labels.bool()]  # (Q,)
+    if positive.numel() == 0 or negative.numel() == 0:
+        return None
+    diff = positive[:, None] - negative[None, :]  # (P, Q)
+    wins = (diff > 0).float() + 0.5 * (diff == 0).float()  # (P, Q)
+    return float(wins.mean())
 
 
 class RewardModel(nn.Module):
@@ -44,6 +88,8 @@ class RewardModel(nn.Module):
         self.head = nn.Linear(hidden, 1)
         nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(hidden + 1))  # detail 2
         nn.init.zeros_(self.head.bias)
+        self.rating_bias = 0.0
+        """b of the pointwise rating loss: P(thumbs up) = sigmoid(r - b)."""
 
     @classmethod
     def from_pretrained_backbone(cls, path: str | Path, tokenizer: Any = None, max_len: int = 128) -> "RewardModel":
@@ -95,7 +141,8 @@ class RewardModel(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(str(path))
         save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(path / HEAD_FILE))
-        config = {"hidden_size": self.head.in_features, "max_len": self.max_len, "format": 1}
+        config = {"hidden_size": self.head.in_features, "max_len": self.max_len, "format": 1,
+                  "rating_bias": self.rating_bias}
         (path / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(path))
@@ -112,32 +159,46 @@ class RewardModel(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(str(path)) if has_tok else None
         model = cls(AutoModel.from_pretrained(str(path)), tokenizer, config.get("max_len", 128))
         model.head.load_state_dict(load_file(str(path / HEAD_FILE)))
+        model.rating_bias = float(config.get("rating_bias", 0.0))
         return model.to(resolve_device(device)).eval()
 
 
 def split_pairs(pairs: list[PreferencePair], fraction: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
     """(train, heldout) split by prompt, so no held-out prompt is trained on (detail 1)."""
-    prompts = sorted({p.prompt for p in pairs})
-    random.Random(seed).shuffle(prompts)
-    target = round(len(pairs) * fraction) if len(prompts) > 1 else 0
-    held: set[str] = set()
-    count = 0
-    for prompt in prompts:
-        if count >= target:
-            break
-        held.add(prompt)
-        count += sum(p.prompt == prompt for p in pairs)
-    if len(held) == len(prompts):  # never hold out everything
-        held.discard(prompts[-1])
-    return [p for p in pairs if p.prompt not in held], [p for p in pairs if p.prompt in held]
+    train, _, held, _ = split_by_prompt(pairs, [], fraction, seed)
+    return train, held
+
+
+def batch_rewards(model: RewardModel, pairs: list[PreferencePair], ratings: list[Rating]) -> tuple[Tensor, Tensor, Tensor]:
+    """(P,) r_chosen, (P,) r_rejected and (R,) r of the rated responses, in one forward pass."""
+    items = ([(p.prompt, p.chosen) for p in pairs] + [(p.rejected_context, p.rejected) for p in pairs]
+             + [(r.prompt, r.response) for r in ratings])
+    n = len(pairs)
+    if not items:
+        empty = torch.zeros(0, device=next(model.parameters()).device)
+        return empty, empty, empty
+    rewards = model(*model.encode(items))  # (2P + R,)
+    return rewards[:n], rewards[n : 2 * n], rewards[2 * n :]
 
 
 def pair_rewards(model: RewardModel, batch: list[PreferencePair]) -> tuple[Tensor, Tensor, Tensor]:
     """(B,) r_chosen, (B,) r_rejected and (B,) weights, in one forward pass."""
-    items = [(p.prompt, p.chosen) for p in batch] + [(p.rejected_context, p.rejected) for p in batch]
-    rewards = model(*model.encode(items))  # (2B,)
-    weight = torch.tensor([p.weight for p in batch], device=rewards.device, dtype=rewards.dtype)
-    return rewards[: len(batch)], rewards[len(batch) :], weight
+    r_c, r_r, _ = batch_rewards(model, batch, [])
+    return r_c, r_r, _weights(batch, r_c)
+
+
+def _weights(items: list[PreferencePair] | list[Rating], like: Tensor) -> Tensor:
+    return torch.tensor([x.weight for x in items], device=like.device, dtype=like.dtype)
+
+
+def batch_loss(model: RewardModel, bias: Tensor, pairs: list[PreferencePair], ratings: list[Rating],
+               rating_loss_weight: float) -> Tensor:
+    """:func:`joint_reward_loss` of one mixed batch of comparisons and ratings."""
+    r_c, r_r, r_rated = batch_rewards(model, pairs, ratings)
+    ups = torch.tensor([r.thumbs_up for r in ratings], device=r_rated.device)  # (R,)
+    return joint_reward_loss(bradley_terry_losses(r_c, r_r), _weights(pairs, r_c),
+                             pointwise_logistic_losses(r_rated, ups, bias), _weights(ratings, r_rated),
+                             rating_loss_weight)
 
 
 @torch.no_grad()
@@ -153,39 +214,98 @@ def evaluate_pairs(model: RewardModel, pairs: list[PreferencePair], batch_size: 
     return {"accuracy": correct / len(pairs), "loss": sum(losses) / len(pairs)}
 
 
-def train_reward_model(backbone_dir_or_model: str | Path | nn.Module, tokenizer: Any,
-                       pairs: list[PreferencePair], cfg: RewardConfig) -> tuple[RewardModel, dict[str, Any]]:
-    """Train a reward model on ``pairs``; metrics include per-epoch train loss and held-out accuracy."""
-    torch.manual_seed(cfg.seed)
-    src = backbone_dir_or_model
+def balanced_accuracy(predicted_up: Tensor, thumbs_up: Tensor) -> float:
+    """Mean of the accuracy on up-rated and on down-rated items (0.5 = chance whatever the base rate);
+    plain accuracy when only one class is present."""
+    per_class = [float((predicted_up[thumbs_up == c] == c).float().mean()) for c in (True, False)
+                 if bool((thumbs_up == c).any())]
+    return sum(per_class) / len(per_class)
+
+
+@torch.no_grad()
+def evaluate_ratings(model: RewardModel, ratings: list[Rating], bias: float, batch_size: int) -> dict[str, float | None]:
+    """Accuracy ((r > b) == thumbs_up), balanced accuracy, AUC of r and pointwise loss on ``ratings``
+    (None when empty)."""
+    if not ratings:
+        return {"accuracy": None, "balanced_accuracy": None, "auc": None, "loss": None}
+    rewards = torch.cat([batch_rewards(model, [], ratings[i : i + batch_size])[2].cpu()
+                         for i in range(0, len(ratings), batch_size)])  # (R,)
+    ups = torch.tensor([r.thumbs_up for r in ratings])  # (R,)
+    predicted = rewards > bias  # (R,)
+    losses = pointwise_logistic_losses(rewards, ups, torch.tensor(bias))  # (R,)
+    return {"accuracy": float((predicted == ups).float().mean()), "balanced_accuracy": balanced_accuracy(predicted, ups),
+            "auc": binary_auc(rewards, ups), "loss": float(weighted_mean(losses, _weights(ratings, losses)))}
+
+
+def combined(a: float | None, n_a: int, b: float | None, n_b: int) -> float | None:
+    """Count-weighted mean of two figures, either of which may be missing (None)."""
+    parts = [(v, n) for v, n in ((a, n_a), (b, n_b)) if v is not None and n > 0]
+    return sum(v * n for v, n in parts) / sum(n for _, n in parts) if parts else None
+
+
+def evaluate_all(model: RewardModel, pairs: list[PreferencePair], ratings: list[Rating], bias: float,
+                 batch_size: int) -> dict[str, float | None]:
+    """Pair figures, rating figures and their count-weighted combination (``accuracy``: pair accuracy
+    and the ratings' balanced accuracy, so that 0.5 is chance for both; ``loss``)."""
+    p = evaluate_pairs(model, pairs, batch_size)
+    r = evaluate_ratings(model, ratings, bias, batch_size)
+    return {"pair_accuracy": p["accuracy"], "pair_loss": p["loss"], "rating_accuracy": r["accuracy"],
+            "rating_balanced_accuracy": r["balanced_accuracy"], "rating_auc": r["auc"], "rating_loss": r["loss"],
+            "accuracy": combined(p["accuracy"], len(pairs), r["balanced_accuracy"], len(ratings)),
+            "loss": combined(p["loss"], len(pairs), r["loss"], len(ratings))}
+
+
+def _as_reward_model(src: str | Path | nn.Module, tokenizer: Any, cfg: RewardConfig) -> RewardModel:
     if isinstance(src, RewardModel):
-        model = src
-        model.tokenizer = model.tokenizer or tokenizer
-    elif isinstance(src, nn.Module):
-        model = RewardModel(src, tokenizer, cfg.max_len)
-    else:
-        model = RewardModel.from_pretrained_backbone(src, tokenizer, cfg.max_len)
-    model.to(resolve_device(cfg.device)).eval()  # eval(): dropout off (detail 16)
-    train, heldout = split_pairs(pairs, cfg.heldout_fraction, cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        src.tokenizer = src.tokenizer or tokenizer
+        return src
+    if isinstance(src, nn.Module):
+        return RewardModel(src, tokenizer, cfg.max_len)
+    return RewardModel.from_pretrained_backbone(src, tokenizer, cfg.max_len)
+
+
+def train_reward_model(backbone_dir_or_model: str | Path | nn.Module, tokenizer: Any,
+                       pairs: list[PreferencePair], cfg: RewardConfig,
+                       ratings: list[Rating] | None = None) -> tuple[RewardModel, dict[str, Any]]:
+    """Train a reward model on comparisons ``pairs`` (Bradley-Terry) and thumbs ``ratings``
+    (pointwise logistic), jointly; both are split by prompt first and nothing of a held-out
+    prompt is trained on. Metrics: train loss, held-out pair accuracy, held-out rating
+    accuracy and AUC, and their count-weighted ``heldout_accuracy``, per epoch in ``history``."""
+    torch.manual_seed(cfg.seed)
+    model = _as_reward_model(backbone_dir_or_model, tokenizer, cfg)
+    device = resolve_device(cfg.device)
+    model.to(device).eval()  # eval(): dropout off (detail 16)
+    ratings = list(ratings or [])
+    train, train_ratings, heldout, held_ratings = split_by_prompt(pairs, ratings, cfg.heldout_fraction, cfg.seed)
+    if cfg.rating_pairs:  # ratings also as pairs, built from the training prompts' ratings only
+        train = train + pairs_from_ratings(train_ratings, cfg.rating_pair_weight)
+    bias = nn.Parameter(torch.zeros((), device=device))  # () b of P(up) = sigmoid(r - b)
+    opt = torch.optim.AdamW([*model.parameters(), bias], lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng, history = random.Random(cfg.seed), []
+    items: list[PreferencePair | Rating] = [*train, *train_ratings]
     for epoch in range(cfg.epochs):
-        order = list(train)
-        rng.shuffle(order)
+        rng.shuffle(items)
         losses = []
-        for i in range(0, len(order), cfg.batch_size):
-            loss = bradley_terry_loss(*pair_rewards(model, order[i : i + cfg.batch_size]))
+        for i in range(0, len(items), cfg.batch_size):
+            chunk = items[i : i + cfg.batch_size]
+            batch_p = [x for x in chunk if isinstance(x, PreferencePair)]
+            batch_r = [x for x in chunk if isinstance(x, Rating)]
+            loss = batch_loss(model, bias, batch_p, batch_r, cfg.rating_loss_weight)
             opt.zero_grad()
             loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            nn.utils.clip_grad_norm_([*model.parameters(), bias], cfg.max_grad_norm)
             opt.step()
             losses.append(float(loss.detach()))
-        held = evaluate_pairs(model, heldout, cfg.batch_size)
+        held = evaluate_all(model, heldout, held_ratings, float(bias.detach()), cfg.batch_size)
         train_loss = sum(losses) / len(losses) if losses else None
-        history.append({"epoch": epoch, "train_loss": train_loss, "heldout_accuracy": held["accuracy"], "heldout_loss": held["loss"]})
-    train_eval = evaluate_pairs(model, train, cfg.batch_size)
-    last = history[-1] if history else {"train_loss": None, "heldout_accuracy": None, "heldout_loss": None}
-    metrics = {"train_loss": last["train_loss"], "train_accuracy": train_eval["accuracy"],
-               "heldout_accuracy": last["heldout_accuracy"], "heldout_loss": last["heldout_loss"],
-               "n_pairs": len(pairs), "n_train": len(train), "n_heldout": len(heldout), "history": history}
+        history.append({"epoch": epoch, "train_loss": train_loss, **{f"heldout_{k}": v for k, v in held.items()}})
+    model.rating_bias = float(bias.detach())
+    train_eval = evaluate_all(model, train, train_ratings, model.rating_bias, cfg.batch_size)
+    last = history[-1] if history else {"train_loss": None, **{f"heldout_{k}": None for k in evaluate_all(
+        model, [], [], 0.0, 1)}}
+    metrics = {**{k: v for k, v in last.items() if k != "epoch"}, "train_accuracy": train_eval["accuracy"],
+               "train_pair_accuracy": train_eval["pair_accuracy"], "train_rating_accuracy": train_eval["rating_accuracy"],
+               "rating_bias": model.rating_bias, "n_pairs": len(pairs), "n_ratings": len(ratings),
+               "n_train": len(train), "n_train_ratings": len(train_ratings), "n_heldout": len(heldout),
+               "n_heldout_ratings": len(held_ratings), "history": history}
     return model.eval(), metrics

@@ -27,7 +27,7 @@ from registry.pointer import current_version, set_current
 from rlhf.v1 import records_pb2
 from rlhf_serve.keys import Keys
 from rlhf_serve.settings import Settings
-from workers import snapshots
+from workers import lora_rounds, snapshots
 from workers.manifest import fill_promotion, fill_training
 from workers.lock import RoundLock
 from workers.state import RoundState
@@ -73,7 +73,8 @@ def begin(ctx: Context, round_id: str, trigger: str = "") -> RoundState | None:
     reference = ctx.registry.manifest(parent).reference_version or parent
     number = int(ctx.redis.incr(ctx.keys.round_counter))
     return RoundState(round_id=round_id, round_number=number, parent=parent, reference=reference,
-                      started_at=time.time(), seed=ctx.settings.seed + number, trigger=trigger)
+                      started_at=time.time(), seed=ctx.settings.seed + number, trigger=trigger,
+                      **lora_rounds.decide(ctx.registry, ctx.settings, parent, reference))  # issue 7: lora | full
 
 
 def training_set(ctx: Context):
@@ -100,7 +101,9 @@ def holding_lock(stage):
     return run
 
 
-REWARD_METRICS = ("train_loss", "train_accuracy", "heldout_accuracy", "heldout_loss", "n_pairs", "n_heldout")
+REWARD_METRICS = ("train_loss", "train_accuracy", "heldout_accuracy", "heldout_loss", "n_pairs", "n_heldout",
+                  "n_ratings", "heldout_pair_accuracy", "heldout_rating_accuracy",
+                  "heldout_rating_balanced_accuracy", "heldout_rating_auc")
 
 
 @holding_lock
@@ -108,7 +111,6 @@ def train_reward(ctx: Context, state: RoundState) -> RoundState:
     """Cross-fitting (detail 22): the policy reward model (for PPO) and the judge (for the gate only)
     train on the feedback of disjoint halves of the prompts, split by a seeded hash of each prompt."""
     from training.gate import split_prompts
-    from training.records import pairs_from_ratings
     from training.reward_model import RewardModel, train_reward_model
     from transformers import AutoTokenizer
 
@@ -117,16 +119,22 @@ def train_reward(ctx: Context, state: RoundState) -> RoundState:
     cfg = reward_config(ctx, state)
     split = split_prompts([x.prompt for x in pairs + ratings], ctx.settings.seed)
     halves = dict(zip(("reward_model", "judge"), split))
-    parent_dir = ctx.registry.path(state.parent)
-    tokenizer = AutoTokenizer.from_pretrained(parent_dir)
+    lora = state.finetune == "lora"
+    trunk_dir = ctx.registry.path(state.base_version if lora else state.parent)
+    tokenizer = AutoTokenizer.from_pretrained(trunk_dir)
     out = {}
     for name, prompts in halves.items():
-        half = [p for p in pairs if p.prompt in prompts]
-        half = half + pairs_from_ratings([r for r in ratings if r.prompt in prompts], cfg.rating_pair_weight)
-        if half:
-            model, metrics = train_reward_model(parent_dir, tokenizer, half, cfg)
+        half_pairs = [p for p in pairs if p.prompt in prompts]
+        half_ratings = [r for r in ratings if r.prompt in prompts]  # pointwise loss, split by prompt too
+        if lora and name == "reward_model":  # issue 7: base + reward adapter + head (PPO shares the base)
+            metrics = lora_rounds.train_reward(ctx.registry, ctx.settings, state, ctx.workdir(state.round_id),
+                                               half_pairs, cfg, ctx.settings.device, ratings=half_ratings)
+            out[name] = {k: metrics.get(k) for k in REWARD_METRICS} | {"n_prompts": len(prompts)}
+            continue
+        if half_pairs or half_ratings:  # the judge is a plain reward model in both modes
+            model, metrics = train_reward_model(trunk_dir, tokenizer, half_pairs, cfg, ratings=half_ratings)
         else:  # a lone prompt leaves the judge nothing: an untrained head, no accuracy, the gate refuses
-            model, metrics = RewardModel.from_pretrained_backbone(parent_dir, tokenizer, cfg.max_len), {"n_pairs": 0}
+            model, metrics = RewardModel.from_pretrained_backbone(trunk_dir, tokenizer, cfg.max_len), {"n_pairs": 0}
         model.save(ctx.workdir(state.round_id) / name)
         out[name] = {k: metrics.get(k) for k in REWARD_METRICS} | {"n_prompts": len(prompts)}
     out["reward_model"]["seconds"] = time.perf_counter() - started
@@ -143,9 +151,13 @@ def ppo(ctx: Context, state: RoundState) -> RoundState:
 
     started = time.perf_counter()
     work = ctx.workdir(state.round_id)
-    rm = RewardModel.load(work / "reward_model", device=ctx.settings.device)  # never the judge
     cfg = ppo_config(ctx, state)
     prompts = training_prompts(ctx, state.seed)
+    if state.finetune == "lora":  # issue 7: policy, reference, value and reward on one base
+        history = lora_rounds.ppo(ctx.registry, ctx.settings, state, work, prompts, cfg,
+                                  lambda line: log.info("ppo %s", line))
+        return _ppo_summary(state, history, started, cfg)
+    rm = RewardModel.load(work / "reward_model", device=ctx.settings.device)  # never the judge
     norm_prompts = norm_prompt_set(train_prompts(), cfg.norm_samples, ctx.settings.seed)  # fixed: detail 6
     parent_dir, ref_dir = ctx.registry.path(state.parent), ctx.registry.path(state.reference)
     policy, history = run_ppo(parent_dir, ref_dir, rm, prompts, cfg, log=lambda line: log.info("ppo %s", line),
@@ -153,12 +165,17 @@ def ppo(ctx: Context, state: RoundState) -> RoundState:
     policy.save_pretrained(work / "policy")
     AutoTokenizer.from_pretrained(parent_dir).save_pretrained(work / "policy")
     _copy_generation_config(parent_dir, work / "policy")
+    return _ppo_summary(state, history, started, cfg)
+
+
+def _ppo_summary(state: RoundState, history: list[dict], started: float, cfg) -> RoundState:
     last = history[-1] if history else {}
     keys = ("mean_reward", "kl", "entropy", "clipfrac", "value_loss", "eos_fraction", "mean_response_len",
             "reward_gain", "reward_bias")
     summary = {k: float(last.get(k, 0.0)) for k in keys}
     summary.update(steps=len(history), seconds=time.perf_counter() - started,
-                   missing_eos_penalty=cfg.missing_eos_penalty, ent_coef=cfg.ent_coef)
+                   missing_eos_penalty=cfg.missing_eos_penalty, ent_coef=cfg.ent_coef,
+                   trainable_parameters=float(last.get("trainable_parameters", 0.0)))
     return replace(state, ppo=summary, ppo_history=history)
 
 
@@ -172,25 +189,27 @@ def evaluate(ctx: Context, state: RoundState) -> RoundState:
     from transformers import AutoTokenizer
 
     work, device = ctx.workdir(state.round_id), resolve_device(ctx.settings.device)
+    lora = state.finetune == "lora"
     judge = RewardModel.load(work / "judge", device=ctx.settings.device)
-    policy_rm = RewardModel.load(work / "reward_model", device=ctx.settings.device)
+    policy_rm = None if lora else RewardModel.load(work / "reward_model", device=ctx.settings.device)
     tokenizer = AutoTokenizer.from_pretrained(work / "policy")
     reference = load_causal_lm(ctx.registry.path(state.reference), device, trainable=False)
     prompts, cfg = eval_prompts(ctx), gate_sampling(ctx, state)
     samples = {}
-    for name, path in (("candidate", work / "policy"), ("parent", ctx.registry.path(state.parent))):
-        policy = load_causal_lm(path, device, trainable=False)
+    for name, version_dir in (("candidate", work / "policy"), ("parent", ctx.registry.path(state.parent))):
+        policy = (lora_rounds.merged_policy(ctx.registry, state, version_dir, device) if lora
+                  else load_causal_lm(version_dir, device, trainable=False))
         samples[name] = sample_policy(policy, reference, tokenizer, prompts, cfg)
     same = state.parent == state.reference
     samples["reference"] = samples["parent"] if same else sample_policy(reference, None, tokenizer, prompts, cfg)
     judged = {n: score_samples(judge, prompts, samples[n]) for n in ("candidate", "parent")}
-    by_policy_rm = {n: score_samples(policy_rm, prompts, samples[n]) for n in ("candidate", "parent")}
     summaries = {n: s.summary() for n, s in samples.items()}
     figures = gate_figures(state.judge["heldout_accuracy"], judged["candidate"], judged["parent"],
                            summaries["candidate"], summaries["parent"], summaries["reference"], cfg)
     for n in ("candidate", "parent"):
         summaries[n]["mean_reward"] = _mean(judged[n])  # the judge's
-        summaries[n]["policy_rm_reward"] = _mean(by_policy_rm[n])
+        if policy_rm is not None:  # (a LoRA round's policy RM is an adapter on the PPO base: not rescored here)
+            summaries[n]["policy_rm_reward"] = _mean(score_samples(policy_rm, prompts, samples[n]))
     return replace(state, evaluation={**summaries, "gate": asdict(figures), "n_prompts": len(prompts),
                                       "samples_per_prompt": cfg.samples_per_prompt, "confidence": cfg.confidence})
 
@@ -243,6 +262,10 @@ def build_manifest(ctx: Context, state: RoundState, promoted: bool, reason: str,
                    checks: list) -> records_pb2.ModelManifest:
     m = records_pb2.ModelManifest(parent_version=state.parent, reference_version=state.reference,
                                   base_model=ctx.registry.manifest(state.parent).base_model)
+    if state.finetune == "lora":  # issue 7: the version is an adapter on this base
+        m.adapter_base_version = state.base_version
+    m.training.finetune = state.finetune
+    m.training.trainable_parameters = int((state.ppo or {}).get("trainable_parameters", 0))
     fill_training(m.training, state)
     fill_promotion(m.promotion, state.evaluation, promoted, reason, checks, ctx.settings.kl_bound)
     return m

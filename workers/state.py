@@ -29,6 +29,12 @@ class RoundState:
     """The round's seed: settings.seed + round_number."""
     trigger: str = ""
     """Why the round runs (schedule, `rlhf-serve train --now`, TriggerRound)."""
+    finetune: str = "full"
+    """How the round fine-tunes: "full" (every weight) or "lora" (an adapter on `base_version`; issue 7)."""
+    base_version: str | None = None
+    """The full version whose weights the parent runs on (the parent itself for a full version)."""
+    base_parameters: int | None = None
+    """Parameter count of the base, when the round had to count it to choose LoRA or full."""
     # --- snapshot
     snapshot: dict | None = None
     """The feedback snapshot it trains on: {"path", "count"}."""

@@ -6,9 +6,16 @@
 starts a throw-away stack (fresh registry + Redis prefix, the built-in SFT model as v0001, the
 gRPC server and one `rlhf-serve worker`), lets simulated users give feedback through the public
 API, forces R training rounds, evaluates every served version against SFT on the held-out
-prompts, and writes result.json, the plots and REPORT.md into ``--out``. ``--all-annotators``
-runs empathetic, concise and clarifying in sequence (one sub-directory each). Creating the file
-``<out>/STOP`` ends a run after its current round (the report covers the rounds done).
+prompts, and writes result.json, the plots and REPORT.md into ``--out``/seed-<s> for each of
+``--seeds`` seeds, then mean and spread over the seeds into ``--out`` (REPORT.md, aggregate.json,
+seeds.png). ``--all-annotators`` runs empathetic, concise and clarifying in sequence (one
+sub-directory each). Creating the file ``<out>/STOP`` ends the current seed's run after its
+current round (the report covers the rounds done).
+
+Feedback modes: ``--thumbs-only`` (users are served one answer and give thumbs up/down only),
+``--adversarial-fraction F`` (that share of the ``--users`` votes against the annotator),
+``--spammer`` (one more user repeats one opposite vote ``--spam-votes`` times per round with
+fresh idempotency keys).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.learning import report
+from benchmarks.learning import report, seeds
 from benchmarks.learning.annotators import ANNOTATORS, make_annotator
 from benchmarks.learning.harness import LearningConfig, run, sample_responses
 from benchmarks.learning.stack import TRAINING_KNOBS, Stack, StackConfig, effective_training
@@ -46,7 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feedback-per-round", type=int, default=64)
     p.add_argument("--rating-share", type=float, default=0.2, help="share of feedback given as thumbs up/down")
     p.add_argument("--out", type=Path, default=None, help="output dir (default benchmarks/results/<annotator>)")
-    p.add_argument("--seed", type=int, default=0, help="seed of users, SFT model and rounds")
+    p.add_argument("--seed", type=int, default=0, help="first seed of users, SFT model and rounds")
+    p.add_argument("--seeds", type=int, default=3, help="run seeds SEED .. SEED+N-1; report mean and spread")
+    p.add_argument("--users", type=int, default=12, help="simulated users (each sends its own user_id)")
+    p.add_argument("--thumbs-only", action="store_true", help="users give thumbs up/down only, no comparisons")
+    p.add_argument("--adversarial-fraction", type=float, default=0.0,
+                   help="share of users who vote the opposite way of the annotator")
+    p.add_argument("--spammer", action="store_true",
+                   help="one more user repeats an opposite vote --spam-votes times per round (fresh keys)")
+    p.add_argument("--spam-votes", type=int, default=300)
     p.add_argument("--eval-prompts", type=int, default=0, help="held-out prompts to evaluate on; 0 = all")
     p.add_argument("--eval-samples", type=int, default=4, help="samples per prompt and side")
     p.add_argument("--max-new-tokens", type=int, default=64, help="token cap of every Generate")
@@ -117,9 +132,12 @@ def run_one(args: argparse.Namespace, annotator: str, out_dir: Path, command: st
                          rating_share=args.rating_share, eval_prompts=args.eval_prompts,
                          eval_samples=args.eval_samples, max_new_tokens=args.max_new_tokens,
                          sampling_temperature=args.temperature, round_timeout_s=args.round_timeout,
-                         seed=args.seed, user_id=f"sim-{annotator}")
-    print(f"== {annotator}: {args.rounds} round(s) x {args.feedback_per_round} feedback, noise {args.noise:g}, "
-          f"training {training or 'worker defaults'}", flush=True)
+                         seed=args.seed, user_id=f"sim-{annotator}", users=args.users,
+                         thumbs_only=args.thumbs_only, adversarial_fraction=args.adversarial_fraction,
+                         spam_votes=args.spam_votes if args.spammer else 0)
+    print(f"== {annotator} seed {args.seed}: {args.rounds} round(s) x {args.feedback_per_round} feedback "
+          f"({report.feedback_mode(vars(cfg))}), noise {args.noise:g}, training {training or 'worker defaults'}",
+          flush=True)
     with Stack(stack_cfg, log=lambda s: print(s, flush=True)) as stack:
         cfg.target, cfg.sft_version = stack.target, stack.sft_version
         stop_file = out_dir / "STOP"
@@ -143,20 +161,34 @@ def run_one(args: argparse.Namespace, annotator: str, out_dir: Path, command: st
     return head
 
 
+def run_seeds(args: argparse.Namespace, annotator: str, out_dir: Path, command: str) -> dict[str, Any]:
+    """``args.seeds`` runs (seeds args.seed, args.seed+1, ...) into out_dir/seed-<s>, then their aggregate."""
+    first = args.seed
+    for k in range(args.seeds):
+        random.seed(first + k)
+        run_one(argparse.Namespace(**{**vars(args), "seed": first + k}), annotator, out_dir / f"seed-{first + k}",
+                command)
+    agg = seeds.write(out_dir)
+    f = agg["figures"]
+    print(f"== {annotator} over seeds {agg['seeds']}: win rate {f['win_rate']['mean']:.3f} ± {f['win_rate']['sd']:.3f} "
+          f"(min {f['win_rate']['min']:.3f}); all targets met on every seed: {agg['all_targets_met_every_seed']}; "
+          f"report {out_dir / 'REPORT.md'}", flush=True)
+    return agg
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = "python -m benchmarks.learning " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    random.seed(args.seed)
     if args.all_annotators:
         out = args.out or Path("benchmarks/results/all-annotators")
-        heads = [run_one(args, name, out / name, command) for name in ("empathetic", "concise", "clarifying")]
+        aggs = [run_seeds(args, name, out / name, command) for name in ("empathetic", "concise", "clarifying")]
         out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps(heads, indent=1, default=str) + "\n")
-        (out / "REPORT.md").write_text(report.summary_markdown(heads, command))
-        return 0 if all(h["targets"]["win_rate"]["met"] for h in heads) else 1
+        (out / "summary.json").write_text(json.dumps(aggs, indent=1, default=str) + "\n")
+        (out / "REPORT.md").write_text(seeds.summary_markdown(aggs, command))
+        return 0 if all(a["targets"]["win_rate"]["met_every_seed"] for a in aggs) else 1
     out = args.out or Path("benchmarks/results") / args.annotator
-    head = run_one(args, args.annotator, out, command)
-    return 0 if head["all_targets_met"] else 1
+    agg = run_seeds(args, args.annotator, out, command)
+    return 0 if agg["all_targets_met_every_seed"] else 1
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import grpc
 
 from benchmarks.learning import metrics
 from benchmarks.learning.annotators import Annotator, classify_style, make_annotator
+from benchmarks.learning.users import Crowd, spam
 from rlhf.v1 import admin_pb2, admin_pb2_grpc, policy_pb2, policy_pb2_grpc
 
 Metadata = Sequence[tuple[str, str]] | None
@@ -48,6 +49,10 @@ class FeedbackCounts:
     thumbs_down: int = 0
     duplicates: int = 0
     identical_pairs: int = 0
+    adversarial: int = 0
+    """Items given by users who vote against the annotator."""
+    users: int = 0
+    """Distinct user ids that gave feedback."""
 
     @property
     def submitted(self) -> int:
@@ -59,22 +64,23 @@ class FeedbackCounts:
 
 def _feedback_request(prompt: str, cands: Sequence[policy_pb2.Candidate], annotator: Annotator,
                       rng: random.Random, rating_share: float, user_id: str,
-                      counts: FeedbackCounts) -> policy_pb2.FeedbackRequest:
+                      counts: FeedbackCounts, against: bool = False) -> policy_pb2.FeedbackRequest:
     """The annotator's verdict on one Generate response: a comparison, or a rating for
-    ``rating_share`` of the traffic (and when both candidates are the same text)."""
-    a, b = cands[0], cands[1]
-    identical = a.text == b.text
+    ``rating_share`` of the traffic (and when both candidates are the same text, or only one was
+    served); ``against``: the verdict reversed (an adversarial user)."""
+    a, b = cands[0], cands[-1]
+    identical = len(cands) > 1 and a.text == b.text
     counts.identical_pairs += identical
-    if identical or rng.random() < rating_share:
+    if identical or len(cands) < 2 or rng.random() < rating_share:
         cand = rng.choice((a, b))
-        up = annotator.rate(prompt, cand.text, rng)
+        up = annotator.rate(prompt, cand.text, rng) != against
         counts.ratings += 1
         counts.thumbs_up += up
         counts.thumbs_down += not up
         return policy_pb2.FeedbackRequest(
             rating=policy_pb2.Rating(response_id=cand.response_id, thumbs_up=up),
             user_id=user_id, idempotency_key=f"{user_id}:{cand.response_id}")
-    chosen, rejected = (a, b) if annotator.prefer(prompt, a.text, b.text, rng) == 0 else (b, a)
+    chosen, rejected = (a, b) if (annotator.prefer(prompt, a.text, b.text, rng) == 0) != against else (b, a)
     counts.comparisons += 1
     return policy_pb2.FeedbackRequest(
         comparison=policy_pb2.Comparison(chosen_response_id=chosen.response_id,
@@ -85,21 +91,28 @@ def _feedback_request(prompt: str, cands: Sequence[policy_pb2.Candidate], annota
 def collect_feedback(policy_stub: policy_pb2_grpc.PolicyServiceStub, prompts: Sequence[str],
                      annotator: Annotator, rng: random.Random, rating_share: float = 0.0,
                      user_id: str = "sim-user", sampling: policy_pb2.SamplingParams | None = None,
-                     metadata: Metadata = None) -> FeedbackCounts:
+                     metadata: Metadata = None, crowd: Crowd | None = None) -> FeedbackCounts:
     """One feedback item per prompt: Generate two candidates from the current version, then submit
-    the annotator's comparison (or, for ``rating_share`` of prompts, a thumbs up/down)."""
-    counts = FeedbackCounts()
+    the annotator's comparison (or, for ``rating_share`` of prompts, a thumbs up/down). With a
+    ``crowd``, each item comes from one of its users (drawn at random; adversarial users reverse
+    the verdict; thumbs-only users are served one candidate and rate it); else all from ``user_id``."""
+    counts, seen = FeedbackCounts(), set()
     for prompt in prompts:
         params = policy_pb2.SamplingParams()
         if sampling is not None:
             params.CopyFrom(sampling)
         params.seed = rng.getrandbits(62)
+        user, against = crowd.pick(rng) if crowd is not None else (user_id, False)
+        n = 1 if crowd is not None and crowd.thumbs_only else 2
         resp = _call(policy_stub.Generate, policy_pb2.GenerateRequest(
-            prompt=prompt, sampling=params, num_candidates=2, user_id=user_id), metadata)
+            prompt=prompt, sampling=params, num_candidates=n, user_id=user), metadata)
         counts.generations += 1
-        req = _feedback_request(prompt, resp.candidates, annotator, rng, rating_share, user_id, counts)
+        req = _feedback_request(prompt, resp.candidates, annotator, rng, rating_share, user, counts, against)
         ack = _call(policy_stub.SubmitFeedback, req, metadata)
         counts.duplicates += ack.duplicate
+        counts.adversarial += against
+        seen.add(user)
+    counts.users = len(seen)
     return counts
 
 
@@ -264,6 +277,14 @@ class LearningConfig:
     round_timeout_s: float = 900.0
     seed: int = 0
     user_id: str = "sim-user"
+    """Base id of the simulated users (``<user_id>-u<k>``)."""
+    users: int = 12
+    thumbs_only: bool = False
+    """Users only give thumbs up/down on a single served candidate (no comparisons)."""
+    adversarial_fraction: float = 0.0
+    """Share of the users who vote against the annotator."""
+    spam_votes: int = 0
+    """> 0: a spammer repeats one opposite vote this many times per round (fresh idempotency keys)."""
     api_token: str = ""
     admin_token: str = ""
     train_prompts: list[str] = field(default_factory=list)
@@ -314,6 +335,7 @@ def run(cfg: LearningConfig, log: Callable[[str], None] = print, on_poll: Callab
     sampling = policy_pb2.SamplingParams(max_new_tokens=cfg.max_new_tokens)
     if cfg.sampling_temperature is not None:
         sampling.temperature = cfg.sampling_temperature
+    crowd = Crowd(cfg.user_id, cfg.users, cfg.adversarial_fraction, cfg.thumbs_only)
     with grpc.insecure_channel(cfg.target) as channel:
         grpc.channel_ready_future(channel).result(timeout=120)
         policy = policy_pb2_grpc.PolicyServiceStub(channel)
@@ -334,7 +356,9 @@ def run(cfg: LearningConfig, log: Callable[[str], None] = print, on_poll: Callab
             if r > 0:
                 prompts = [rng.choice(train) for _ in range(cfg.feedback_per_round)]
                 rec["feedback"] = collect_feedback(policy, prompts, annotator, rng, cfg.rating_share,
-                                                   cfg.user_id, sampling, md).as_dict()
+                                                   cfg.user_id, sampling, md, crowd).as_dict()
+                if cfg.spam_votes > 0:
+                    rec["spam"] = spam(policy, rng.choice(train), annotator, crowd, cfg.spam_votes, rng, sampling, md)
                 outcome = trigger_and_wait(admin, policy, cfg.round_timeout_s, admin_metadata=admin_md, metadata=md,
                                            on_poll=on_poll)
                 rec["outcome"] = outcome.as_dict()

@@ -15,14 +15,38 @@ from typing import Any
 # The issue's targets ("Prove that it learns").
 WIN_TARGET = {"empathetic": 0.85, "concise": 0.70, "clarifying": 0.70}
 WIN_TARGET_STRICT = {"empathetic": False, "concise": True, "clarifying": True}  # ">= 85%", "> 70%"
+# Issue 9's targets for the empathetic annotator: thumbs only; 25% adversarial users plus a spammer.
+THUMBS_ONLY_TARGET = 0.70
+ADVERSARIAL_TARGET = 0.80
 TIME_BUDGET_S = 30 * 60
 KL_TARGET = 10.0
 DISTINCT2_MIN_RATIO = 0.5
 PLOTS = ("win_rate.png", "gold_vs_proxy.png", "kl.png", "diversity.png")
 
 
+def feedback_mode(cfg: dict[str, Any]) -> str:
+    """The simulated users' feedback mode in words."""
+    parts = ["thumbs up/down only" if cfg.get("thumbs_only") else
+             f"comparisons, {cfg.get('rating_share', 0):.0%} thumbs ratings"]
+    parts.append(f"{cfg.get('users', 1)} users")
+    if cfg.get("adversarial_fraction"):
+        parts.append(f"{cfg['adversarial_fraction']:.0%} of them voting against the annotator")
+    if cfg.get("spam_votes"):
+        parts.append(f"a spammer repeating one opposite vote {cfg['spam_votes']} times per round")
+    return ", ".join(parts)
+
+
 def _meets(value: float, threshold: float, strict: bool) -> bool:
     return value > threshold if strict else value >= threshold
+
+
+def win_target(name: str, cfg: dict[str, Any]) -> tuple[float, bool]:
+    """(threshold, strict) of the win-rate target of annotator ``name`` under the run's feedback mode."""
+    if name == "empathetic" and (cfg.get("adversarial_fraction") or cfg.get("spam_votes")):
+        return ADVERSARIAL_TARGET, False
+    if name == "empathetic" and cfg.get("thumbs_only"):
+        return THUMBS_ONLY_TARGET, False
+    return WIN_TARGET.get(name, 0.70), WIN_TARGET_STRICT.get(name, True)
 
 
 def headline(result: dict[str, Any], time_budget_s: float = TIME_BUDGET_S) -> dict[str, Any]:
@@ -30,7 +54,7 @@ def headline(result: dict[str, Any], time_budget_s: float = TIME_BUDGET_S) -> di
     rounds = result["rounds"]
     final, base = rounds[-1], rounds[0]
     name = result["annotator"]
-    thr, strict = WIN_TARGET.get(name, 0.70), WIN_TARGET_STRICT.get(name, True)
+    thr, strict = win_target(name, result.get("config", {}))
     reached = [r for r in rounds if _meets(r["win_rate"], thr, strict)]
     time_to_target = reached[0]["elapsed_s"] if reached else None
     trained = [r for r in rounds if "outcome" in r]
@@ -53,6 +77,8 @@ def headline(result: dict[str, Any], time_budget_s: float = TIME_BUDGET_S) -> di
         "score_final": final["score_served"], "score_sft": final["score_sft"], "kl_to_sft": final["kl_to_sft"],
         "distinct_2": final["distinct_2"], "sft_distinct_2": final["sft_distinct_2"], "distinct_2_ratio": ratio,
         "mean_length": final["mean_length"], "sft_mean_length": final["sft_mean_length"],
+        "length_ratio": final["mean_length"] / final["sft_mean_length"] if final["sft_mean_length"] else 0.0,
+        "seed": result.get("config", {}).get("seed"),
         "styles_final": final["eval"]["served"]["styles"], "styles_sft": final["eval"]["sft"]["styles"],
         "time_to_target_s": time_to_target, "harness_wall_s": result["wall_s"],
         "total_wall_s": result.get("total_wall_s", result["wall_s"]),
@@ -90,7 +116,7 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
     win = [r["win_rate"] for r in rounds]
     err = [[w - r["win_rate_lo"] for w, r in zip(win, rounds)], [r["win_rate_hi"] - w for w, r in zip(win, rounds)]]
     ax.errorbar(xs, win, yerr=err, marker="o", capsize=4, label="served version vs SFT (95% CI)")
-    ax.axhline(WIN_TARGET.get(name, 0.7), color="tab:green", ls="--", label="target")
+    ax.axhline(win_target(name, result.get("config", {}))[0], color="tab:green", ls="--", label="target")
     ax.axhline(0.5, color="grey", ls=":", label="parity")
     ax.set(xlabel="round", ylabel="win rate (held-out prompts)", ylim=(0, 1.02),
            title=f"Win rate vs SFT ({name} annotator)")
@@ -164,7 +190,8 @@ def markdown(result: dict[str, Any], head: dict[str, Any]) -> str:
              f"`{result.get('command', 'python -m benchmarks.learning')}`", "",
              f"Annotator **{h['annotator']}**, label noise {cfg['noise']:g}, {h['rounds_run']} round(s) of "
              f"{cfg['feedback_per_round']} feedback items, evaluated on {result['rounds'][0]['eval']['n_prompts']} "
-             f"held-out prompts x {cfg['eval_samples']} samples per side. Model: {result.get('model', '?')}.",
+             f"held-out prompts x {cfg['eval_samples']} samples per side. Model: {result.get('model', '?')}. "
+             f"Feedback: {feedback_mode(cfg)}.",
              "", "## Headline", "",
              "| figure | value | target | |", "|---|---|---|---|",
              f"| win rate vs SFT (final, {h['final_version']}) | **{h['win_rate']:.3f}** "

@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from benchmarks.learning import report
+from benchmarks.learning import report, seeds
 from benchmarks.learning.harness import LearningConfig, run
 from benchmarks.learning.stack import Stack, StackConfig, builtin_sft_dir
 from training.text_format import heldout_prompts
@@ -62,3 +62,32 @@ def test_feedback_through_the_api_yields_a_better_promoted_version(redis_url, bu
     assert json.loads((tmp_path / "out" / "result.json").read_text())["headline"]["final_version"] == "v0002"
     assert all((tmp_path / "out" / name).stat().st_size > 1000 for name in report.PLOTS)
     assert "| 1 | v0002 | v0002 promoted |" in (tmp_path / "out" / "REPORT.md").read_text()
+
+
+def test_thumbs_only_users_with_a_spammer_still_yield_a_better_version(redis_url, builtin_model, tmp_path):
+    """Issue 9: users who only give thumbs (no comparisons), each with its own user_id, plus one user
+    repeating an opposite vote; the round learns from the ratings directly (pointwise loss)."""
+    stack_cfg = StackConfig(redis_url=redis_url, model_dir=builtin_model, seed=0, device="cpu",
+                            registry=tmp_path / "registry", log_dir=tmp_path, training=SMOKE_TRAINING,
+                            max_new_tokens_default=48)
+    cfg = LearningConfig(annotator="empathetic", noise=0.1, rounds=1, feedback_per_round=256, eval_samples=4,
+                         max_new_tokens=48, round_timeout_s=600, seed=0, heldout_prompts=heldout_prompts()[:10],
+                         users=8, thumbs_only=True, spam_votes=50, user_id="sim-smoke")
+    with Stack(stack_cfg, log=lambda _: None) as stack:
+        cfg.target, cfg.sft_version = stack.target, stack.sft_version
+        result = run(cfg, log=print, on_poll=stack.check_worker)
+    _, trained = result["rounds"]
+    feedback, spam = trained["feedback"], trained["spam"]
+    assert feedback["ratings"] == 256 and feedback["comparisons"] == 0 and feedback["users"] == 8
+    assert spam["sent"] == 50 and spam["acknowledged"] + spam["refused"] == 50
+    model = trained["model"]
+    assert model["num_comparisons"] == 0 and 256 <= model["num_ratings"] <= 256 + spam["acknowledged"]
+    assert trained["outcome"]["new_version"] == "v0002" and model["promoted"], model["reason"]
+    assert trained["score_served"] > trained["score_sft"] and trained["win_rate"] > 0.5, trained
+
+    result.update(total_wall_s=result["wall_s"])
+    report.write(result, tmp_path / "out" / "seed-0")
+    agg = seeds.write(tmp_path / "out")
+    assert agg["seeds"] == [0] and agg["figures"]["win_rate"]["mean"] == pytest.approx(trained["win_rate"])
+    assert agg["targets"]["win_rate"]["threshold"] == report.ADVERSARIAL_TARGET  # a spammer: the adversarial target
+    assert (tmp_path / "out" / "seeds.png").stat().st_size > 1000

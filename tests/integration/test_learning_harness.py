@@ -11,7 +11,8 @@ import redis
 from benchmarks.learning.annotators import EmpatheticAnnotator
 from benchmarks.learning.harness import (LearningConfig, collect_feedback, evaluate, model_summary, run,
                                          trigger_and_wait)
-from rlhf.v1 import policy_pb2
+from benchmarks.learning.users import Crowd, spam
+from rlhf.v1 import policy_pb2, records_pb2
 from training.text_format import heldout_prompts, train_prompts
 
 SHORT = policy_pb2.SamplingParams(max_new_tokens=24)
@@ -68,3 +69,21 @@ def test_run_with_zero_rounds_evaluates_the_baseline(server):
     assert base["round"] == 0 and base["version"] == "v0001"
     # served == SFT here, and both sides use the same seeds
     assert base["eval"]["sft_version"] == "v0001" and 0.0 <= base["win_rate"] <= 1.0
+
+
+def test_thumbs_only_crowd_and_spammer_send_their_own_user_ids(server, settings):
+    prompts = train_prompts()[:6]
+    crowd = Crowd("sim-crowd", users=3, adversarial_fraction=1 / 3, thumbs_only=True)
+    rng = random.Random(1)
+    counts = collect_feedback(server.policy, prompts, EmpatheticAnnotator(noise=0.1), rng, user_id="unused",
+                              sampling=SHORT, crowd=crowd)
+    assert counts.generations == counts.ratings == 6 and counts.comparisons == 0
+    assert 1 <= counts.users <= 3
+    sent = spam(server.policy, prompts[0], EmpatheticAnnotator(), crowd, 20, rng, SHORT)
+    assert sent["sent"] == 20 and sent["acknowledged"] + sent["refused"] == 20
+    r = redis.Redis.from_url(settings.redis_url)
+    users = set()
+    for _, fields in r.xrange(settings.key_prefix + "feedback"):
+        event = records_pb2.FeedbackEvent.FromString(fields[b"event"])
+        users.add(event.user_id)
+    assert users <= {*crowd.user_ids, crowd.spammer_id} and crowd.spammer_id in users
