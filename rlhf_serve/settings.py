@@ -28,6 +28,7 @@ RENAMED = {
     "RLHF_PPO_ENT_COEF": "RLHF_PPO__ENT_COEF", "RLHF_KL_COEF": "RLHF_PPO__INIT_KL_COEF",
     "RLHF_ADAPTIVE_KL": "RLHF_PPO__ADAPTIVE_KL", "RLHF_KL_TARGET": "RLHF_PPO__KL_TARGET",
     "RLHF_REWARD_EPOCHS": "RLHF_REWARD__EPOCHS", "RLHF_REWARD_LR": "RLHF_REWARD__LR",
+    "RLHF_PPO_MICRO_BATCH_SIZE": "RLHF_PPO__MICRO_BATCH_SIZE",
 }
 # Fields of the nested configs that every round fills from top-level settings (RLHF_SEED, RLHF_DEVICE).
 ROUND_FILLED = {"ppo": ("seed", "norm_seed", "device"), "reward": ("seed", "device")}
@@ -219,9 +220,6 @@ class Settings(BaseSettings):
     GPT-2; q_proj,k_proj,v_proj,o_proj for Llama/Qwen/Mistral; query_key_value for GPT-NeoX)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass of LoRA rounds (CUDA only: less memory, ~30% slower)."""
-    ppo_micro_batch_size: int = 0
-    """Rows per forward/backward inside a PPO mini-batch (gradient accumulation, LoRA rounds);
-    0: the whole mini-batch at once."""
     worker_metrics_port: int = 9091
     """Prometheus port of a worker process; 0 picks a free one; -1 disables it."""
 

@@ -58,6 +58,9 @@ class PPOConfig:
     """Prompts (= responses, rollouts) sampled per PPO iteration."""
     mini_batch_size: int = 4
     """Responses per gradient step; must divide ``rollout_batch_size``."""
+    micro_batch_size: int = 0
+    """Rows per forward/backward inside a mini-batch (gradient accumulation; LoRA rounds); 0: the whole
+    mini-batch at once."""
     ppo_epochs: int = 4
     """Passes over each rollout batch (Huang et al. 2023, detail 14)."""
     lr: float = 5e-5

@@ -30,7 +30,7 @@ def finetune_config(settings: Settings):
     return FinetuneConfig(finetune=settings.finetune, auto_min_params=settings.lora_auto_min_params,
                           rank=settings.lora_rank, alpha=settings.lora_alpha, dropout=settings.lora_dropout,
                           target_modules=targets, gradient_checkpointing=settings.gradient_checkpointing,
-                          micro_batch_size=settings.ppo_micro_batch_size or None)
+                          micro_batch_size=settings.ppo.micro_batch_size or None)
 
 
 def base_of(registry: Registry, version: str) -> str:

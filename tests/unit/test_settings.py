@@ -48,3 +48,11 @@ def test_settings_table_lists_nested_fields_with_their_docstrings():
     assert "| `RLHF_PPO__LR` | `5e-05` | Adam learning rate of policy and value model. |" in table
     assert "| `RLHF_REWARD__EPOCHS` | `2` |" in table and "| `RLHF_SEED` | `0` |" in table
     assert "RLHF_PPO__DEVICE" not in table and "RLHF_PPO__SEED" not in table and "RLHF_PPO_STEPS" not in table
+
+
+def test_lora_micro_batch_is_a_ppo_setting(monkeypatch):
+    from workers.lora_rounds import finetune_config
+
+    assert finetune_config(Settings()).micro_batch_size is None  # 0: the whole mini-batch
+    monkeypatch.setenv("RLHF_PPO__MICRO_BATCH_SIZE", "2")
+    assert finetune_config(Settings()).micro_batch_size == 2
