@@ -172,8 +172,9 @@ class Settings(BaseSettings):
     other half of the feedback, never used by PPO) must exceed its parent's by more than this
     (negative values let a slightly worse candidate through; useful in tests)."""
     gate_min_judge_accuracy: float = 0.55
-    """Promotion gate: the judge's held-out pair accuracy must be at least this; a judge near chance
-    (0.5) cannot tell a better candidate from a worse one, so nothing is promoted on its word."""
+    """Promotion gate: the judge's accuracy on the feedback it never trained on (its held-out split
+    and the other half) must be at least this; a judge near chance (0.5) cannot tell a better
+    candidate from a worse one, so nothing is promoted on its word."""
     gate_win_margin: float = 0.0
     """Promotion gate: the lower confidence bound of the candidate's win rate against its parent
     (judged on held-out prompts) must exceed 0.5 + this."""

@@ -206,19 +206,21 @@ def evaluate_pairs(model: RewardModel, pairs: list[PreferencePair], batch_size: 
     """Accuracy (r_c > r_r) and Bradley-Terry loss on ``pairs`` (None when empty)."""
     if not pairs:
         return {"accuracy": None, "loss": None}
-    correct, losses = 0.0, []
+    correct, total, losses = 0.0, 0.0, []
     for i in range(0, len(pairs), batch_size):
         r_c, r_r, w = pair_rewards(model, pairs[i : i + batch_size])
-        correct += float((r_c > r_r).float().sum())
+        correct += float(((r_c > r_r).float() * w).sum())  # a down-weighted voter's label counts less
+        total += float(w.sum())
         losses.append(float(bradley_terry_loss(r_c, r_r, w)) * len(r_c))
-    return {"accuracy": correct / len(pairs), "loss": sum(losses) / len(pairs)}
+    return {"accuracy": correct / total if total > 0 else None, "loss": sum(losses) / len(pairs)}
 
 
-def balanced_accuracy(predicted_up: Tensor, thumbs_up: Tensor) -> float:
-    """Mean of the accuracy on up-rated and on down-rated items (0.5 = chance whatever the base rate);
-    plain accuracy when only one class is present."""
-    per_class = [float((predicted_up[thumbs_up == c] == c).float().mean()) for c in (True, False)
-                 if bool((thumbs_up == c).any())]
+def balanced_accuracy(predicted_up: Tensor, thumbs_up: Tensor, weight: Tensor | None = None) -> float:
+    """Mean of the (weighted) accuracy on up-rated and on down-rated items (0.5 = chance whatever the
+    base rate); plain accuracy when only one class is present."""
+    w = torch.ones(thumbs_up.shape, dtype=torch.float) if weight is None else weight.float().cpu()  # (R,)
+    per_class = [float(weighted_mean((predicted_up[thumbs_up == c] == c).float(), w[thumbs_up == c]))
+                 for c in (True, False) if bool((thumbs_up == c).any())]
     return sum(per_class) / len(per_class)
 
 
@@ -233,7 +235,9 @@ def evaluate_ratings(model: RewardModel, ratings: list[Rating], bias: float, bat
     ups = torch.tensor([r.thumbs_up for r in ratings])  # (R,)
     predicted = rewards > bias  # (R,)
     losses = pointwise_logistic_losses(rewards, ups, torch.tensor(bias))  # (R,)
-    return {"accuracy": float((predicted == ups).float().mean()), "balanced_accuracy": balanced_accuracy(predicted, ups),
+    w = torch.tensor([r.weight for r in ratings], dtype=torch.float)  # (R,) voter weights
+    return {"accuracy": float(weighted_mean((predicted == ups).float(), w)),
+            "balanced_accuracy": balanced_accuracy(predicted, ups, w),
             "auc": binary_auc(rewards, ups), "loss": float(weighted_mean(losses, _weights(ratings, losses)))}
 
 

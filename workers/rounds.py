@@ -137,9 +137,26 @@ def train_reward(ctx: Context, state: RoundState) -> RoundState:
             model, metrics = RewardModel.from_pretrained_backbone(trunk_dir, tokenizer, cfg.max_len), {"n_pairs": 0}
         model.save(ctx.workdir(state.round_id) / name)
         out[name] = {k: metrics.get(k) for k in REWARD_METRICS} | {"n_prompts": len(prompts)}
+        if name == "judge" and (half_pairs or half_ratings):
+            other = halves["reward_model"]
+            out[name].update(judge_accuracy_unseen(model, metrics, [p for p in pairs if p.prompt in other],
+                                                   [r for r in ratings if r.prompt in other], cfg.batch_size))
     out["reward_model"]["seconds"] = time.perf_counter() - started
     log.info("round %s reward models (policy | judge): %s | %s", state.round_id, out["reward_model"], out["judge"])
     return replace(state, reward_model=out["reward_model"], judge=out["judge"])
+
+
+def judge_accuracy_unseen(judge, metrics: dict, other_pairs: list, other_ratings: list, batch_size: int) -> dict:
+    """The judge's accuracy on every item whose prompt it never trained on: its own held-out split
+    plus the whole other half (cross-fitting makes that half unseen too), pooled by count. Far less
+    noisy than the held-out split alone, which is what the gate's accuracy floor needs."""
+    from training.reward_model import combined, evaluate_all
+
+    cross = evaluate_all(judge, other_pairs, other_ratings, judge.rating_bias, batch_size)
+    n_cross = len(other_pairs) + len(other_ratings)
+    n_own = int(metrics.get("n_heldout") or 0) + int(metrics.get("n_heldout_ratings") or 0)
+    pooled = combined(metrics.get("heldout_accuracy"), n_own, cross["accuracy"], n_cross)
+    return {"cross_accuracy": cross["accuracy"], "n_cross": n_cross, "unseen_accuracy": pooled}
 
 
 @holding_lock
@@ -204,7 +221,8 @@ def evaluate(ctx: Context, state: RoundState) -> RoundState:
     samples["reference"] = samples["parent"] if same else sample_policy(reference, None, tokenizer, prompts, cfg)
     judged = {n: score_samples(judge, prompts, samples[n]) for n in ("candidate", "parent")}
     summaries = {n: s.summary() for n, s in samples.items()}
-    figures = gate_figures(state.judge["heldout_accuracy"], judged["candidate"], judged["parent"],
+    judge_accuracy = state.judge.get("unseen_accuracy", state.judge["heldout_accuracy"])
+    figures = gate_figures(judge_accuracy, judged["candidate"], judged["parent"],
                            summaries["candidate"], summaries["parent"], summaries["reference"], cfg)
     for n in ("candidate", "parent"):
         summaries[n]["mean_reward"] = _mean(judged[n])  # the judge's

@@ -58,6 +58,19 @@ def test_binary_auc_matches_pairwise_count():
     assert binary_auc(torch.tensor([1.0, 2.0]), torch.tensor([1, 1])) is None
 
 
+def test_weighted_balanced_accuracy_matches_a_naive_weighted_count():
+    predicted = torch.tensor([True, False, True, True, False, False])
+    ups = torch.tensor([True, True, True, False, False, False])
+    weight = torch.tensor([1.0, 0.1, 1.0, 0.2, 1.0, 1.0])  # the two wrong labels come from down-weighted voters
+    naive = []
+    for c in (True, False):
+        num = sum(float(w) for p, u, w in zip(predicted, ups, weight) if bool(u) == c and bool(p) == c)
+        den = sum(float(w) for u, w in zip(ups, weight) if bool(u) == c)
+        naive.append(num / den)
+    assert balanced_accuracy(predicted, ups, weight) == pytest.approx(sum(naive) / 2)
+    assert balanced_accuracy(predicted, ups, weight) > balanced_accuracy(predicted, ups)
+
+
 def test_balanced_accuracy_is_chance_for_a_constant_guess():
     ups = torch.tensor([False] * 8 + [True] * 2)
     assert balanced_accuracy(torch.zeros(10, dtype=torch.bool), ups) == 0.5  # plain accuracy would be 0.8
