@@ -34,14 +34,15 @@ STAGES = (("snapshot", rounds.snapshot), ("reward_model", rounds.train_reward), 
 
 
 def run_round(settings: Settings) -> tuple[dict, dict]:
+    """(the round's record, seconds per stage)."""
     ctx = rounds.Context(settings)
-    state = rounds.begin(ctx, uuid.uuid4().hex[:12])
+    state = rounds.begin(ctx, uuid.uuid4().hex[:12], trigger="benchmark")
     seconds = {}
     for name, stage in STAGES:
         started = time.perf_counter()
         state = stage(ctx, state)
         seconds[name] = time.perf_counter() - started
-    return state, seconds
+    return state.record(), seconds
 
 
 def wait_for_swap(server: LocalServer, version: str, timeout: float = 120) -> float:

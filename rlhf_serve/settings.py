@@ -7,17 +7,38 @@ an alias of `RLHF_REDIS_URL`.
 
 from __future__ import annotations
 
+import ast
+import inspect
+import os
+import textwrap
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from training.config import PPOConfig, RewardConfig
+
+# Flat names of earlier releases -> their nested names (a process given an old name refuses to start).
+RENAMED = {
+    "RLHF_PPO_STEPS": "RLHF_PPO__STEPS", "RLHF_PPO_BATCH_SIZE": "RLHF_PPO__ROLLOUT_BATCH_SIZE",
+    "RLHF_PPO_MAX_NEW_TOKENS": "RLHF_PPO__MAX_NEW_TOKENS", "RLHF_PPO_LR": "RLHF_PPO__LR",
+    "RLHF_PPO_TEMPERATURE": "RLHF_PPO__TEMPERATURE", "RLHF_PPO_MISSING_EOS_PENALTY": "RLHF_PPO__MISSING_EOS_PENALTY",
+    "RLHF_PPO_ENT_COEF": "RLHF_PPO__ENT_COEF", "RLHF_KL_COEF": "RLHF_PPO__INIT_KL_COEF",
+    "RLHF_ADAPTIVE_KL": "RLHF_PPO__ADAPTIVE_KL", "RLHF_KL_TARGET": "RLHF_PPO__KL_TARGET",
+    "RLHF_REWARD_EPOCHS": "RLHF_REWARD__EPOCHS", "RLHF_REWARD_LR": "RLHF_REWARD__LR",
+    "RLHF_PPO_MICRO_BATCH_SIZE": "RLHF_PPO__MICRO_BATCH_SIZE",
+}
+# Fields of the nested configs that every round fills from top-level settings (RLHF_SEED, RLHF_DEVICE).
+ROUND_FILLED = {"ppo": ("seed", "norm_seed", "device"), "reward": ("seed", "device")}
 
 
 class Settings(BaseSettings):
     """Configuration of rlhf-serve. Each field maps to the env var `RLHF_<FIELD>`."""
 
     model_config = SettingsConfigDict(env_prefix="RLHF_", extra="ignore", use_attribute_docstrings=True,
-                                      env_parse_none_str="none")
+                                      env_parse_none_str="none", env_nested_delimiter="__")
 
     # --- network -----------------------------------------------------------------------------
     host: str = "0.0.0.0"
@@ -162,7 +183,7 @@ class Settings(BaseSettings):
     resampled)."""
     gate_samples_per_prompt: int = 4
     """Promotion gate: responses sampled per held-out prompt from candidate, parent and SFT
-    reference (at `ppo_temperature`, the serving temperature)."""
+    reference (at `RLHF_PPO__TEMPERATURE`, the serving temperature)."""
     gate_max_eos_drop: float = 0.1
     """Promotion gate: the candidate's share of responses that end (EOS within the token budget)
     may fall at most this far below the parent's."""
@@ -172,37 +193,16 @@ class Settings(BaseSettings):
     gate_min_distinct_ratio: float = 0.5
     """Promotion gate: the candidate's distinct-2 on held-out prompts must be at least this share of
     the SFT reference's (a collapse guard)."""
-    ppo_steps: int = 16
-    """PPO iterations per round. (The training defaults are the ones that met the learning
-    benchmark's targets on the built-in model: benchmarks/results/LEARNING.md.)"""
-    reward_epochs: int = 2
-    """Reward-model epochs per round."""
     seed: int = 0
     """Seed of training rounds (a round's seed is seed + round number)."""
     eval_prompts: int = 48
     """Held-out prompts scored at the promotion gate."""
-    reward_lr: float = 3e-4
-    """Reward-model learning rate."""
-    ppo_lr: float = 5e-5
-    """PPO learning rate (policy and value model)."""
-    ppo_batch_size: int = 32
-    """Rollouts per PPO step."""
-    ppo_max_new_tokens: int = 64
-    """Longest rollout response during PPO."""
-    ppo_temperature: float = 1.0
-    """Rollout (and log-prob) temperature of PPO. Keep it equal to the temperature clients sample
-    at (the server's default is 1.0): PPO optimises the policy at this temperature."""
-    ppo_missing_eos_penalty: float | None = -2.0
-    """Normalised score PPO gives a rollout that hits `ppo_max_new_tokens` without EOS (scores are
-    normalised to mean 0, std 1 on SFT-reference samples); `none`: off."""
-    ppo_ent_coef: float = 0.0
-    """Weight of PPO's entropy bonus (holds diversity against collapse; 0: none)."""
-    kl_coef: float = 0.15
-    """Initial coefficient of the per-token KL penalty against the SFT reference."""
-    adaptive_kl: bool = False
-    """Adapt the KL coefficient to hold `kl_target` (Ziegler et al. 2019)."""
-    kl_target: float = 6.0
-    """Target KL (nats per response) of the adaptive controller."""
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    """PPO of each round: the fields of `training.config.PPOConfig` (its defaults are the truth), each
+    set by `RLHF_PPO__<FIELD>`; `seed`, `norm_seed` and `device` come from `RLHF_SEED` and `RLHF_DEVICE`."""
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    """Reward-model (and judge) training of each round: the fields of `training.config.RewardConfig`, each
+    set by `RLHF_REWARD__<FIELD>`; `seed` and `device` come from `RLHF_SEED` and `RLHF_DEVICE`."""
     # --- LoRA rounds (issue 7) ---------------------------------------------------------------
     finetune: str = "auto"
     """How a round fine-tunes: lora (an adapter on one shared base; versions are adapters),
@@ -221,15 +221,23 @@ class Settings(BaseSettings):
     GPT-2; q_proj,k_proj,v_proj,o_proj for Llama/Qwen/Mistral; query_key_value for GPT-NeoX)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass of LoRA rounds (CUDA only: less memory, ~30% slower)."""
-    ppo_micro_batch_size: int = 0
-    """Rows per forward/backward inside a PPO mini-batch (gradient accumulation, LoRA rounds);
-    0: the whole mini-batch at once."""
     worker_metrics_port: int = 9091
     """Prometheus port of a worker process; 0 picks a free one; -1 disables it."""
 
     # --- logging -----------------------------------------------------------------------------
     log_level: str = "INFO"
     """Python logging level."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_renamed_settings(cls, data: Any) -> Any:
+        """A flat PPO/reward setting of earlier releases would otherwise be ignored without a word."""
+        given = [f"RLHF_{k.upper()}" for k in (data if isinstance(data, dict) else {})] + list(os.environ)
+        renamed = [f"{old} is now {new}" for old, new in RENAMED.items() if old in given]
+        if renamed:
+            raise ValueError("renamed settings (PPO and reward-model settings are nested since the config "
+                             "dataclasses became their one source): " + "; ".join(renamed))
+        return data
 
     @property
     def stream_key(self) -> str:
@@ -242,14 +250,35 @@ def load_settings(**overrides) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
+def attribute_docs(cls: type) -> dict[str, str]:
+    """The docstrings under a class's attributes (`x: int = 0` then `\"\"\"...\"\"\"`), by attribute name."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr) \
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+            docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def _row(env: str, default: Any, doc: str) -> str:
+    default = default if default is not None else ""
+    return f"| `{env}` | `{default}` | {' '.join(doc.split())} |"
+
+
 def settings_table() -> str:
-    """The configuration reference as a Markdown table (kept in the README)."""
+    """The configuration reference as a Markdown table (kept in the README); the nested PPO and
+    reward-model configs list one row per dataclass field (`RLHF_PPO__LR`), with its docstring."""
     lines = ["| env var | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
+        if name in ROUND_FILLED:
+            config = field.default_factory()
+            docs = attribute_docs(type(config))
+            lines += [_row(f"RLHF_{name.upper()}__{f.name.upper()}", getattr(config, f.name), docs.get(f.name, ""))
+                      for f in fields(config) if f.name not in ROUND_FILLED[name]]
+            continue
         env = "RLHF_" + name.upper() + (" / REDIS_URL" if name == "redis_url" else "")
-        default = field.default if field.default is not None else ""
-        desc = (field.description or "").replace("\n", " ")
-        lines.append(f"| `{env}` | `{default}` | {desc} |")
+        lines.append(_row(env, field.default, field.description or ""))
     return "\n".join(lines)
 
 

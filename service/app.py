@@ -28,10 +28,11 @@ from service.feedback import FeedbackStore
 from service.heartbeat import Heartbeat
 from service.interceptors import Authorizer, ServerInterceptor
 from service.metrics import Metrics
-from service.model_pool import ModelPool, resolve_device
+from service.model_pool import ModelPool
 from service.model_watcher import ModelWatcher
 from service.policy import PolicyCore
 from service.servicer import PolicyServicer
+from training.devices import resolve_device
 
 log = logging.getLogger("rlhf_serve.server")
 SERVICES = ("rlhf.v1.PolicyService", "rlhf.v1.AdminService")

@@ -18,21 +18,15 @@ from registry import ChecksumError, Registry
 from registry.probe import UnloadableVersion, forward_check, load_checked
 from service.adapters import AdapterBank
 from service.decoder import LoadedModel
+from training.devices import serving_dtype
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def load_model_dir(path, version: str, device: torch.device) -> LoadedModel:
     """Loads a Hugging Face causal LM and its tokenizer from a local directory (strictly: every
     weight present with its shape) and runs it once. Raises registry.probe.UnloadableVersion."""
-    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    model, tokenizer = load_checked(path, version, device, dtype)
+    model, tokenizer = load_checked(path, version, device, serving_dtype(device))
     forward_check(model, tokenizer, version)
     eos = model.generation_config.eos_token_id if model.generation_config else None
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])

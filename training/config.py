@@ -1,6 +1,12 @@
 """Hyper-parameters of reward-model training and PPO, as plain dataclasses.
 
-Defaults follow Ziegler et al. 2019 ("Fine-Tuning Language Models from Human
+These dataclasses are the one source of the training defaults: ``rlhf_serve.settings.Settings``
+nests them (env ``RLHF_PPO__LR``, ``RLHF_REWARD__EPOCHS``), so the workers, the CLI, the benchmarks and
+direct callers of ``run_ppo`` all start from the same values. The round-size defaults (steps, batch,
+learning rates, temperature, epochs) are the ones that met the learning benchmark's targets on the
+built-in model (``benchmarks/results/LEARNING.md``).
+
+The method follows Ziegler et al. 2019 ("Fine-Tuning Language Models from Human
 Preferences", the lm-human-preferences code), Ouyang et al. 2022 (InstructGPT)
 and Huang et al. 2023 ("The N Implementation Details of RLHF with PPO"); the
 numbered items of ``IMPLEMENTATION_DETAILS.md`` say where each one is used.
@@ -15,10 +21,11 @@ from dataclasses import dataclass
 class RewardConfig:
     """Training of the reward model: Bradley-Terry on comparisons, pointwise logistic on thumbs ratings."""
 
-    lr: float = 5e-5
+    lr: float = 3e-4
     """Adam learning rate for backbone and scalar head."""
-    epochs: int = 1
-    """Passes over the training pairs (1 as in Ouyang et al. 2022 sec. C.2: more overfits)."""
+    epochs: int = 2
+    """Passes over the training pairs per round (Ouyang et al. 2022 sec. C.2 use 1 on large data; 2 met the
+    learning benchmark's targets on the built-in model's small rounds)."""
     batch_size: int = 8
     """Pairs per optimiser step (each pair gives a chosen and a rejected sequence)."""
     max_len: int = 128
@@ -38,22 +45,25 @@ class RewardConfig:
     max_grad_norm: float = 1.0
     """Global gradient-norm clip of each step."""
     device: str | None = None
-    """``"cpu"``/``"cuda"``; ``None`` picks CUDA when available."""
+    """``"cpu"``/``"cuda"``/``"cuda:N"``; ``None`` or ``"auto"`` picks CUDA when available (training/devices.py)."""
 
 
 @dataclass
 class PPOConfig:
     """PPO fine-tuning of the policy against a reward model with a KL penalty."""
 
-    steps: int = 10
-    """PPO iterations: each samples one rollout batch and optimises on it."""
-    rollout_batch_size: int = 16
-    """Prompts (= responses) sampled per PPO iteration."""
+    steps: int = 16
+    """PPO iterations per round: each samples one rollout batch and optimises on it."""
+    rollout_batch_size: int = 32
+    """Prompts (= responses, rollouts) sampled per PPO iteration."""
     mini_batch_size: int = 4
     """Responses per gradient step; must divide ``rollout_batch_size``."""
+    micro_batch_size: int = 0
+    """Rows per forward/backward inside a mini-batch (gradient accumulation; LoRA rounds); 0: the whole
+    mini-batch at once."""
     ppo_epochs: int = 4
     """Passes over each rollout batch (Huang et al. 2023, detail 14)."""
-    lr: float = 1e-5
+    lr: float = 5e-5
     """Adam learning rate of policy and value model."""
     adam_eps: float = 1e-5
     """Adam epsilon (1e-5 as in lm-human-preferences; detail 19)."""
@@ -91,7 +101,7 @@ class PPOConfig:
     whiten_scores: bool = False
     """Additionally whiten the RM scores of every rollout batch (detail 6)."""
     missing_eos_penalty: float | None = -2.0
-    """A response without EOS gets this (normalised) score instead of the RM's; None: off (detail 7).
+    """A response without EOS gets this (normalised) score instead of the RM's; None (env `none`): off (detail 7).
 
     -2: scores are normalised to mean 0, std 1 over SFT-reference samples (detail 6), so a
     truncated response scores like the worst ~2% of the reference's answers: never worth
@@ -99,18 +109,20 @@ class PPOConfig:
     never saw in training: it reads the last token, normally EOS). Larger magnitudes add nothing
     but value-function error and dominate the advantage whitening; -1 (lm-human-preferences)
     still beats a finished answer the RM dislikes."""
-    max_new_tokens: int = 32
-    """Maximum sampled response tokens (detail 4)."""
+    max_new_tokens: int = 64
+    """Longest rollout response during PPO (detail 4); also the promotion gate's sampling budget."""
     max_prompt_len: int = 96
     """Maximum prompt tokens; longer prompts keep their end."""
-    temperature: float = 0.7
-    """Sampling temperature, also applied when scoring logprobs (detail 5)."""
+    temperature: float = 1.0
+    """Rollout sampling temperature, also applied when scoring logprobs (detail 5). Keep it equal to the
+    temperature clients sample at (the server's default is 1.0): PPO optimises the policy at this temperature;
+    the promotion gate samples at it too."""
     kl_stop: float | None = None
     """Stop the current step's updates once approx-KL(old||new) exceeds this (detail 17)."""
     seed: int = 0
     """Seed of prompt order, sampling and minibatch permutations."""
     device: str | None = None
-    """``"cpu"``/``"cuda"``; ``None`` picks CUDA when available."""
+    """``"cpu"``/``"cuda"``/``"cuda:N"``; ``None`` or ``"auto"`` picks CUDA when available (training/devices.py)."""
 
     def __post_init__(self) -> None:
         if self.rollout_batch_size % self.mini_batch_size:

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
+from training.devices import serving_dtype
 from training.ppo import last_token_index
 from training.reward_model import RewardModel
 from training.rollout import position_ids
@@ -150,7 +151,7 @@ def adapter_active(model: Any, name: str) -> Iterator[None]:
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA (where supported); a no-op (fp32) on CPU."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if serving_dtype(device) is torch.bfloat16:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -23,12 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from training.config import PPOConfig
+from training.devices import resolve_device
 from training.kl_controller import make_kl_controller
 from training.lora import (POLICY_ADAPTER, AdapterRewardModel, FinetuneConfig, PolicyValue, adapter_active,
                            attach_policy_adapter, attach_reward, autocast, is_adapter_dir, load_base)
 from training.ppo import (clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_penalised_rewards,
                           logprobs_from_logits, masked_mean, masked_whiten)
-from training.reward_model import pick_device
 from training.rollout import Rollout, encode_prompt, generate, left_pad, pad_id_of, position_ids
 
 
@@ -194,7 +194,7 @@ def run_lora_ppo(base_dir: str | Path, policy_dir: str | Path, reward_dir: str |
     from training.ppo_trainer import next_prompts, reward_norm_from, rollout_stats, shaped_scores
     from transformers import AutoTokenizer
 
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     pv = build_lora_policy(base_dir, policy_dir, ft, device)

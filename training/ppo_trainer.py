@@ -18,7 +18,8 @@ from training.config import PPOConfig
 from training.kl_controller import make_kl_controller
 from training.ppo import (clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_penalised_rewards,
                           logprobs_from_logits, masked_mean, masked_whiten)
-from training.reward_model import RewardModel, pick_device
+from training.devices import resolve_device
+from training.reward_model import RewardModel
 from training.rollout import Rollout, response_logits, response_values, sample_rollouts
 
 
@@ -149,7 +150,7 @@ def run_ppo(policy_dir: str | Path, reference_dir: str | Path, reward_model: Rew
     """
     from transformers import AutoTokenizer
 
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(policy_dir))
     policy = load_causal_lm(policy_dir, device, trainable=True)

@@ -14,17 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.config import RewardConfig
+from training.devices import resolve_device
 from training.ppo import last_token_index
 from training.records import PreferencePair, Rating, pairs_from_ratings, split_by_prompt
 from training.sequences import encode_prompt, encode_response, left_pad, pad_id_of, position_ids
 
 HEAD_FILE = "reward_head.safetensors"
 CONFIG_FILE = "reward_config.json"
-
-
-def pick_device(device: str | None) -> torch.device:
-    """``device`` if given, else CUDA when available, else CPU."""
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def weighted_mean(losses: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -164,7 +160,7 @@ class RewardModel(nn.Module):
         model = cls(AutoModel.from_pretrained(str(path)), tokenizer, config.get("max_len", 128))
         model.head.load_state_dict(load_file(str(path / HEAD_FILE)))
         model.rating_bias = float(config.get("rating_bias", 0.0))
-        return model.to(pick_device(device)).eval()
+        return model.to(resolve_device(device)).eval()
 
 
 def split_pairs(pairs: list[PreferencePair], fraction: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
@@ -281,7 +277,7 @@ def train_reward_model(backbone_dir_or_model: str | Path | nn.Module, tokenizer:
     accuracy and AUC, and their count-weighted ``heldout_accuracy``, per epoch in ``history``."""
     torch.manual_seed(cfg.seed)
     model = _as_reward_model(backbone_dir_or_model, tokenizer, cfg)
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device)
     model.to(device).eval()  # eval(): dropout off (detail 16)
     ratings = list(ratings or [])
     train, train_ratings, heldout, held_ratings = split_by_prompt(pairs, ratings, cfg.heldout_fraction, cfg.seed)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from training.devices import resolve_device
 from training.text_format import load_dataset, render_prompt, render_response
 from training.tokenizer import train_tokenizer
 
@@ -59,11 +60,6 @@ class SFTConfig:
     """Sequences per optimizer step."""
     grad_clip: float = 1.0
     """Gradient-norm clipping threshold."""
-
-
-def pick_device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @contextlib.contextmanager
@@ -204,7 +200,7 @@ def build_default_model(out_dir: Path, cfg: SFTConfig = SFTConfig(), log: Callab
     rows = load_dataset("train")  # held-out prompts are never trained on
     with deterministic(cfg.seed):
         tokenizer = train_tokenizer(tokenizer_corpus(rows), cfg.vocab_size, model_max_length=cfg.n_positions)
-        model = build_model(tokenizer, cfg).to(pick_device())
+        model = build_model(tokenizer, cfg).to(resolve_device())
         params = sum(p.numel() for p in model.parameters())
         log(f"sft: {len(rows)} rows, vocab {len(tokenizer)}, {params} params, config {asdict(cfg)}")
         metrics = sft_finetune(model, tokenizer, rows, cfg, log)

@@ -58,12 +58,12 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def register(ctx, state: dict) -> None:
+def register(ctx, round_id: str, round_number: int | None = None) -> None:
     """Marks a round as active (called right after it took the lock)."""
     now = time.time()
-    beat = {"round_id": state["round_id"], "round_number": state.get("round_number"), "stage": "start",
+    beat = {"round_id": round_id, "round_number": round_number, "stage": "start",
             "worker": worker_name(), "started_at": now, "beat_at": now}
-    ctx.redis.hset(ctx.keys.active_rounds, state["round_id"], json.dumps(beat))
+    ctx.redis.hset(ctx.keys.active_rounds, round_id, json.dumps(beat))
 
 
 def beat(ctx, round_id: str, stage: str = "") -> bool:

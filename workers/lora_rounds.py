@@ -1,4 +1,4 @@
-"""The LoRA branch of a round's stages (workers/rounds.py calls these when ``state["finetune"] == "lora"``).
+"""The LoRA branch of a round's stages (workers/rounds.py calls these when ``state.finetune == "lora"``).
 
 A LoRA lineage is a full base version plus adapter versions on it. The round trains the parent's
 adapter further (a fresh one when the parent is the base), the reward model is the base plus its
@@ -17,6 +17,7 @@ from typing import Any
 
 from registry import Registry
 from rlhf_serve.settings import Settings
+from workers.state import RoundState
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def finetune_config(settings: Settings):
     return FinetuneConfig(finetune=settings.finetune, auto_min_params=settings.lora_auto_min_params,
                           rank=settings.lora_rank, alpha=settings.lora_alpha, dropout=settings.lora_dropout,
                           target_modules=targets, gradient_checkpointing=settings.gradient_checkpointing,
-                          micro_batch_size=settings.ppo_micro_batch_size or None)
+                          micro_batch_size=settings.ppo.micro_batch_size or None)
 
 
 def base_of(registry: Registry, version: str) -> str:
@@ -70,29 +71,30 @@ def count_parameters(model_dir: Path) -> int:
     return total
 
 
-def _dirs(registry: Registry, state: dict) -> tuple[Path, Path, Path | None]:
+def _dirs(registry: Registry, state: RoundState) -> tuple[Path, Path, Path | None]:
     """(base dir, parent dir, parent adapter dir or None)."""
-    base_dir, parent_dir = registry.path(state["base_version"]), registry.path(state["parent"])
-    return base_dir, parent_dir, (parent_dir if state["parent"] != state["base_version"] else None)
+    base_dir, parent_dir = registry.path(state.base_version), registry.path(state.parent)
+    return base_dir, parent_dir, (parent_dir if state.parent != state.base_version else None)
 
 
-def train_reward(registry: Registry, settings: Settings, state: dict, workdir: Path, pairs: list, cfg: Any,
+def train_reward(registry: Registry, settings: Settings, state: RoundState, workdir: Path, pairs: list, cfg: Any,
                  device: Any, ratings: list | None = None) -> dict:
     """Reward model = base + its own adapter (started from the parent's) + scalar head; saved to ``workdir``."""
     from training.lora import new_reward_model
-    from training.reward_model import pick_device, train_reward_model
+    from training.devices import resolve_device
+    from training.reward_model import train_reward_model
     from transformers import AutoTokenizer
 
     base_dir, _, parent_adapter = _dirs(registry, state)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = new_reward_model(base_dir, finetune_config(settings), tokenizer, cfg.max_len, pick_device(device),
+    model = new_reward_model(base_dir, finetune_config(settings), tokenizer, cfg.max_len, resolve_device(device),
                              parent_adapter)
     model, metrics = train_reward_model(model, tokenizer, pairs, cfg, ratings=ratings)
     model.save(workdir / "reward_model")
     return metrics
 
 
-def ppo(registry: Registry, settings: Settings, state: dict, workdir: Path, prompts: list[str], cfg: Any,
+def ppo(registry: Registry, settings: Settings, state: RoundState, workdir: Path, prompts: list[str], cfg: Any,
         log_line: Any) -> list[dict]:
     """PPO on the adapter; writes the adapter (and tokenizer) to ``workdir/policy``."""
     from training.lora_ppo import run_lora_ppo, save_policy_adapter
@@ -107,14 +109,14 @@ def ppo(registry: Registry, settings: Settings, state: dict, workdir: Path, prom
     return history
 
 
-def merged_policy(registry: Registry, state: dict, version_dir: Path, device: Any):
+def merged_policy(registry: Registry, state: RoundState, version_dir: Path, device: Any):
     """A plain causal LM for the gate's sampling: the base with ``version_dir``'s adapter merged in
     (the base itself when ``version_dir`` is the full base version)."""
     from peft import PeftModel
     from training.lora import is_adapter_dir, load_base
-    from training.reward_model import pick_device
+    from training.devices import resolve_device
 
-    base = load_base(registry.path(state["base_version"]), pick_device(device) if isinstance(device, str) else device)
+    base = load_base(registry.path(state.base_version), resolve_device(device))
     if not is_adapter_dir(version_dir):
         return base
     return PeftModel.from_pretrained(base, str(version_dir)).merge_and_unload().eval()

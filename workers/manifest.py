@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from rlhf.v1 import records_pb2
+from workers.state import RoundState
 
 NAN = float("nan")
 
@@ -15,8 +16,8 @@ def _num(value) -> float:
     return NAN if value is None else float(value)
 
 
-def fill_training(t: records_pb2.TrainingSummary, state: dict) -> None:
-    rm, judge, data, ppo = state["reward_model"], state.get("judge", {}), state["data"], state.get("ppo", {})
+def fill_training(t: records_pb2.TrainingSummary, state: RoundState) -> None:
+    rm, judge, data, ppo = state.reward_model, state.judge or {}, state.data, state.ppo or {}
     t.first_feedback_id, t.last_feedback_id = data["first_feedback_id"], data["last_feedback_id"]
     t.num_comparisons, t.num_ratings, t.num_prompts = data["num_comparisons"], data["num_ratings"], data["num_prompts"]
     t.reward_model_accuracy = _num(rm.get("heldout_accuracy"))
@@ -30,8 +31,8 @@ def fill_training(t: records_pb2.TrainingSummary, state: dict) -> None:
     t.ppo_eos_rate, t.ppo_mean_response_len = ppo.get("eos_fraction", NAN), ppo.get("mean_response_len", NAN)
     t.ppo_entropy, t.ent_coef = ppo.get("entropy", NAN), ppo.get("ent_coef") or 0.0
     t.missing_eos_penalty = _num(ppo.get("missing_eos_penalty"))
-    t.seconds = time.time() - state["started_at"]
-    t.description = f"ppo round {state['round_number']} ({state['round_id']})"
+    t.seconds = time.time() - state.started_at
+    t.description = f"ppo round {state.round_number} ({state.round_id})"
 
 
 def fill_promotion(p: records_pb2.PromotionDecision, ev: dict, promoted: bool, reason: str, checks: list,

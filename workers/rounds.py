@@ -2,8 +2,9 @@
 
     snapshot -> train_reward -> ppo -> evaluate -> publish
 
-Each stage takes and returns a `RoundState` dict (JSON-serialisable, so it travels between
-Celery workers). Stages write only under `<registry>/.tmp/round-<id>/` until `publish`, which
+Each stage takes a typed `RoundState` (workers/state.py) and returns a new one with its part
+filled in; workers/tasks.py turns it into a JSON dict only to hand it to the next Celery task.
+Stages write only under `<registry>/.tmp/round-<id>/` until `publish`, which
 writes the version atomically through the registry; so a failed or killed round leaves the
 registry untouched.
 """
@@ -16,7 +17,7 @@ import logging
 import random
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import redis
@@ -29,6 +30,7 @@ from rlhf_serve.settings import Settings
 from workers import lora_rounds, snapshots
 from workers.manifest import fill_promotion, fill_training
 from workers.lock import RoundLock
+from workers.state import RoundState
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ def should_run(ctx: Context, force: bool) -> tuple[bool, int]:
     return force or pending >= ctx.settings.min_new_feedback, pending
 
 
-def begin(ctx: Context, round_id: str) -> dict | None:
+def begin(ctx: Context, round_id: str, trigger: str = "") -> RoundState | None:
     """Takes the round lock and clears stale work dirs; None if another round is running."""
     if not ctx.lock.acquire(round_id):
         return None
@@ -70,9 +72,9 @@ def begin(ctx: Context, round_id: str) -> dict | None:
         raise RuntimeError("no current model version; run `rlhf-serve bootstrap` first")
     reference = ctx.registry.manifest(parent).reference_version or parent
     number = int(ctx.redis.incr(ctx.keys.round_counter))
-    return {"round_id": round_id, "round_number": number, "parent": parent, "reference": reference,
-            "started_at": time.time(), "seed": ctx.settings.seed + number,
-            **lora_rounds.decide(ctx.registry, ctx.settings, parent, reference)}  # issue 7: lora | full
+    return RoundState(round_id=round_id, round_number=number, parent=parent, reference=reference,
+                      started_at=time.time(), seed=ctx.settings.seed + number, trigger=trigger,
+                      **lora_rounds.decide(ctx.registry, ctx.settings, parent, reference))  # issue 7: lora | full
 
 
 def training_set(ctx: Context):
@@ -80,21 +82,21 @@ def training_set(ctx: Context):
     return snapshots.load_training_set(ctx.datasets, ctx.settings.train_window, snapshots.Hygiene.from_settings(ctx.settings))
 
 
-def snapshot(ctx: Context, state: dict) -> dict:
-    with ctx.lock.held(state["round_id"]):
+def snapshot(ctx: Context, state: RoundState) -> RoundState:
+    with ctx.lock.held(state.round_id):
         snap = snapshots.take_snapshot(ctx.redis, ctx.keys, ctx.datasets, keep=ctx.settings.feedback_stream_keep)
         pairs, ratings, info = training_set(ctx)
     if not pairs and not ratings:
         raise NothingToTrain("no feedback to train on yet")
-    return {**state, "snapshot": {"path": snap.path, "count": snap.count}, "data": info}
+    return replace(state, snapshot={"path": snap.path, "count": snap.count}, data=info)
 
 
 def holding_lock(stage):
     """Runs a stage under the round lock's heartbeat from its first line: its imports (torch,
     transformers) take seconds, longer than a short lock expiry between stages."""
     @functools.wraps(stage)
-    def run(ctx: Context, state: dict) -> dict:
-        with ctx.lock.held(state["round_id"]):
+    def run(ctx: Context, state: RoundState) -> RoundState:
+        with ctx.lock.held(state.round_id):
             return stage(ctx, state)
     return run
 
@@ -105,45 +107,43 @@ REWARD_METRICS = ("train_loss", "train_accuracy", "heldout_accuracy", "heldout_l
 
 
 @holding_lock
-def train_reward(ctx: Context, state: dict) -> dict:
+def train_reward(ctx: Context, state: RoundState) -> RoundState:
     """Cross-fitting (detail 22): the policy reward model (for PPO) and the judge (for the gate only)
     train on the feedback of disjoint halves of the prompts, split by a seeded hash of each prompt."""
-    from training.config import RewardConfig
     from training.gate import split_prompts
     from training.reward_model import RewardModel, train_reward_model
     from transformers import AutoTokenizer
 
     started = time.perf_counter()
     pairs, ratings, _ = training_set(ctx)
-    cfg = RewardConfig(epochs=ctx.settings.reward_epochs, seed=state["seed"], device=_device(ctx),
-                       lr=ctx.settings.reward_lr)
+    cfg = reward_config(ctx, state)
     split = split_prompts([x.prompt for x in pairs + ratings], ctx.settings.seed)
     halves = dict(zip(("reward_model", "judge"), split))
-    lora = state.get("finetune") == "lora"
-    trunk_dir = ctx.registry.path(state["base_version"] if lora else state["parent"])
+    lora = state.finetune == "lora"
+    trunk_dir = ctx.registry.path(state.base_version if lora else state.parent)
     tokenizer = AutoTokenizer.from_pretrained(trunk_dir)
     out = {}
     for name, prompts in halves.items():
         half_pairs = [p for p in pairs if p.prompt in prompts]
         half_ratings = [r for r in ratings if r.prompt in prompts]  # pointwise loss, split by prompt too
         if lora and name == "reward_model":  # issue 7: base + reward adapter + head (PPO shares the base)
-            metrics = lora_rounds.train_reward(ctx.registry, ctx.settings, state, ctx.workdir(state["round_id"]),
-                                               half_pairs, cfg, _device(ctx), ratings=half_ratings)
+            metrics = lora_rounds.train_reward(ctx.registry, ctx.settings, state, ctx.workdir(state.round_id),
+                                               half_pairs, cfg, ctx.settings.device, ratings=half_ratings)
             out[name] = {k: metrics.get(k) for k in REWARD_METRICS} | {"n_prompts": len(prompts)}
             continue
         if half_pairs or half_ratings:  # the judge is a plain reward model in both modes
             model, metrics = train_reward_model(trunk_dir, tokenizer, half_pairs, cfg, ratings=half_ratings)
         else:  # a lone prompt leaves the judge nothing: an untrained head, no accuracy, the gate refuses
             model, metrics = RewardModel.from_pretrained_backbone(trunk_dir, tokenizer, cfg.max_len), {"n_pairs": 0}
-        model.save(ctx.workdir(state["round_id"]) / name)
+        model.save(ctx.workdir(state.round_id) / name)
         out[name] = {k: metrics.get(k) for k in REWARD_METRICS} | {"n_prompts": len(prompts)}
         if name == "judge" and (half_pairs or half_ratings):
             other = halves["reward_model"]
             out[name].update(judge_accuracy_unseen(model, metrics, [p for p in pairs if p.prompt in other],
                                                    [r for r in ratings if r.prompt in other], cfg.batch_size))
     out["reward_model"]["seconds"] = time.perf_counter() - started
-    log.info("round %s reward models (policy | judge): %s | %s", state["round_id"], out["reward_model"], out["judge"])
-    return {**state, **out}
+    log.info("round %s reward models (policy | judge): %s | %s", state.round_id, out["reward_model"], out["judge"])
+    return replace(state, reward_model=out["reward_model"], judge=out["judge"])
 
 
 def judge_accuracy_unseen(judge, metrics: dict, other_pairs: list, other_ratings: list, batch_size: int) -> dict:
@@ -160,23 +160,23 @@ def judge_accuracy_unseen(judge, metrics: dict, other_pairs: list, other_ratings
 
 
 @holding_lock
-def ppo(ctx: Context, state: dict) -> dict:
+def ppo(ctx: Context, state: RoundState) -> RoundState:
     from training.ppo_trainer import norm_prompt_set, run_ppo
     from training.reward_model import RewardModel
     from training.text_format import train_prompts
     from transformers import AutoTokenizer
 
     started = time.perf_counter()
-    work = ctx.workdir(state["round_id"])
+    work = ctx.workdir(state.round_id)
     cfg = ppo_config(ctx, state)
-    prompts = training_prompts(ctx, state["seed"])
-    if state.get("finetune") == "lora":  # issue 7: policy, reference, value and reward on one base
+    prompts = training_prompts(ctx, state.seed)
+    if state.finetune == "lora":  # issue 7: policy, reference, value and reward on one base
         history = lora_rounds.ppo(ctx.registry, ctx.settings, state, work, prompts, cfg,
                                   lambda line: log.info("ppo %s", line))
         return _ppo_summary(state, history, started, cfg)
-    rm = RewardModel.load(work / "reward_model", device=_device(ctx))  # never the judge
+    rm = RewardModel.load(work / "reward_model", device=ctx.settings.device)  # never the judge
     norm_prompts = norm_prompt_set(train_prompts(), cfg.norm_samples, ctx.settings.seed)  # fixed: detail 6
-    parent_dir, ref_dir = ctx.registry.path(state["parent"]), ctx.registry.path(state["reference"])
+    parent_dir, ref_dir = ctx.registry.path(state.parent), ctx.registry.path(state.reference)
     policy, history = run_ppo(parent_dir, ref_dir, rm, prompts, cfg, log=lambda line: log.info("ppo %s", line),
                               norm_prompts=norm_prompts)
     policy.save_pretrained(work / "policy")
@@ -185,7 +185,7 @@ def ppo(ctx: Context, state: dict) -> dict:
     return _ppo_summary(state, history, started, cfg)
 
 
-def _ppo_summary(state: dict, history: list[dict], started: float, cfg) -> dict:
+def _ppo_summary(state: RoundState, history: list[dict], started: float, cfg) -> RoundState:
     last = history[-1] if history else {}
     keys = ("mean_reward", "kl", "entropy", "clipfrac", "value_loss", "eos_fraction", "mean_response_len",
             "reward_gain", "reward_bias")
@@ -193,60 +193,60 @@ def _ppo_summary(state: dict, history: list[dict], started: float, cfg) -> dict:
     summary.update(steps=len(history), seconds=time.perf_counter() - started,
                    missing_eos_penalty=cfg.missing_eos_penalty, ent_coef=cfg.ent_coef,
                    trainable_parameters=float(last.get("trainable_parameters", 0.0)))
-    return {**state, "ppo": summary, "ppo_history": history}
+    return replace(state, ppo=summary, ppo_history=history)
 
 
 @holding_lock
-def evaluate(ctx: Context, state: dict) -> dict:
+def evaluate(ctx: Context, state: RoundState) -> RoundState:
     """Samples candidate, parent and SFT reference on held-out prompts; the judge scores them (detail 23)."""
     from training.gate_eval import gate_figures, sample_policy, score_samples
     from training.ppo_trainer import load_causal_lm
-    from training.reward_model import RewardModel, pick_device
+    from training.devices import resolve_device
+    from training.reward_model import RewardModel
     from transformers import AutoTokenizer
 
-    work, device = ctx.workdir(state["round_id"]), pick_device(_device(ctx))
-    lora = state.get("finetune") == "lora"
-    judge = RewardModel.load(work / "judge", device=_device(ctx))
-    policy_rm = None if lora else RewardModel.load(work / "reward_model", device=_device(ctx))
+    work, device = ctx.workdir(state.round_id), resolve_device(ctx.settings.device)
+    lora = state.finetune == "lora"
+    judge = RewardModel.load(work / "judge", device=ctx.settings.device)
+    policy_rm = None if lora else RewardModel.load(work / "reward_model", device=ctx.settings.device)
     tokenizer = AutoTokenizer.from_pretrained(work / "policy")
-    reference = load_causal_lm(ctx.registry.path(state["reference"]), device, trainable=False)
+    reference = load_causal_lm(ctx.registry.path(state.reference), device, trainable=False)
     prompts, cfg = eval_prompts(ctx), gate_sampling(ctx, state)
     samples = {}
-    for name, version_dir in (("candidate", work / "policy"), ("parent", ctx.registry.path(state["parent"]))):
+    for name, version_dir in (("candidate", work / "policy"), ("parent", ctx.registry.path(state.parent))):
         policy = (lora_rounds.merged_policy(ctx.registry, state, version_dir, device) if lora
                   else load_causal_lm(version_dir, device, trainable=False))
         samples[name] = sample_policy(policy, reference, tokenizer, prompts, cfg)
-    same = state["parent"] == state["reference"]
+    same = state.parent == state.reference
     samples["reference"] = samples["parent"] if same else sample_policy(reference, None, tokenizer, prompts, cfg)
     judged = {n: score_samples(judge, prompts, samples[n]) for n in ("candidate", "parent")}
     summaries = {n: s.summary() for n, s in samples.items()}
-    judge_accuracy = state["judge"].get("unseen_accuracy", state["judge"]["heldout_accuracy"])
+    judge_accuracy = state.judge.get("unseen_accuracy", state.judge["heldout_accuracy"])
     figures = gate_figures(judge_accuracy, judged["candidate"], judged["parent"],
                            summaries["candidate"], summaries["parent"], summaries["reference"], cfg)
     for n in ("candidate", "parent"):
         summaries[n]["mean_reward"] = _mean(judged[n])  # the judge's
         if policy_rm is not None:  # (a LoRA round's policy RM is an adapter on the PPO base: not rescored here)
             summaries[n]["policy_rm_reward"] = _mean(score_samples(policy_rm, prompts, samples[n]))
-    return {**state, "evaluation": {**summaries, "gate": asdict(figures), "n_prompts": len(prompts),
-                                    "samples_per_prompt": cfg.samples_per_prompt, "confidence": cfg.confidence}}
+    return replace(state, evaluation={**summaries, "gate": asdict(figures), "n_prompts": len(prompts),
+                                      "samples_per_prompt": cfg.samples_per_prompt, "confidence": cfg.confidence})
 
 
-def publish(ctx: Context, state: dict) -> dict:
-    """Applies the gate, writes the version atomically, moves the pointer if promoted."""
+def publish(ctx: Context, state: RoundState) -> RoundState:
+    """Applies the gate, writes the version atomically, moves the pointer if promoted, records the round."""
     from training.gate import GateFigures, decide
 
-    round_id = state["round_id"]
+    round_id = state.round_id
     ctx.lock.check(round_id)
-    promoted, reason, checks = decide(GateFigures(**state["evaluation"]["gate"]), gate_thresholds(ctx.settings))
+    promoted, reason, checks = decide(GateFigures(**state.evaluation["gate"]), gate_thresholds(ctx.settings))
     manifest = build_manifest(ctx, state, promoted, reason, checks)
     published = ctx.registry.publish(ctx.workdir(round_id) / "policy", manifest)
     if promoted:
-        set_current(ctx.redis, ctx.keys, ctx.registry, published.version, f"round {state['round_number']}")
-    summary = {**state, "version": published.version, "promoted": promoted, "reason": reason,
-               "checks": [c.as_dict() for c in checks], "seconds": time.time() - state["started_at"]}
-    summary.pop("ppo_history", None)
-    finish(ctx, round_id, summary)
-    return summary
+        set_current(ctx.redis, ctx.keys, ctx.registry, published.version, f"round {state.round_number}")
+    done = replace(state, version=published.version, promoted=promoted, reason=reason, ppo_history=None,
+                   checks=[c.as_dict() for c in checks], seconds=time.time() - state.started_at)
+    finish(ctx, round_id, done.record())
+    return done
 
 
 def gate(candidate_reward: float, parent_reward: float, kl: float, kl_bound: float,
@@ -268,23 +268,24 @@ def gate_thresholds(s: Settings):
                           max_length_ratio=s.gate_max_length_ratio, min_distinct_ratio=s.gate_min_distinct_ratio)
 
 
-def gate_sampling(ctx: Context, state: dict):
+def gate_sampling(ctx: Context, state: RoundState):
     from training.gate_eval import GateSampling
     s = ctx.settings
-    return GateSampling(samples_per_prompt=s.gate_samples_per_prompt, temperature=s.ppo_temperature,
-                        max_new_tokens=s.ppo_max_new_tokens, batch_size=max(s.ppo_batch_size, 1), seed=state["seed"],
+    return GateSampling(samples_per_prompt=s.gate_samples_per_prompt, temperature=s.ppo.temperature,
+                        max_new_tokens=s.ppo.max_new_tokens, batch_size=max(s.ppo.rollout_batch_size, 1), seed=state.seed,
                         confidence=s.gate_win_confidence)
 
 
-def build_manifest(ctx: Context, state: dict, promoted: bool, reason: str, checks: list) -> records_pb2.ModelManifest:
-    m = records_pb2.ModelManifest(parent_version=state["parent"], reference_version=state["reference"],
-                                  base_model=ctx.registry.manifest(state["parent"]).base_model)
-    if state.get("finetune") == "lora":  # issue 7: the version is an adapter on this base
-        m.adapter_base_version = state["base_version"]
-    m.training.finetune = state.get("finetune", "full")
-    m.training.trainable_parameters = int((state.get("ppo") or {}).get("trainable_parameters", 0))
+def build_manifest(ctx: Context, state: RoundState, promoted: bool, reason: str,
+                   checks: list) -> records_pb2.ModelManifest:
+    m = records_pb2.ModelManifest(parent_version=state.parent, reference_version=state.reference,
+                                  base_model=ctx.registry.manifest(state.parent).base_model)
+    if state.finetune == "lora":  # issue 7: the version is an adapter on this base
+        m.adapter_base_version = state.base_version
+    m.training.finetune = state.finetune
+    m.training.trainable_parameters = int((state.ppo or {}).get("trainable_parameters", 0))
     fill_training(m.training, state)
-    fill_promotion(m.promotion, state["evaluation"], promoted, reason, checks, ctx.settings.kl_bound)
+    fill_promotion(m.promotion, state.evaluation, promoted, reason, checks, ctx.settings.kl_bound)
     return m
 
 
@@ -314,23 +315,19 @@ def eval_prompts(ctx: Context) -> list[str]:
     return heldout_prompts()[: ctx.settings.eval_prompts]
 
 
-def ppo_config(ctx: Context, state: dict):
-    from training.config import PPOConfig
-    s = ctx.settings
-    return PPOConfig(steps=s.ppo_steps, seed=state["seed"], device=_device(ctx), init_kl_coef=s.kl_coef,
-                     adaptive_kl=s.adaptive_kl, kl_target=s.kl_target, lr=s.ppo_lr,
-                     rollout_batch_size=s.ppo_batch_size, max_new_tokens=s.ppo_max_new_tokens,
-                     temperature=s.ppo_temperature, missing_eos_penalty=s.ppo_missing_eos_penalty,
-                     ent_coef=s.ppo_ent_coef, norm_seed=s.seed)
+def ppo_config(ctx: Context, state: RoundState):
+    """The settings' PPOConfig with this round's seed and the process's device (norm_seed: fixed, detail 6)."""
+    return replace(ctx.settings.ppo, seed=state.seed, norm_seed=ctx.settings.seed, device=ctx.settings.device)
+
+
+def reward_config(ctx: Context, state: RoundState):
+    """The settings' RewardConfig with this round's seed and the process's device."""
+    return replace(ctx.settings.reward, seed=state.seed, device=ctx.settings.device)
 
 
 def _mean(groups: list[list[float]]) -> float:
     flat = [x for g in groups for x in g]
     return sum(flat) / len(flat) if flat else float("nan")
-
-
-def _device(ctx: Context) -> str | None:
-    return None if ctx.settings.device == "auto" else ctx.settings.device
 
 
 def _copy_generation_config(src: Path, dst: Path) -> None:

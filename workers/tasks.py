@@ -1,5 +1,8 @@
 """Thin Celery tasks: each runs one stage of workers.rounds and passes the state on.
 
+The stages work on a typed `RoundState`; here, and only here, it becomes a JSON dict
+(`RoundState.to_dict`) to travel to the next task, and is rebuilt from one (`from_dict`).
+
 `rlhf.round` (beat, `rlhf-serve train --now`, AdminService.TriggerRound) checks the backlog,
 takes the round lock and launches the chain; training stages run on the `gpu` queue.
 """
@@ -17,6 +20,7 @@ from rlhf_serve.tasks import REAP_TASK, ROUND_TASK
 from workers import liveness, metrics, rounds
 from workers.celery_app import app, settings
 from workers.lock import LockLost
+from workers.state import RoundState
 
 log = logging.getLogger(__name__)
 RETRY = dict(autoretry_for=(Exception,), dont_autoretry_for=(LockLost, rounds.NothingToTrain),
@@ -31,10 +35,12 @@ def ctx() -> rounds.Context:
     return _ctx
 
 
-def _stage(name: str, fn, state: dict) -> dict:
+def _stage(name: str, fn, data: dict) -> RoundState:
+    """Runs one stage on the state received from the previous task (a JSON dict)."""
+    state = RoundState.from_dict(data)
     started = time.perf_counter()
     try:
-        with liveness.heartbeat(ctx(), state["round_id"], name):
+        with liveness.heartbeat(ctx(), state.round_id, name):
             return fn(ctx(), state)
     except liveness.RoundGone as exc:  # a redelivered task of a round that was abandoned: stop quietly
         log.warning("%s", exc)
@@ -62,12 +68,11 @@ def start_round(force: bool = False, reason: str = "") -> dict:
         metrics.ROUNDS.labels("skipped").inc()
         return {"started": False, "why": f"{pending} new feedback items < {settings.min_new_feedback}"}
     round_id = uuid.uuid4().hex[:12]
-    state = rounds.begin(ctx(), round_id)
+    state = rounds.begin(ctx(), round_id, trigger=reason)
     if state is None:
         return {"started": False, "why": "another round is running"}
-    state["reason"] = reason
-    liveness.register(ctx(), state)
-    pipeline = chain(snapshot.s(state), train_reward_model.s(), run_ppo.s(), evaluate.s(), publish.s())
+    liveness.register(ctx(), state.round_id, state.round_number)
+    pipeline = chain(snapshot.s(state.to_dict()), train_reward_model.s(), run_ppo.s(), evaluate.s(), publish.s())
     result = pipeline.apply_async(link_error=round_failed.si(round_id))
     log.info("round %s started (%s): chain %s", round_id, reason, result.id)
     return {"started": True, "round_id": round_id, "result_id": result.id}
@@ -75,30 +80,32 @@ def start_round(force: bool = False, reason: str = "") -> dict:
 
 @app.task(name="rlhf.snapshot", **RETRY)
 def snapshot(state: dict) -> dict:
-    state = _stage("snapshot", rounds.snapshot, state)
+    done = _stage("snapshot", rounds.snapshot, state)
     metrics.BACKLOG.set(rounds.snapshots.backlog(ctx().redis, ctx().keys))
-    return state
+    return done.to_dict()
 
 
 @app.task(name="rlhf.train_reward_model", **RETRY)
 def train_reward_model(state: dict) -> dict:
-    return _stage("reward_model", rounds.train_reward, state)
+    return _stage("reward_model", rounds.train_reward, state).to_dict()
 
 
 @app.task(name="rlhf.run_ppo", **RETRY)
 def run_ppo(state: dict) -> dict:
-    return _stage("ppo", rounds.ppo, state)
+    return _stage("ppo", rounds.ppo, state).to_dict()
 
 
 @app.task(name="rlhf.evaluate", **RETRY)
 def evaluate(state: dict) -> dict:
-    return _stage("evaluate", rounds.evaluate, state)
+    return _stage("evaluate", rounds.evaluate, state).to_dict()
 
 
 @app.task(name="rlhf.publish", **RETRY)
 def publish(state: dict) -> dict:
-    summary = _stage("publish", rounds.publish, state)
-    liveness.retire(ctx(), state["round_id"])
+    """The last stage: returns the round's record (as pushed to the Redis list of rounds)."""
+    done = _stage("publish", rounds.publish, state)
+    liveness.retire(ctx(), done.round_id)
+    summary = done.record()
     metrics.observe_round(summary)
     return summary
 

@@ -35,10 +35,10 @@ from benchmarks.learning.harness import LearningConfig, run, sample_responses
 from benchmarks.learning.stack import TRAINING_KNOBS, Stack, StackConfig, effective_training
 
 STORY_PROMPT = "My order hasn't arrived. What should I do?"
-# Round size that met every target with the empathetic annotator (benchmarks/results/empathetic).
-TUNED = {"rounds": 15, "feedback_per_round": 384, "rating_share": 0.5, "ppo_steps": 16, "ppo_batch_size": 32,
-         "ppo_lr": 5e-5, "kl_coef": 0.15, "reward_lr": 3e-4, "reward_epochs": 2, "ppo_max_new_tokens": 64,
-         "kl_bound": 9.5}
+# Run size that met every target with the empathetic annotator (benchmarks/results/empathetic). Its PPO and
+# reward-model values (16 steps of 32 rollouts up to 64 tokens, lr 5e-5, KL coef 0.15; RM lr 3e-4, 2 epochs) are the
+# defaults of training/config.py, which the worker reads: they are not repeated here.
+TUNED = {"rounds": 15, "feedback_per_round": 384, "rating_share": 0.5, "kl_bound": 9.5}
 
 
 def build_parser() -> argparse.ArgumentParser:

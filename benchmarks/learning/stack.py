@@ -30,10 +30,22 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "benchmarks" / ".cache"
 
-# Round-size knobs the CLI exposes; each maps to an RLHF_* setting of the worker.
-TRAINING_KNOBS = ("ppo_steps", "ppo_batch_size", "ppo_max_new_tokens", "ppo_lr", "ppo_temperature", "kl_coef", "adaptive_kl",
-                  "kl_target", "reward_epochs", "reward_lr", "eval_prompts", "gate_min_reward_gain", "kl_bound",
-                  "train_window")
+# Round-size knobs the CLI exposes -> the setting each one sets: (nested config, field) for the PPO and
+# reward-model configs (training/config.py, env RLHF_PPO__<FIELD> / RLHF_REWARD__<FIELD>), else (None, setting).
+KNOB_SETTINGS = {
+    "ppo_steps": ("ppo", "steps"), "ppo_batch_size": ("ppo", "rollout_batch_size"),
+    "ppo_max_new_tokens": ("ppo", "max_new_tokens"), "ppo_lr": ("ppo", "lr"), "ppo_temperature": ("ppo", "temperature"),
+    "kl_coef": ("ppo", "init_kl_coef"), "adaptive_kl": ("ppo", "adaptive_kl"), "kl_target": ("ppo", "kl_target"),
+    "reward_epochs": ("reward", "epochs"), "reward_lr": ("reward", "lr"), "eval_prompts": (None, "eval_prompts"),
+    "gate_min_reward_gain": (None, "gate_min_reward_gain"), "kl_bound": (None, "kl_bound"),
+    "train_window": (None, "train_window"),
+}
+TRAINING_KNOBS = tuple(KNOB_SETTINGS)
+
+
+def _env_name(knob: str) -> str:
+    group, name = KNOB_SETTINGS.get(knob, (None, knob))
+    return f"RLHF_{group.upper()}__{name.upper()}" if group else f"RLHF_{name.upper()}"
 
 
 def worker_env(training: dict[str, Any]) -> dict[str, str]:
@@ -42,17 +54,21 @@ def worker_env(training: dict[str, Any]) -> dict[str, str]:
     for name, value in training.items():
         if value is None:
             continue
-        out[f"RLHF_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        out[_env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
     return out
 
 
 def effective_training(training: dict[str, Any]) -> dict[str, Any]:
-    """Every round-size setting the worker runs with: its defaults (and RLHF_* env) under ``training``."""
+    """Every round-size setting the worker runs with (by knob name): its defaults under ``training``."""
     from rlhf_serve.settings import Settings
-    fields = Settings.model_fields
-    names = [n for n in (*TRAINING_KNOBS, "ppo_temperature", "seed") if n in fields]
-    base = Settings(**{k: v for k, v in training.items() if k in fields and v is not None})
-    return {n: getattr(base, n) for n in dict.fromkeys(names)}
+    given: dict[str, Any] = {}
+    for knob, value in training.items():
+        group, name = KNOB_SETTINGS.get(knob, (None, knob))
+        if value is not None and (group or name in Settings.model_fields):
+            (given.setdefault(group, {}) if group else given)[name] = value
+    base = Settings(**given)
+    values = {knob: getattr(getattr(base, group) if group else base, name) for knob, (group, name) in KNOB_SETTINGS.items()}
+    return values | {"seed": base.seed}
 
 
 def builtin_sft_dir(seed: int = 0, cache: Path = CACHE, log: Callable[[str], Any] = print) -> Path:

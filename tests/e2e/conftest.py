@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Small rounds so the loop runs in seconds on the tiny test model.
 FAST_ROUND = {
-    "RLHF_PPO_STEPS": "2", "RLHF_REWARD_EPOCHS": "1", "RLHF_EVAL_PROMPTS": "8", "RLHF_PPO_BATCH_SIZE": "8",
-    "RLHF_PPO_MAX_NEW_TOKENS": "16", "RLHF_MIN_NEW_FEEDBACK": "1", "RLHF_ROUND_LOCK_TTL_S": "4",
+    "RLHF_PPO__STEPS": "2", "RLHF_REWARD__EPOCHS": "1", "RLHF_EVAL_PROMPTS": "8", "RLHF_PPO__ROLLOUT_BATCH_SIZE": "8",
+    "RLHF_PPO__MAX_NEW_TOKENS": "16", "RLHF_MIN_NEW_FEEDBACK": "1", "RLHF_ROUND_LOCK_TTL_S": "4",
     "RLHF_WORKER_METRICS_PORT": "-1", "RLHF_DEVICE": "cpu",
 }
 

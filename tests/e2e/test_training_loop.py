@@ -120,7 +120,7 @@ def test_beat_starts_a_round_once_enough_feedback_arrived(server, settings, star
 
 
 def test_killed_worker_leaves_no_version_and_loses_no_feedback(server, settings, start_worker):
-    slow = start_worker(**LENIENT_GATE, RLHF_PPO_STEPS="500", RLHF_GATE_MIN_REWARD_GAIN="-1e9")
+    slow = start_worker(**LENIENT_GATE, RLHF_PPO__STEPS="500", RLHF_GATE_MIN_REWARD_GAIN="-1e9")
     submitted = give_feedback(server, train_prompts()[:10])
     server.admin.TriggerRound(admin_pb2.TriggerRoundRequest(force=True))
     tmp = settings.registry / ".tmp"
@@ -171,7 +171,7 @@ def redeliver_unacked(settings) -> None:
 
 def test_a_round_whose_worker_was_killed_is_abandoned_within_the_timeout(server, settings, start_worker, start_beat):
     fast_reaper = {"RLHF_ROUND_HEARTBEAT_TIMEOUT_S": "6", "RLHF_ROUND_REAP_INTERVAL_S": "1"}
-    slow = start_worker(RLHF_PPO_STEPS="500", **fast_reaper)
+    slow = start_worker(RLHF_PPO__STEPS="500", **fast_reaper)
     give_feedback(server, train_prompts()[:6])
     server.admin.TriggerRound(admin_pb2.TriggerRoundRequest(force=True))
     tmp = settings.registry / ".tmp"

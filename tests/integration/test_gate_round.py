@@ -19,14 +19,15 @@ from registry.pointer import current_version
 from rlhf.v1 import records_pb2
 from rlhf_serve.commands import cmd_models
 from rlhf_serve.feedback_log import APPEND_SCRIPT
+from training.config import PPOConfig, RewardConfig
 from training.gate import split_prompts
 from training.text_format import load_dataset
 from workers import rounds
 
 pytestmark = pytest.mark.timeout(600)
 DEGENERATE = " ".join(["sorry"] * 30)
-SMALL_ROUND = dict(ppo_steps=1, ppo_batch_size=8, ppo_max_new_tokens=24, eval_prompts=8, gate_samples_per_prompt=2,
-                   reward_epochs=2, device="cpu")
+SMALL_ROUND = dict(ppo=PPOConfig(steps=1, rollout_batch_size=8, max_new_tokens=24), eval_prompts=8,
+                   gate_samples_per_prompt=2, reward=RewardConfig(epochs=2), device="cpu")
 
 
 def honest_rows() -> list[tuple[str, str]]:
@@ -81,13 +82,13 @@ def test_reward_hacked_candidate_is_refused_and_every_figure_is_recorded(setting
         append(r, settings, prompt, good, bad, "u1")
         append(r, settings, prompt, good, bad[: len(bad) // 2], "u2")
     state = run(ctx, rounds.begin(ctx, uuid.uuid4().hex[:12]), [rounds.snapshot, rounds.train_reward])
-    assert state["judge"]["n_prompts"] == len(judge_half) and state["reward_model"]["n_prompts"] == len(policy_half)
+    assert state.judge["n_prompts"] == len(judge_half) and state.reward_model["n_prompts"] == len(policy_half)
     started = time.perf_counter()
-    hacked_candidate(ctx.registry.path(state["parent"]), ctx.workdir(state["round_id"]) / "policy", list(judge_half))
+    hacked_candidate(ctx.registry.path(state.parent), ctx.workdir(state.round_id) / "policy", list(judge_half))
     print(f"hacked candidate: {time.perf_counter() - started:.1f}s")
     summary = run(ctx, state, [rounds.evaluate, rounds.publish])
 
-    assert summary["promoted"] is False and summary["version"] == "v0002"
+    assert summary.promoted is False and summary.version == "v0002"
     assert current_version(r, ctx.keys, ctx.registry) == "v0001"
     p = ctx.registry.manifest("v0002").promotion
     failed = [c.name for c in p.checks if not c.passed]
@@ -121,11 +122,11 @@ def test_near_chance_judge_refuses_a_real_round(settings, registry_v1):
         append(r, settings, prompt, DEGENERATE, answer, "u2")
     summary = run(ctx, rounds.begin(ctx, uuid.uuid4().hex[:12]),
                   [rounds.snapshot, rounds.train_reward, rounds.ppo, rounds.evaluate, rounds.publish])
-    assert summary["promoted"] is False
-    assert summary["reason"].startswith("judge_accuracy: judge held-out accuracy"), summary["reason"]
-    p = ctx.registry.manifest(summary["version"]).promotion
+    assert summary.promoted is False
+    assert summary.reason.startswith("judge_accuracy: judge held-out accuracy"), summary.reason
+    p = ctx.registry.manifest(summary.version).promotion
     assert p.judge_accuracy <= 0.5 and not p.checks[0].passed and p.checks[0].threshold == 0.55
-    assert summary["ppo"]["missing_eos_penalty"] == -2.0 and summary["ppo"]["reward_gain"] > 0
+    assert summary.ppo["missing_eos_penalty"] == -2.0 and summary.ppo["reward_gain"] > 0
     assert current_version(r, ctx.keys, ctx.registry) == "v0001"
 
 
@@ -138,9 +139,9 @@ def test_a_judge_without_feedback_refuses(settings, registry_v1):
     prompt, answer = honest_rows()[0]
     append(r, settings, prompt, answer, DEGENERATE, "u1")
     state = run(ctx, rounds.begin(ctx, uuid.uuid4().hex[:12]), [rounds.snapshot, rounds.train_reward])
-    assert state["judge"]["n_pairs"] == 0 and state["judge"]["heldout_accuracy"] is None
-    shutil.copytree(ctx.registry.path("v0001"), ctx.workdir(state["round_id"]) / "policy",
+    assert state.judge["n_pairs"] == 0 and state.judge["heldout_accuracy"] is None
+    shutil.copytree(ctx.registry.path("v0001"), ctx.workdir(state.round_id) / "policy",
                     ignore=shutil.ignore_patterns("manifest.json"))  # the parent itself as the candidate
     summary = run(ctx, state, [rounds.evaluate, rounds.publish])
-    assert summary["promoted"] is False
-    assert summary["reason"].startswith("judge_accuracy: the judge has no held-out accuracy"), summary["reason"]
+    assert summary.promoted is False
+    assert summary.reason.startswith("judge_accuracy: the judge has no held-out accuracy"), summary.reason

@@ -21,7 +21,7 @@ def ctx(settings):
 def start(ctx, round_id: str) -> dict:
     assert ctx.lock.acquire(round_id)
     state = {"round_id": round_id, "round_number": 1}
-    liveness.register(ctx, state)
+    liveness.register(ctx, round_id, 1)
     (ctx.workdir(round_id) / "reward_model").mkdir(parents=True)
     return state
 

@@ -79,7 +79,7 @@ def test_micro_batches_accumulate_to_the_mini_batch_gradient(tiny_model_dir):
     ro = Rollout(q, torch.ones_like(q), r, ones, torch.full((4, 6), -3.0), torch.full((4, 6), -3.0),
                  torch.zeros(4, 6), torch.zeros(4), torch.ones(4, dtype=torch.bool))
     adv, ret = torch.randn(4, 6), torch.randn(4, 6)
-    cfg = PPOConfig(rollout_batch_size=4, mini_batch_size=4, ppo_epochs=1)
+    cfg = PPOConfig(rollout_batch_size=4, mini_batch_size=4, ppo_epochs=1, temperature=0.7)  # the old default
     params_after = []
     for micro in (None, 2):
         pv = trained_policy(tiny_model_dir)

@@ -1,0 +1,29 @@
+"""RoundState: the typed state of a round, a JSON dict only at the Celery boundary."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from workers.state import RoundState
+
+
+def test_json_round_trip_keeps_every_part():
+    state = RoundState(round_id="r1", round_number=3, parent="v0002", reference="v0001", started_at=1.5, seed=3,
+                       trigger="schedule", data={"num_prompts": 4}, ppo={"kl": 0.5}, ppo_history=[{"kl": 0.5}])
+    again = RoundState.from_dict(json.loads(json.dumps(state.to_dict())))
+    assert again == state and again.ppo_history == [{"kl": 0.5}] and again.evaluation is None
+
+
+def test_record_drops_unset_parts_and_the_ppo_history():
+    state = RoundState(round_id="r1", round_number=3, parent="v0002", reference="v0001", started_at=1.5, seed=3,
+                       ppo={"kl": 0.5}, ppo_history=[{"kl": 0.5}], version="v0003", promoted=False, reason="kl: 12 > 10")
+    record = state.record()
+    assert record["version"] == "v0003" and record["promoted"] is False and record["reason"] == "kl: 12 > 10"
+    assert "ppo_history" not in record and "evaluation" not in record and record["ppo"] == {"kl": 0.5}
+
+
+def test_a_dict_that_is_not_a_round_state_is_refused():
+    with pytest.raises(ValueError, match="unknown fields"):
+        RoundState.from_dict({"round_id": "r1", "bogus": 1})

@@ -1,0 +1,58 @@
+"""Settings nest the training dataclasses: one source of the PPO and reward-model defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+from pydantic import ValidationError
+
+from rlhf_serve.settings import Settings, settings_table
+from training.config import PPOConfig, RewardConfig
+
+
+def test_defaults_are_the_dataclasses_and_the_tuned_values():
+    s = Settings()
+    assert asdict(s.ppo) == asdict(PPOConfig()) and asdict(s.reward) == asdict(RewardConfig())
+    assert (s.ppo.lr, s.ppo.rollout_batch_size, s.ppo.temperature, s.ppo.max_new_tokens, s.ppo.steps) == \
+        (5e-5, 32, 1.0, 64, 16)
+    assert (s.ppo.init_kl_coef, s.ppo.missing_eos_penalty, s.ppo.ent_coef, s.ppo.adaptive_kl) == (0.15, -2.0, 0.0, False)
+    assert (s.reward.epochs, s.reward.lr) == (2, 3e-4)
+
+
+def test_nested_env_vars_set_single_fields(monkeypatch):
+    monkeypatch.setenv("RLHF_PPO__LR", "1e-5")
+    monkeypatch.setenv("RLHF_PPO__MISSING_EOS_PENALTY", "none")
+    monkeypatch.setenv("RLHF_REWARD__EPOCHS", "1")
+    s = Settings(ppo={"steps": 3})
+    assert (s.ppo.lr, s.ppo.missing_eos_penalty, s.ppo.steps, s.ppo.rollout_batch_size) == (1e-5, None, 3, 32)
+    assert (s.reward.epochs, s.reward.lr) == (1, 3e-4)
+
+
+def test_invalid_nested_value_is_refused_with_the_dataclass_check(monkeypatch):
+    monkeypatch.setenv("RLHF_PPO__ROLLOUT_BATCH_SIZE", "6")
+    with pytest.raises(ValidationError, match="mini_batch_size must divide rollout_batch_size"):
+        Settings()
+
+
+@pytest.mark.parametrize("old,new", [("RLHF_PPO_STEPS", "RLHF_PPO__STEPS"), ("RLHF_KL_COEF", "RLHF_PPO__INIT_KL_COEF"),
+                                     ("RLHF_REWARD_LR", "RLHF_REWARD__LR")])
+def test_flat_names_of_earlier_releases_are_refused_with_their_new_name(monkeypatch, old, new):
+    monkeypatch.setenv(old, "3")
+    with pytest.raises(ValidationError, match=f"{old} is now {new}"):
+        Settings()
+
+
+def test_settings_table_lists_nested_fields_with_their_docstrings():
+    table = settings_table()
+    assert "| `RLHF_PPO__LR` | `5e-05` | Adam learning rate of policy and value model. |" in table
+    assert "| `RLHF_REWARD__EPOCHS` | `2` |" in table and "| `RLHF_SEED` | `0` |" in table
+    assert "RLHF_PPO__DEVICE" not in table and "RLHF_PPO__SEED" not in table and "RLHF_PPO_STEPS" not in table
+
+
+def test_lora_micro_batch_is_a_ppo_setting(monkeypatch):
+    from workers.lora_rounds import finetune_config
+
+    assert finetune_config(Settings()).micro_batch_size is None  # 0: the whole mini-batch
+    monkeypatch.setenv("RLHF_PPO__MICRO_BATCH_SIZE", "2")
+    assert finetune_config(Settings()).micro_batch_size == 2
