@@ -96,10 +96,10 @@ def test_reward_hacked_candidate_is_refused_and_every_figure_is_recorded(setting
     assert {"win_rate", "eos_rate", "distinct_2"} <= set(failed), p.reason
     assert p.length_ratio > 1.5  # every answer runs into the 24-token cap
     # the judge is competent on honest feedback (its own held-out split)...
-    assert summary["judge"]["heldout_accuracy"] >= settings.gate_min_judge_accuracy
+    assert summary.judge["heldout_accuracy"] >= settings.gate_min_judge_accuracy
     # ...and the floor reads its accuracy on everything it never trained on, the poisoned half included:
     # there it disagrees with the feedback, which pulls the recorded figure down (a refusal either way)
-    assert p.judge_accuracy < summary["judge"]["heldout_accuracy"]
+    assert p.judge_accuracy < summary.judge["heldout_accuracy"]
     assert p.policy_rm_candidate_reward > p.policy_rm_parent_reward  # PPO's reward model was hacked...
     assert p.candidate_reward < p.parent_reward and p.win_rate < 0.5  # ...the independent judge was not
     assert p.candidate_eos_rate == 0.0 and p.parent_eos_rate > 0.5
