@@ -48,9 +48,12 @@ def cmd_up(args, settings: Settings) -> int:
     env = dict(os.environ, RLHF_REDIS_URL=settings.redis_url, RLHF_REGISTRY=str(settings.registry),
                RLHF_KEY_PREFIX=settings.key_prefix)
     exe = [sys.executable, "-m", "rlhf_serve.cli"]
+    port = settings.worker_metrics_port  # worker and beat share one host here: beat takes the next port
+    beat_env = dict(env, RLHF_WORKER_METRICS_PORT=str(port + 1 if port > 0 else port))
     children = [subprocess.Popen(exe + ["worker", "--pool=solo", "-Q", "default,gpu", "--loglevel=INFO"], env=env),
-                subprocess.Popen(exe + ["beat", "--loglevel=INFO"], env=env)]
-    print("started a Celery worker (queues default,gpu) and beat; starting the server", flush=True)
+                subprocess.Popen(exe + ["beat", "--loglevel=INFO"], env=beat_env)]
+    print(f"started a Celery worker (queues default,gpu; metrics :{port}) and beat (metrics :{beat_env['RLHF_WORKER_METRICS_PORT']});"
+          " starting the server", flush=True)
     try:
         return cmd_serve(args, settings)
     finally:
