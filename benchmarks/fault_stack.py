@@ -10,13 +10,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import redis
 
-from benchmarks.learning.stack import CACHE, ROOT, register_sft
+from benchmarks.learning.stack import CACHE, register_sft
+from rlhf_serve.local import CeleryChild
 
 TINY_FAST_ROUND = {
     "RLHF_PPO__STEPS": "500", "RLHF_REWARD__EPOCHS": "1", "RLHF_EVAL_PROMPTS": "8", "RLHF_PPO__ROLLOUT_BATCH_SIZE": "8",
@@ -78,38 +78,11 @@ class RedisProcess:
             self.proc.wait(10)
 
 
-class Proc:
+class Proc(CeleryChild):
     """`rlhf-serve worker` or `beat` in a child process on the stack's Redis and registry."""
 
     def __init__(self, kind: str, settings, log_dir: Path, **env: str):
-        full = dict(os.environ, RLHF_REDIS_URL=settings.redis_url, RLHF_KEY_PREFIX=settings.key_prefix,
-                    RLHF_REGISTRY=str(settings.registry), PYTHONPATH=str(ROOT), **TINY_FAST_ROUND)
-        full.update(env)
-        self.log_path = log_dir / f"{kind}-{time.monotonic_ns()}.log"
-        self.log = open(self.log_path, "w")
-        args = ["worker", "--pool=solo", "-Q", "default,gpu", "--loglevel=INFO", "--without-heartbeat",
-                "--without-gossip", "--without-mingle"] if kind == "worker" else \
-            ["beat", "--loglevel=INFO", "--schedule", str(log_dir / f"beat-schedule-{time.monotonic_ns()}")]
-        self.proc = subprocess.Popen([sys.executable, "-m", "rlhf_serve.cli", *args], cwd=ROOT, env=full,
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def output(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.log.close()
+        super().__init__(kind, settings, log_dir, env={**TINY_FAST_ROUND, **env})
 
 
 __all__ = ["Proc", "RedisProcess", "TINY_FAST_ROUND", "free_port", "register_sft", "tiny_model_dir"]

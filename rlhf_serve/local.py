@@ -86,3 +86,61 @@ class LocalServer(BackgroundServer):
             if settled or time.monotonic() > end:
                 return text
             time.sleep(0.02)
+
+
+class CeleryChild:
+    """`rlhf-serve worker` (or `beat`) in a child process on `settings`' Redis, key prefix and registry,
+    logging to a file under `log_dir`: for tests and benchmarks that need real Celery processes.
+
+    `env` adds or overrides RLHF_* variables (e.g. small round settings); `queues` are the worker's."""
+
+    def __init__(self, kind: str, settings, log_dir, env: dict | None = None, queues: str = "default,gpu"):
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parents[1]
+        full = dict(os.environ, RLHF_REDIS_URL=settings.redis_url, RLHF_KEY_PREFIX=settings.key_prefix,
+                    RLHF_REGISTRY=str(settings.registry), PYTHONPATH=str(root), **(env or {}))
+        stamp = f"{queues if kind == 'worker' else kind}-{time.monotonic_ns()}"
+        self.log_path = Path(log_dir) / f"{kind}-{stamp}.log"
+        self.log = open(self.log_path, "w")
+        args = (["worker", "--pool=solo", "-Q", queues, f"--hostname={stamp}@%h", "--loglevel=INFO",
+                 "--without-heartbeat", "--without-gossip", "--without-mingle"] if kind == "worker"
+                else ["beat", "--loglevel=INFO", "--schedule", str(Path(log_dir) / f"beat-schedule-{stamp}")])
+        self.proc = subprocess.Popen([sys.executable, "-m", "rlhf_serve.cli", *args], cwd=root, env=full,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def alive(self) -> bool:
+        """True while running; raises with the log's tail once it exited."""
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.proc.args[3]} exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
+        return True
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL to the child's process group (a crash: nothing is cleaned up)."""
+        import os
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM (warm shutdown), SIGKILL after 20 s."""
+        import os
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import redis
 
-ROOT = Path(__file__).resolve().parents[2]
+from rlhf_serve.local import CeleryChild
+
 
 # Small rounds so the loop runs in seconds on the tiny test model.
 FAST_ROUND = {
@@ -22,42 +19,11 @@ FAST_ROUND = {
 }
 
 
-class Worker:
-    """`rlhf-serve worker` in a child process (solo pool, both queues)."""
+class Worker(CeleryChild):
+    """`rlhf-serve worker` in a child process (solo pool, both queues), with the small round settings."""
 
     def __init__(self, settings, tmp_path: Path, **env_overrides: str):
-        env = dict(os.environ, RLHF_REDIS_URL=settings.redis_url, RLHF_KEY_PREFIX=settings.key_prefix,
-                   RLHF_REGISTRY=str(settings.registry), PYTHONPATH=str(ROOT), **FAST_ROUND)
-        env.update(env_overrides)
-        self.log_path = tmp_path / f"worker-{time.monotonic_ns()}.log"
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rlhf_serve.cli", "worker", "--pool=solo", "-Q", "default,gpu",
-             "--loglevel=INFO", "--without-heartbeat", "--without-gossip", "--without-mingle"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def alive(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
-        return True
-
-    def output(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.log.close()
+        super().__init__("worker", settings, tmp_path, env={**FAST_ROUND, **env_overrides})
 
 
 @pytest.fixture
@@ -92,19 +58,11 @@ def stream_stats(settings) -> dict:
             "lag": group.get("lag") if group else None}
 
 
-class Beat(Worker):
+class Beat(CeleryChild):
     """`rlhf-serve beat` in a child process."""
 
     def __init__(self, settings, tmp_path: Path, **env_overrides: str):
-        env = dict(os.environ, RLHF_REDIS_URL=settings.redis_url, RLHF_KEY_PREFIX=settings.key_prefix,
-                   RLHF_REGISTRY=str(settings.registry), PYTHONPATH=str(ROOT), **FAST_ROUND)
-        env.update(env_overrides)
-        self.log_path = tmp_path / f"beat-{time.monotonic_ns()}.log"
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rlhf_serve.cli", "beat", "--loglevel=INFO",
-             "--schedule", str(tmp_path / "beat-schedule")],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        super().__init__("beat", settings, tmp_path, env={**FAST_ROUND, **env_overrides})
 
 
 @pytest.fixture

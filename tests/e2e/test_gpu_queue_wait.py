@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -14,7 +11,8 @@ import redis
 
 from rlhf.v1 import admin_pb2
 from rlhf_serve.keys import Keys
-from tests.e2e.conftest import FAST_ROUND, LENIENT_GATE, ROOT, Worker, wait_for
+from rlhf_serve.local import CeleryChild
+from tests.e2e.conftest import FAST_ROUND, LENIENT_GATE, wait_for
 from tests.e2e.test_training_loop import give_feedback
 from training.text_format import train_prompts
 
@@ -22,19 +20,11 @@ pytestmark = pytest.mark.timeout(900)  # the tiny model fixture + a round, on a 
 LOCK_TTL_S = 2
 
 
-class QueueWorker(Worker):
+class QueueWorker(CeleryChild):
     """`rlhf-serve worker` consuming only the given queue(s), like the Kubernetes Deployments."""
 
     def __init__(self, settings, tmp_path, queues: str, **env_overrides: str):
-        env = dict(os.environ, RLHF_REDIS_URL=settings.redis_url, RLHF_KEY_PREFIX=settings.key_prefix,
-                   RLHF_REGISTRY=str(settings.registry), PYTHONPATH=str(ROOT), **FAST_ROUND)
-        env.update(env_overrides)
-        self.log_path = tmp_path / f"worker-{queues}-{time.monotonic_ns()}.log"
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rlhf_serve.cli", "worker", "--pool=solo", "-Q", queues, f"--hostname={queues}@%h",
-             "--loglevel=INFO", "--without-heartbeat", "--without-gossip", "--without-mingle"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        super().__init__("worker", settings, tmp_path, env={**FAST_ROUND, **env_overrides}, queues=queues)
 
 
 def test_gpu_stage_starts_after_the_old_ttl_and_the_round_completes(server, settings, tmp_path):
