@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gate-min-reward-gain", type=float)
     g.add_argument("--kl-bound", type=float)
     g.add_argument("--train-window", type=int)
+    g.add_argument("--ent-coef", type=float, help="PPO entropy bonus (RLHF_PPO__ENT_COEF)")
+    g.add_argument("--gate-min-distinct-ratio", type=float, help="gate's distinct-2 floor, share of SFT's")
+    g.add_argument("--gate-max-length-ratio", type=float, help="gate's bound on mean length / SFT's")
     p.set_defaults(**TUNED)
     return p
 

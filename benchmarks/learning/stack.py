@@ -38,7 +38,8 @@ KNOB_SETTINGS = {
     "kl_coef": ("ppo", "init_kl_coef"), "adaptive_kl": ("ppo", "adaptive_kl"), "kl_target": ("ppo", "kl_target"),
     "reward_epochs": ("reward", "epochs"), "reward_lr": ("reward", "lr"), "eval_prompts": (None, "eval_prompts"),
     "gate_min_reward_gain": (None, "gate_min_reward_gain"), "kl_bound": (None, "kl_bound"),
-    "train_window": (None, "train_window"),
+    "train_window": (None, "train_window"), "ent_coef": ("ppo", "ent_coef"),
+    "gate_min_distinct_ratio": (None, "gate_min_distinct_ratio"), "gate_max_length_ratio": (None, "gate_max_length_ratio"),
 }
 TRAINING_KNOBS = tuple(KNOB_SETTINGS)
 
