@@ -3,8 +3,8 @@
     .venv/bin/python -m benchmarks.serving [--quick] [--models builtin,gpt2-small] [--out benchmarks/results/serving]
 
 For each model, in one run: the naive baseline (Hugging Face `generate`, one request at a time);
-a real server (loopback gRPC, real Redis) under closed-loop load with 1, 4, 16 and 32 streaming
-clients (32 new tokens each) and open-loop Poisson arrivals at several rates with max_new_tokens
+a real server (loopback gRPC, real Redis; the load generator in a child process) under closed-loop
+load with 1, 4, 16 and 32 streaming clients (32 new tokens each) and open-loop Poisson arrivals at several rates with max_new_tokens
 uniform in 16..256; and the bare batched forward loop at the same batch size (no server) as the
 roofline. Reports throughput, TTFT p50/p99, latency p50/p99 and the targets of issue 8, writes
 result.json and a throughput-vs-latency plot. Models: the built-in SFT model (cached under
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.learning.stack import CACHE, builtin_sft_dir, register_sft
-from benchmarks.serving_load import bare_loop, closed_loop, naive_generate, open_loop, random_gpt2_dir
+from benchmarks.serving_load import bare_loop, in_client_process, naive_generate, random_gpt2_dir
 from rlhf_serve.local import LocalServer, delete_prefix, metric_value, unique_prefix
 from rlhf_serve.settings import Settings
 
@@ -58,7 +58,7 @@ def serve_phases(model_dir: Path, p: dict, log, **overrides) -> dict:
             closed = []
             for clients in p["clients"]:
                 before = batch_mean(srv)
-                r = closed_loop(srv.target, clients, p["closed_s"], MAX_NEW, p["calls_per_window"])
+                r = in_client_process("closed_loop", srv.target, clients, p["closed_s"], MAX_NEW, p["calls_per_window"])
                 after = batch_mean(srv)
                 r["mean_batch"] = (after[0] - before[0]) / max(1.0, after[1] - before[1])
                 log(f"  closed {clients:3d} clients: {fmt(r)} | mean batch {r['mean_batch']:.1f}")
@@ -70,7 +70,7 @@ def serve_phases(model_dir: Path, p: dict, log, **overrides) -> dict:
             capacity = ref["tokens_per_s"] / max(1.0, per_call)
             opened = []
             for frac in p["open_fractions"] if not overrides else []:
-                r = open_loop(srv.target, frac * capacity, max(p["open_s"], 3.0 / (frac * capacity)))
+                r = in_client_process("open_loop", srv.target, frac * capacity, max(p["open_s"], 3.0 / (frac * capacity)))
                 r["load_fraction"] = frac
                 log(f"  open {r['rate_per_s']:5.2f}/s: {fmt(r)}")
                 opened.append(r)

@@ -10,9 +10,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
 import shutil
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -115,6 +119,20 @@ def open_loop(target: str, rate: float, seconds: float, lo: int = 16, hi: int = 
                         "ttft_p99_s": float("nan"), "latency_p50_s": float("nan"), "latency_p99_s": float("nan")}
             return summarise(results)
     return {"rate_per_s": rate, **asyncio.run(run())}
+
+
+def in_client_process(fn: str, *args) -> dict:
+    """Runs load generator `fn` (closed_loop or open_loop) in a child process: real clients do not
+    share the server's interpreter, and in-process clients took the GIL from its decode thread."""
+    code = (f"import json, sys; from benchmarks.serving_load import {fn}; "
+            f"print(json.dumps({fn}(*json.loads(sys.argv[1]))))")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, env=env,
+                         cwd=root, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"load generator {fn} failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _prompt_ids(tokenizer) -> list[list[int]]:

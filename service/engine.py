@@ -63,6 +63,15 @@ class Job:
         return self.cancelled.is_set() or (self.deadline is not None and time.monotonic() > self.deadline)
 
 
+def _deliver(outbox: list[tuple]) -> None:
+    """On the event loop: runs the decode thread's hand-overs in the order they were made."""
+    for fn, *args in outbox:
+        try:
+            fn(*args)
+        except Exception:  # one caller's hand-over must not cost the others theirs
+            log.exception("delivering a generation result failed")
+
+
 class Engine:
     def __init__(self, metrics: Metrics, max_batch_size: int = 16, batch_wait_ms: float = 5.0,
                  max_queue: int = 256, max_tokens_in_flight: int = 65536, prefill_step_ratio: float = 0.0):
@@ -83,6 +92,7 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting = True
         self._halt = False
+        self._outbox: list[tuple] = []  # (fn, *args) for the event loop, handed over once per iteration
 
     @property
     def depth(self) -> int:
@@ -105,17 +115,17 @@ class Engine:
             raise QueueFull(f"generation queue is full ({self.max_queue} requests waiting)")
         loop = asyncio.get_running_loop()
         job.done = loop.create_future()
-        job.rows = [self._make_row(job, i, spec, loop) for i, spec in enumerate(job.specs)]
+        job.rows = [self._make_row(job, i, spec) for i, spec in enumerate(job.specs)]
         with self._wake:
             self._waiting.append(job)
             self._wake.notify()
         self.metrics.queue_depth.set(self.depth)
         return job.done
 
-    def _make_row(self, job: Job, index: int, spec: SamplingSpec, loop) -> Row:
+    def _make_row(self, job: Job, index: int, spec: SamplingSpec) -> Row:
         def on_delta(delta: str) -> None:
             if job.stream is not None:
-                loop.call_soon_threadsafe(job.stream.put_nowait, (index, delta))
+                self._outbox.append((job.stream.put_nowait, (index, delta)))
 
         def on_finished(row: Row) -> None:
             if row.finish == ERROR:
@@ -123,7 +133,7 @@ class Engine:
             if all(r.finish for r in job.rows) and not job.reported:  # answer without waiting for the batch
                 job.reported = True  # rows finishing in one step each see the job complete: report it once
                 self.metrics.observe_job(job.lm.version, job)
-                loop.call_soon_threadsafe(self._finish, job)
+                self._outbox.append((self._finish, job))
         return Row(prompt_ids=job.prompt_ids, spec=spec, on_delta=on_delta, is_cancelled=job.is_cancelled,
                    on_finished=on_finished)
 
@@ -155,7 +165,19 @@ class Engine:
                 self._iteration()
             except Exception:  # never lose the decode thread
                 log.exception("engine iteration failed")
+            finally:
+                self._flush()
         self._abandon()
+        self._flush()
+
+    def _flush(self) -> None:
+        """Hands this iteration's stream chunks and answers to the event loop in one wake-up (in order),
+        not one cross-thread call per row and token."""
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, []
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(_deliver, outbox)
 
     def _iteration(self) -> None:
         joining = self._admit()
