@@ -119,6 +119,11 @@ class PPOConfig:
     the promotion gate samples at it too."""
     kl_stop: float | None = None
     """Stop the current step's updates once approx-KL(old||new) exceeds this (detail 17)."""
+    kl_budget: float | None = None
+    """End the round's PPO before updating on a rollout batch whose mean KL to the reference (nats per
+    response) exceeds this; the policy returned is the one that sampled that batch. None: off. The
+    workers set it to ``RLHF_ROUND_KL_BUDGET_SHARE`` x ``RLHF_KL_BOUND``, so a round stops near the
+    promotion gate's KL bound instead of overshooting it and being refused."""
     seed: int = 0
     """Seed of prompt order, sampling and minibatch permutations."""
     device: str | None = None

@@ -133,6 +133,13 @@ def next_prompts(prompts: list[str], order: list[int], rng: random.Random, n: in
     return batch
 
 
+def over_kl_budget(kl: Tensor, budget: float | None, start: float) -> bool:
+    """Whether the rollouts' mean KL to the reference, sum_t KL_t per response (kl: (B, T)), exceeds both
+    ``budget`` and ``start`` (the round's first batch: a parent already past the budget may still train
+    while its KL does not grow)."""
+    return budget is not None and float(kl.sum(-1).mean()) > max(budget, start)
+
+
 def rollout_stats(ro: Rollout, kl: Tensor) -> dict[str, float]:
     """Per-batch means: RM score, KL summed over each response's tokens, response length."""
     return {"mean_reward": float(ro.scores.mean()), "kl": float(kl.sum(-1).mean()),
@@ -168,12 +175,17 @@ def run_ppo(policy_dir: str | Path, reference_dir: str | Path, reward_model: Rew
         fixed = norm_prompts if norm_prompts is not None else norm_prompt_set(prompts, cfg.norm_samples, cfg.norm_seed)
         gain, bias = reference_reward_norm(ref_policy, reward_model, tokenizer, fixed, cfg)
     history: list[dict[str, float]] = []
+    kl_start: float | None = None
     for step in range(cfg.steps):
         batch_prompts = next_prompts(prompts, order, rng, cfg.rollout_batch_size)
         ro = sample_rollouts(policy, ref_policy, value_model, reward_model, tokenizer, batch_prompts, cfg, sample_gen)
         kl_coef = kl_ctl.value
         rewards, kl = kl_penalised_rewards(shaped_scores(ro, gain, bias, cfg), ro.logprobs, ro.ref_logprobs,
                                            ro.response_mask, kl_coef)  # (B, T) r_t, detail 8
+        kl_start = float(kl.sum(-1).mean()) if kl_start is None else kl_start  # () the parent's KL
+        if over_kl_budget(kl, cfg.kl_budget, kl_start):
+            log(f"step {step}: rollout KL {float(kl.sum(-1).mean()):.3g} > budget {cfg.kl_budget:.3g}; round ends here")
+            break
         advantages, returns = gae(rewards, ro.values, ro.response_mask, cfg.gamma, cfg.lam)  # detail 10
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, ro.response_mask)  # detail 11

@@ -190,7 +190,7 @@ def _ppo_summary(state: RoundState, history: list[dict], started: float, cfg) ->
     keys = ("mean_reward", "kl", "entropy", "clipfrac", "value_loss", "eos_fraction", "mean_response_len",
             "reward_gain", "reward_bias")
     summary = {k: float(last.get(k, 0.0)) for k in keys}
-    summary.update(steps=len(history), seconds=time.perf_counter() - started,
+    summary.update(steps=len(history), planned_steps=cfg.steps, seconds=time.perf_counter() - started,
                    missing_eos_penalty=cfg.missing_eos_penalty, ent_coef=cfg.ent_coef,
                    trainable_parameters=float(last.get("trainable_parameters", 0.0)))
     return replace(state, ppo=summary, ppo_history=history)
@@ -316,8 +316,13 @@ def eval_prompts(ctx: Context) -> list[str]:
 
 
 def ppo_config(ctx: Context, state: RoundState):
-    """The settings' PPOConfig with this round's seed and the process's device (norm_seed: fixed, detail 6)."""
-    return replace(ctx.settings.ppo, seed=state.seed, norm_seed=ctx.settings.seed, device=ctx.settings.device)
+    """The settings' PPOConfig with this round's seed, the process's device (norm_seed: fixed, detail 6) and
+    the round's KL budget (a share of the gate's bound, unless RLHF_PPO__KL_BUDGET sets one)."""
+    s = ctx.settings
+    budget = s.ppo.kl_budget
+    if budget is None and s.round_kl_budget_share > 0:
+        budget = s.round_kl_budget_share * s.kl_bound
+    return replace(s.ppo, seed=state.seed, norm_seed=s.seed, device=s.device, kl_budget=budget)
 
 
 def reward_config(ctx: Context, state: RoundState):

@@ -88,3 +88,27 @@ def test_kl_stop_adaptive_kl_and_real_reward_model(setup):
     assert hist[0]["updates"] == 1.0 and hist[0]["early_stopped"] == 1.0
     error = min(max(hist[0]["kl"] / 0.001 - 1.0, -0.2), 0.2)  # Ziegler et al. eq. 2, n_steps = horizon
     assert hist[1]["kl_coef"] == pytest.approx(hist[0]["kl_coef"] * (1 + error))
+
+
+def test_kl_budget_ends_the_round_before_the_policy_overshoots(setup):
+    """The same run as above with a KL budget: it stops at the first rollout batch past the budget
+    (which the returned policy sampled), having trained exactly the steps before it."""
+    tok, policy_dir = setup
+    rm = VowelReward(tiny_gpt2(len(tok.get_vocab()), 1).transformer, tok, 64)
+    _, free = run_ppo(policy_dir, policy_dir, rm, PROMPTS, config(), log=lambda s: None)
+    budget = free[3]["kl"] - 1e-6  # the unconstrained run's KL at step 3 (> steps 0..2, as it grows)
+    assert all(h["kl"] < budget for h in free[:3]), [h["kl"] for h in free]
+    logs = []
+    _, capped = run_ppo(policy_dir, policy_dir, rm, PROMPTS, config(kl_budget=budget), log=logs.append)
+    assert capped == free[:3]  # identical steps up to the budget, then no update on the batch past it
+    assert "round ends here" in logs[-1]
+
+
+def test_over_kl_budget_matches_a_naive_reference():
+    from training.ppo_trainer import over_kl_budget
+    kl = torch.tensor([[0.5, 0.25, 0.0], [1.0, 1.0, 1.0]])  # (B, T) per-token KL; responses sum to 0.75 and 3.0
+    mean = (0.75 + 3.0) / 2
+    for budget, start, want in [(None, 0.0, False), (1.0, 0.0, True), (mean, 0.0, False), (1.0, 2.0, False),
+                                (1.0, 1.5, True)]:
+        assert over_kl_budget(kl, budget, start) == (budget is not None and mean > max(budget, start))
+        assert over_kl_budget(kl, budget, start) == want

@@ -56,3 +56,16 @@ def test_lora_micro_batch_is_a_ppo_setting(monkeypatch):
     assert finetune_config(Settings()).micro_batch_size is None  # 0: the whole mini-batch
     monkeypatch.setenv("RLHF_PPO__MICRO_BATCH_SIZE", "2")
     assert finetune_config(Settings()).micro_batch_size == 2
+
+
+def test_a_rounds_kl_budget_is_a_share_of_the_gates_bound_unless_set(monkeypatch):
+    from workers.rounds import Context, ppo_config
+    from workers.state import RoundState
+
+    state = RoundState(round_id="r1", round_number=1, parent="v0001", reference="v0001", started_at=0.0, seed=3)
+    s = Settings(redis_url="redis://127.0.0.1:6379/0", kl_bound=8.0)
+    assert (s.round_kl_budget_share, s.ppo.kl_budget) == (0.9, None)
+    assert ppo_config(Context(s), state).kl_budget == pytest.approx(7.2)
+    assert ppo_config(Context(s.model_copy(update={"round_kl_budget_share": 0.0})), state).kl_budget is None
+    monkeypatch.setenv("RLHF_PPO__KL_BUDGET", "5.5")
+    assert ppo_config(Context(Settings(kl_bound=8.0)), state).kl_budget == 5.5
