@@ -112,7 +112,7 @@ class GateThresholds:
     kl_bound: float = 10.0
     max_eos_drop: float = 0.1
     max_length_ratio: float = 3.0
-    min_distinct_ratio: float = 0.5
+    min_distinct_ratio: float = 0.6
 
 
 @dataclass(frozen=True)
