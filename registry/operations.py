@@ -21,8 +21,8 @@ from registry.pointer import current_version, set_current
 from registry.registry import Registry, check_version_name
 from registry.retention import RetentionPlan, prune
 from rlhf.v1 import admin_pb2, policy_pb2, records_pb2
-from rlhf_serve.keys import Keys
-from rlhf_serve.tasks import DEFAULT_QUEUE, ROUND_TASK, make_sender
+from rlhf_core.keys import Keys
+from rlhf_core.tasks import DEFAULT_QUEUE, ROUND_TASK, make_sender
 
 
 class NoParent(RuntimeError):

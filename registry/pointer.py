@@ -17,7 +17,7 @@ from typing import Callable, Generator
 import redis
 
 from registry.registry import Registry, VersionNotFound, check_version_name
-from rlhf_serve.keys import Keys
+from rlhf_core.keys import Keys
 
 
 def redis_db(client) -> int:

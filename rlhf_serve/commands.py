@@ -7,8 +7,8 @@ import sys
 
 import redis
 
-from rlhf_serve.keys import Keys
-from rlhf_serve.settings import Settings
+from rlhf_core.keys import Keys
+from rlhf_core.settings import Settings
 
 
 def _insecure(settings: Settings) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from registry.operations import Operations
 from registry.pointer import current_version
-from rlhf_serve.settings import Settings
+from rlhf_core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 
 from registry import Registry, is_version_name
 from registry.pointer import events_channel, lookup_pointer_async
-from rlhf_serve.keys import Keys
+from rlhf_core.keys import Keys
 from service.metrics import Metrics
 from service.model_pool import ModelPool
 

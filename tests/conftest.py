@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from registry import Registry
-from rlhf_serve.settings import Settings
+from rlhf_core.settings import Settings
 from tests.helpers import ServerThread, delete_prefix, register_v1, unique_prefix
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")

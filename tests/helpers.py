@@ -10,8 +10,8 @@ from registry import Registry
 from registry.operations import Operations
 from registry.pointer import set_current
 from rlhf.v1 import records_pb2
-from rlhf_serve.keys import Keys
-from rlhf_serve.settings import Settings
+from rlhf_core.keys import Keys
+from rlhf_core.settings import Settings
 from rlhf_serve.local import LocalServer, delete_prefix, metric_samples, metric_value  # noqa: F401
 from rlhf_serve.local import unique_prefix as _unique_prefix
 

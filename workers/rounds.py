@@ -25,8 +25,8 @@ import redis
 from registry import Registry
 from registry.pointer import current_version, set_current
 from rlhf.v1 import records_pb2
-from rlhf_serve.keys import Keys
-from rlhf_serve.settings import Settings
+from rlhf_core.keys import Keys
+from rlhf_core.settings import Settings
 from workers import lora_rounds, snapshots
 from workers.manifest import fill_promotion, fill_training
 from workers.lock import RoundLock

@@ -28,9 +28,9 @@ from pathlib import Path
 import redis
 
 from rlhf.v1 import records_pb2
-from rlhf_serve.feedback_log import event_to_row
-from rlhf_serve.keys import Keys
-from rlhf_serve.settings import load_settings
+from rlhf_core.feedback_log import event_to_row
+from rlhf_core.keys import Keys
+from rlhf_core.settings import load_settings
 from training.records import PreferencePair, Rating
 from training.voters import Vote, cap_scale, reliability
 from workers import metrics
@@ -49,7 +49,7 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Hygiene:
-    """How a training set is weighted (from Settings; see rlhf_serve/settings.py)."""
+    """How a training set is weighted (from Settings; see rlhf_core/settings.py)."""
 
     max_user_share: float = 0.2
     voter_weighting: bool = True

@@ -59,7 +59,7 @@ def worker_env(training: dict[str, Any]) -> dict[str, str]:
 
 def effective_training(training: dict[str, Any]) -> dict[str, Any]:
     """Every round-size setting the worker runs with (by knob name): its defaults under ``training``."""
-    from rlhf_serve.settings import Settings
+    from rlhf_core.settings import Settings
     given: dict[str, Any] = {}
     for knob, value in training.items():
         group, name = KNOB_SETTINGS.get(knob, (None, knob))
@@ -140,7 +140,7 @@ class Stack:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "Stack":
-        from rlhf_serve.settings import Settings
+        from rlhf_core.settings import Settings
         cfg = self.cfg
         if cfg.registry is None:
             self._tmp = Path(tempfile.mkdtemp(prefix="rlhf-bench-"))

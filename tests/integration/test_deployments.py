@@ -12,7 +12,7 @@ import redis
 from registry import Registry
 from registry.pointer import events_channel
 from rlhf.v1 import admin_pb2, policy_pb2
-from rlhf_serve.keys import Keys
+from rlhf_core.keys import Keys
 from tests.helpers import ServerThread, delete_prefix, make_settings, metric_value, publish_model, register_v1, \
     unique_prefix
 

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from registry import Registry
 from registry.pointer import current_version, lookup_pointer, lookup_pointer_async
-from rlhf_serve.keys import Keys
+from rlhf_core.keys import Keys
 from tests.helpers import publish_model, register_v1
 
 

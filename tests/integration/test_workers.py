@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from rlhf.v1 import records_pb2
-from rlhf_serve.feedback_log import APPEND_SCRIPT
-from rlhf_serve.keys import Keys
+from rlhf_core.feedback_log import APPEND_SCRIPT
+from rlhf_core.keys import Keys
 from workers import metrics, rounds, snapshots
 from workers.lock import LockLost, RoundLock
 
