@@ -30,7 +30,7 @@ from benchmarks.fault_stack import Proc, RedisProcess, register_sft, tiny_model_
 from registry import Registry
 from rlhf.v1 import admin_pb2, policy_pb2, records_pb2
 from rlhf_serve.local import LocalServer, unique_prefix
-from rlhf_serve.settings import Settings
+from rlhf_core.settings import Settings
 
 PROMPT = "My order hasn't arrived. What should I do?"
 
@@ -250,7 +250,7 @@ def worker_kill(stack: Stack, timeout_s: float = 150.0) -> dict:
 
 def redeliver_unacked(settings) -> None:
     from celery import Celery
-    from rlhf_serve.tasks import celery_connection_conf
+    from rlhf_core.tasks import celery_connection_conf
     conf = celery_connection_conf(settings)
     conf["broker_transport_options"] = {**conf["broker_transport_options"], "visibility_timeout": 0}
     app = Celery("redeliver")

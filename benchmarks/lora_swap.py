@@ -85,10 +85,10 @@ def decode_speeds(registry, base: str, adapter: str) -> dict:
 def swap_under_load(registry_root: Path, base: str, adapter: str, clients: int = 2) -> dict:
     from rlhf.v1 import policy_pb2
     from rlhf_serve.local import LocalServer, delete_prefix, metric_value, unique_prefix
-    from rlhf_serve.settings import Settings
+    from rlhf_core.settings import Settings
     from registry.pointer import set_current
     from registry import Registry
-    from rlhf_serve.keys import Keys
+    from rlhf_core.keys import Keys
     import redis
 
     s = Settings(redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), key_prefix=unique_prefix("bench"),

@@ -23,7 +23,7 @@ from pathlib import Path
 from benchmarks.learning.annotators import make_annotator
 from benchmarks.learning.harness import collect_feedback
 from rlhf.v1 import policy_pb2
-from rlhf_serve.settings import Settings
+from rlhf_core.settings import Settings
 from benchmarks.learning.stack import builtin_sft_dir, register_sft
 from rlhf_serve.local import LocalServer, delete_prefix, metric_value, unique_prefix
 from training.text_format import train_prompts

@@ -28,7 +28,7 @@ import torch
 from benchmarks.learning.stack import CACHE, builtin_sft_dir, register_sft
 from benchmarks.serving_load import bare_loop, in_client_process, naive_generate, random_gpt2_dir
 from rlhf_serve.local import LocalServer, delete_prefix, metric_value, unique_prefix
-from rlhf_serve.settings import Settings
+from rlhf_core.settings import Settings
 
 MAX_NEW = 32
 

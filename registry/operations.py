@@ -1,4 +1,5 @@
-"""Operator actions, below both edges: promote, roll back, trigger a round, list, prune.
+"""Operator actions, below both edges: register the SFT reference, promote, roll back, trigger a
+round, list, prune.
 
 The CLI (`rlhf_serve/commands.py`) and AdminService (`service/admin.py`) call these. They raise
 plain exceptions (`InvalidVersionName`, `VersionNotFound`, `ChecksumError`, `UnloadableVersion`,
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Callable
 
 import redis
@@ -18,9 +20,9 @@ from registry.info import live_server, model_info
 from registry.pointer import current_version, set_current
 from registry.registry import Registry, check_version_name
 from registry.retention import RetentionPlan, prune
-from rlhf.v1 import admin_pb2, policy_pb2
-from rlhf_serve.keys import Keys
-from rlhf_serve.tasks import DEFAULT_QUEUE, ROUND_TASK, make_sender
+from rlhf.v1 import admin_pb2, policy_pb2, records_pb2
+from rlhf_core.keys import Keys
+from rlhf_core.tasks import DEFAULT_QUEUE, ROUND_TASK, make_sender
 
 
 class NoParent(RuntimeError):
@@ -83,6 +85,20 @@ class Operations:
         set_current(self.redis, self.keys, self.registry, version, action, probe=self.probe)
         return model_info(self.registry.manifest(version), version)
 
+    def register_reference(self, model_dir: Path, base_model: str, description: str, action: str = "bootstrap",
+                           seconds: float = 0.0) -> str:
+        """Publishes `model_dir` as an SFT reference (promoted, no parent: version 1 of a fresh registry)
+        and points serving at it; returns the version. `rlhf-serve bootstrap`, benchmarks and tests use it."""
+        manifest = records_pb2.ModelManifest(base_model=base_model)
+        manifest.training.description = description
+        manifest.training.seconds = seconds
+        manifest.promotion.promoted = True
+        manifest.promotion.reason = "bootstrap: the SFT reference"
+        manifest.promotion.decided_at.GetCurrentTime()
+        version = self.registry.publish(Path(model_dir), manifest).version
+        set_current(self.redis, self.keys, self.registry, version, action, probe=self.probe)
+        return version
+
     def rollback_target(self, version: str = "") -> str:
         """`version` if given, else the current version's parent."""
         if version:
@@ -113,3 +129,12 @@ class Operations:
             raise RoundRunning("a training round is running (round lock held); prune again after it")
         keep = self.settings.retention_keep_refused if keep_refused is None else keep_refused
         return prune(self.registry, self.redis, self.keys, keep, dry_run=dry_run)
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def __enter__(self) -> "Operations":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -8,14 +8,16 @@ only a hint: a serving process that hears anything reads the pointer from its ow
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import time
-from typing import Callable
+from typing import Callable, Generator
 
 import redis
 
 from registry.registry import Registry, VersionNotFound, check_version_name
-from rlhf_serve.keys import Keys
+from rlhf_core.keys import Keys
 
 
 def redis_db(client) -> int:
@@ -32,21 +34,49 @@ def _text(value) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def read_pointer(r: redis.Redis, keys: Keys) -> tuple[str | None, int]:
-    """(current version or None, epoch) in one round trip."""
-    version, epoch = r.mget(keys.current_version, keys.pointer_epoch)
-    return _text(version) or None, int(epoch or 0)
+def _lookup(keys: Keys, registry: Registry) -> Generator[tuple, object, tuple[str | None, int]]:
+    """The pointer lookup, written once for sync and asyncio clients: yields each step, a Redis
+    command ("redis", method, args, kwargs) or a registry read ("call", fn), is sent its result,
+    and returns (version, epoch). When Redis lost the pointer, the newest promoted version is
+    the answer and is re-set (NX: a pointer set meanwhile wins)."""
+    value, epoch = yield "redis", "mget", (keys.current_version, keys.pointer_epoch), {}
+    epoch = int(epoch or 0)
+    if value:
+        return value.decode(errors="replace") if isinstance(value, bytes) else value, epoch
+    fallback = yield "call", registry.latest_promoted, (), {}
+    if fallback:
+        yield "redis", "set", (keys.current_version, fallback), {"nx": True}
+    return fallback, epoch
+
+
+def lookup_pointer(r: redis.Redis, keys: Keys, registry: Registry) -> tuple[str | None, int]:
+    """(version, epoch): the pointer, or (when Redis lost it) the newest promoted version, re-set."""
+    steps, reply = _lookup(keys, registry), None
+    try:
+        while True:
+            kind, what, args, kwargs = steps.send(reply)
+            reply = getattr(r, what)(*args, **kwargs) if kind == "redis" else what(*args, **kwargs)
+    except StopIteration as done:
+        return done.value
+
+
+async def lookup_pointer_async(r, keys: Keys, registry: Registry) -> tuple[str | None, int]:
+    """:func:`lookup_pointer` on an asyncio client; registry reads run off the event loop."""
+    steps, reply = _lookup(keys, registry), None
+    try:
+        while True:
+            kind, what, args, kwargs = steps.send(reply)
+            if kind == "redis":
+                reply = await getattr(r, what)(*args, **kwargs)
+            else:
+                reply = await asyncio.get_running_loop().run_in_executor(None, functools.partial(what, *args, **kwargs))
+    except StopIteration as done:
+        return done.value
 
 
 def current_version(r: redis.Redis, keys: Keys, registry: Registry) -> str | None:
     """The pointer, or (when Redis lost it) the newest promoted version, which is re-set."""
-    value = r.get(keys.current_version)
-    if value:
-        return _text(value)
-    fallback = registry.latest_promoted()
-    if fallback:
-        r.set(keys.current_version, fallback, nx=True)
-    return fallback
+    return lookup_pointer(r, keys, registry)[0]
 
 
 def default_probe(registry: Registry) -> Callable[[str], object]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import redis
 
 from registry.registry import Registry
-from rlhf_serve.keys import Keys
+from rlhf_core.keys import Keys
 
 
 @dataclass(frozen=True)

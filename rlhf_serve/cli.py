@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 
-from rlhf_serve.settings import Settings, load_settings
+from rlhf_core.settings import Settings, load_settings
 
 
 def _common(p: argparse.ArgumentParser) -> None:

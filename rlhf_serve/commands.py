@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import redis
 
-from rlhf_serve.keys import Keys
-from rlhf_serve.settings import Settings
+from rlhf_core.keys import Keys
+from rlhf_core.settings import Settings
 
 
 def _insecure(settings: Settings) -> bool:
@@ -42,17 +40,15 @@ def cmd_bootstrap(args, settings: Settings) -> int:
 def cmd_up(args, settings: Settings) -> int:
     """The whole stack in one terminal: bootstrap, a worker, beat, and the server."""
     from rlhf_serve.default_model import bootstrap
+    from rlhf_serve.local import CeleryChild
     if _insecure(settings):
         return 2
     bootstrap(settings)
-    env = dict(os.environ, RLHF_REDIS_URL=settings.redis_url, RLHF_REGISTRY=str(settings.registry),
-               RLHF_KEY_PREFIX=settings.key_prefix)
-    exe = [sys.executable, "-m", "rlhf_serve.cli"]
     port = settings.worker_metrics_port  # worker and beat share one host here: beat takes the next port
-    beat_env = dict(env, RLHF_WORKER_METRICS_PORT=str(port + 1 if port > 0 else port))
-    children = [subprocess.Popen(exe + ["worker", "--pool=solo", "-Q", "default,gpu", "--loglevel=INFO"], env=env),
-                subprocess.Popen(exe + ["beat", "--loglevel=INFO"], env=beat_env)]
-    print(f"started a Celery worker (queues default,gpu; metrics :{port}) and beat (metrics :{beat_env['RLHF_WORKER_METRICS_PORT']});"
+    beat_port = str(port + 1 if port > 0 else port)
+    children = [CeleryChild("worker", settings, detached=False),
+                CeleryChild("beat", settings, env={"RLHF_WORKER_METRICS_PORT": beat_port}, detached=False)]
+    print(f"started a Celery worker (queues default,gpu; metrics :{port}) and beat (metrics :{beat_port});"
           " starting the server", flush=True)
     try:
         return cmd_serve(args, settings)
@@ -60,7 +56,7 @@ def cmd_up(args, settings: Settings) -> int:
         for child in children:
             child.terminate()
         for child in children:
-            child.wait(timeout=30)
+            child.stop(timeout=30)
 
 
 def cmd_generate(args, settings: Settings) -> int:

@@ -8,8 +8,8 @@ from typing import IO, Iterator
 import redis
 
 from rlhf.v1 import records_pb2
-from rlhf_serve.feedback_log import APPEND_SCRIPT, STORED, content_digest, event_to_row, row_to_event
-from rlhf_serve.keys import Keys
+from rlhf_core.feedback_log import APPEND_SCRIPT, STORED, content_digest, event_to_row, row_to_event
+from rlhf_core.keys import Keys
 
 
 def iter_events(r: redis.Redis, keys: Keys, start: str = "-", batch: int = 1000) -> Iterator[tuple[str, records_pb2.FeedbackEvent]]:

@@ -7,9 +7,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import grpc
 import redis
@@ -17,6 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rlhf.v1 import admin_pb2_grpc, policy_pb2_grpc
 from service.app import BackgroundServer
+
+ROOT = Path(__file__).resolve().parents[1]  # this source tree (a detached CeleryChild runs it)
 
 
 def metric_samples(text: str) -> list:
@@ -89,28 +96,38 @@ class LocalServer(BackgroundServer):
 
 
 class CeleryChild:
-    """`rlhf-serve worker` (or `beat`) in a child process on `settings`' Redis, key prefix and registry,
-    logging to a file under `log_dir`: for tests and benchmarks that need real Celery processes.
+    """`rlhf-serve worker` (or `beat`) in a child process on `settings`' Redis, key prefix and registry:
+    the one way tests, benchmarks and `rlhf-serve up` start Celery processes.
 
-    `env` adds or overrides RLHF_* variables (e.g. small round settings); `queues` are the worker's."""
+    `env` adds or overrides environment variables (e.g. small round settings); `queues` are the
+    worker's. Output is appended to `log_path`, else to a new file under `log_dir`, else (neither
+    given) it goes to this process's terminal. A `detached` child (tests, benchmarks) runs this source
+    tree in a session of its own with the flags of a throw-away process (a hostname of its own, no
+    heartbeat/gossip/mingle, beat's schedule file under `log_dir`); `rlhf-serve up` starts attached
+    children with Celery's defaults, in its own process group (Ctrl-C reaches them too).
+    """
 
-    def __init__(self, kind: str, settings, log_dir, env: dict | None = None, queues: str = "default,gpu"):
-        import os
-        import subprocess
-        import sys
-        from pathlib import Path
-
-        root = Path(__file__).resolve().parents[1]
+    def __init__(self, kind: str, settings, log_dir=None, env: dict | None = None, queues: str = "default,gpu", *,
+                 log_path=None, detached: bool = True):
         full = dict(os.environ, RLHF_REDIS_URL=settings.redis_url, RLHF_KEY_PREFIX=settings.key_prefix,
-                    RLHF_REGISTRY=str(settings.registry), PYTHONPATH=str(root), **(env or {}))
+                    RLHF_REGISTRY=str(settings.registry))
+        if detached:
+            full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        full.update(env or {})
         stamp = f"{queues if kind == 'worker' else kind}-{time.monotonic_ns()}"
-        self.log_path = Path(log_dir) / f"{kind}-{stamp}.log"
-        self.log = open(self.log_path, "w")
-        args = (["worker", "--pool=solo", "-Q", queues, f"--hostname={stamp}@%h", "--loglevel=INFO",
-                 "--without-heartbeat", "--without-gossip", "--without-mingle"] if kind == "worker"
-                else ["beat", "--loglevel=INFO", "--schedule", str(Path(log_dir) / f"beat-schedule-{stamp}")])
-        self.proc = subprocess.Popen([sys.executable, "-m", "rlhf_serve.cli", *args], cwd=root, env=full,
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        if log_path is None and log_dir is not None:
+            log_path = Path(log_dir) / f"{kind}-{stamp}.log"
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.log = open(self.log_path, "a") if self.log_path else None
+        self.detached = detached
+        args = ["worker", "--pool=solo", "-Q", queues] if kind == "worker" else ["beat"]
+        args.append("--loglevel=INFO")
+        if detached:
+            args += ([f"--hostname={stamp}@%h", "--without-heartbeat", "--without-gossip", "--without-mingle"]
+                     if kind == "worker" else ["--schedule", str(Path(log_dir or ".") / f"beat-schedule-{stamp}")])
+        self.proc = subprocess.Popen([sys.executable, "-m", "rlhf_serve.cli", *args], cwd=ROOT if detached else None,
+                                     env=full, stdout=self.log, stderr=subprocess.STDOUT if self.log else None,
+                                     start_new_session=detached)
 
     def alive(self) -> bool:
         """True while running; raises with the log's tail once it exited."""
@@ -119,28 +136,38 @@ class CeleryChild:
         return True
 
     def output(self) -> str:
+        """What it logged so far ("" when it writes to the terminal)."""
+        if self.log is None:
+            return ""
         self.log.flush()
         return self.log_path.read_text(errors="replace")
 
-    def kill(self) -> None:
-        """SIGKILL to the child's process group (a crash: nothing is cleaned up)."""
-        import os
-        import signal
+    def _signal(self, sig: int) -> None:
+        try:
+            if self.detached:
+                os.killpg(self.proc.pid, sig)  # the whole session: Celery's own children too
+            else:
+                self.proc.send_signal(sig)
+        except ProcessLookupError:  # it exited meanwhile
+            pass
 
+    def kill(self) -> None:
+        """SIGKILL (a crash: nothing is cleaned up)."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            self._signal(signal.SIGKILL)
             self.proc.wait(10)
 
-    def stop(self) -> None:
-        """SIGTERM (warm shutdown), SIGKILL after 20 s."""
-        import os
-        import signal
-        import subprocess
-
+    def terminate(self) -> None:
+        """SIGTERM (Celery's warm shutdown), without waiting."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.log.close()
+            self._signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM (warm shutdown), SIGKILL after `timeout` seconds."""
+        self.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        if self.log is not None:
+            self.log.close()

@@ -18,9 +18,9 @@ from grpc_reflection.v1alpha import reflection
 from registry import Registry
 from registry.operations import Operations
 from rlhf.v1 import admin_pb2, admin_pb2_grpc, policy_pb2, policy_pb2_grpc
-from rlhf_serve import quiet_transformers
-from rlhf_serve.keys import Keys
-from rlhf_serve.settings import Settings
+from rlhf_core import quiet_transformers
+from rlhf_core.keys import Keys
+from rlhf_core.settings import Settings
 from service import tls
 from service.admin import AdminServicer
 from service.engine import Engine

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from service.sampling import SamplingSpec, find_stop, make_generator, sample_token, stop_holdback
+from training.sequences import left_pad, position_ids
 
 log = logging.getLogger(__name__)
 
@@ -153,15 +154,11 @@ class RowBatch:
     @torch.inference_mode()
     def prefill(self, rows: list[Row]) -> None:
         """Runs the prompts of `rows` (a fresh batch) and samples each row's first token."""
-        device, width = self.lm.device, max(len(r.prompt_ids) for r in rows)
-        ids = torch.full((len(rows), width), self.lm.pad_id, dtype=torch.long)  # (B, T0) token ids
-        mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T0) 1 = real token
-        for i, r in enumerate(rows):
-            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
-            mask[i, width - len(r.prompt_ids):] = 1
+        ids, mask = left_pad([list(r.prompt_ids) for r in rows], self.lm.pad_id)  # (B, T0) ids, 1 = real token
+        for r in rows:
             r.generator = make_generator(r.spec.seed, torch.device("cpu"))  # logits are sampled on the CPU
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T0) pads at 0
+        ids, mask = ids.to(self.lm.device), mask.to(self.lm.device)
+        positions = position_ids(mask)  # (B, T0) pads at 0
         logits, self.cache = _forward(self.lm, ids, mask, positions, None)
         self.rows = list(rows)
         self._advance(logits, mask, positions[:, -1:] + 1)

@@ -19,8 +19,8 @@ import redis.asyncio as aioredis
 import redis.exceptions as rex
 
 from rlhf.v1 import records_pb2
-from rlhf_serve.feedback_log import APPEND_SCRIPT, RATE_LIMIT_SCRIPT, content_digest
-from rlhf_serve.keys import Keys
+from rlhf_core.feedback_log import APPEND_SCRIPT, RATE_LIMIT_SCRIPT, content_digest
+from rlhf_core.keys import Keys
 from service.errors import ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import socket
 import time
 import uuid
 
-from rlhf_serve.keys import Keys
+from rlhf_core.keys import Keys
 from service.model_pool import ModelPool
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,8 @@ from typing import Callable
 import redis.asyncio as aioredis
 
 from registry import Registry, is_version_name
-from registry.pointer import events_channel
-from rlhf_serve.keys import Keys
+from registry.pointer import events_channel, lookup_pointer_async
+from rlhf_core.keys import Keys
 from service.metrics import Metrics
 from service.model_pool import ModelPool
 
@@ -77,14 +77,7 @@ class ModelWatcher:
     async def read_pointer(self) -> tuple[str | None, int]:
         """(version, epoch) from this deployment's database; re-sets a lost pointer to the newest
         promoted version."""
-        value, epoch = await self.r.mget(self.keys.current_version, self.keys.pointer_epoch)
-        epoch = int(epoch or 0)
-        if value:
-            return value.decode(errors="replace"), epoch
-        fallback = await _off_loop(self.registry.latest_promoted)
-        if fallback:
-            await self.r.set(self.keys.current_version, fallback, nx=True)
-        return fallback, epoch
+        return await lookup_pointer_async(self.r, self.keys, self.registry)
 
     async def pointer(self) -> str | None:
         return (await self.read_pointer())[0]

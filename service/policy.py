@@ -23,7 +23,7 @@ from registry.registry import check_version_name
 from service import validation
 from service.decoder import LoadedModel, Row
 from service.engine import Engine, EngineStopped, Job, QueueFull
-from rlhf_serve.feedback_log import CONFLICT, DUPLICATE
+from rlhf_core.feedback_log import CONFLICT, DUPLICATE
 from service.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied,
                             RateLimited, ResourceExhausted, Unavailable)
 from service.feedback import FeedbackStore

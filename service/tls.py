@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from rlhf_serve.settings import Settings
+from rlhf_core.settings import Settings
 
 
 class InsecureConfig(RuntimeError):

@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from registry import Registry
-from rlhf_serve.settings import Settings
-from tests.helpers import ServerThread, delete_prefix, point_at, publish_model, unique_prefix
+from rlhf_core.settings import Settings
+from tests.helpers import ServerThread, delete_prefix, register_v1, unique_prefix
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -48,10 +48,8 @@ def settings(redis_url, tmp_path) -> Settings:
 
 @pytest.fixture
 def registry_v1(settings, tiny_model_dir) -> Registry:
-    registry = Registry(settings.registry)
-    version = publish_model(registry, tiny_model_dir, description="tiny sft")
-    point_at(settings, version)
-    return registry
+    register_v1(settings, tiny_model_dir)
+    return Registry(settings.registry)
 
 
 @pytest.fixture

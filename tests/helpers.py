@@ -7,10 +7,11 @@ from pathlib import Path
 import redis
 
 from registry import Registry
+from registry.operations import Operations
 from registry.pointer import set_current
 from rlhf.v1 import records_pb2
-from rlhf_serve.keys import Keys
-from rlhf_serve.settings import Settings
+from rlhf_core.keys import Keys
+from rlhf_core.settings import Settings
 from rlhf_serve.local import LocalServer, delete_prefix, metric_samples, metric_value  # noqa: F401
 from rlhf_serve.local import unique_prefix as _unique_prefix
 
@@ -27,6 +28,12 @@ def publish_model(registry: Registry, model_dir: Path, parent: str = "", promote
     if parent:
         manifest.reference_version = registry.manifest(parent).reference_version
     return registry.publish(model_dir, manifest).version
+
+
+def register_v1(settings: Settings, model_dir: Path) -> str:
+    """`model_dir` as version 1 (current), registered as `rlhf-serve bootstrap` registers one."""
+    with Operations(settings) as ops:
+        return ops.register_reference(model_dir, str(model_dir), "tiny sft", "test")
 
 
 def point_at(settings: Settings, version: str) -> None:
@@ -54,8 +61,7 @@ class ServingStack:
         self.settings = make_settings(redis_url, registry_root, **overrides)
         self.model_dir = model_dir
         self.registry = Registry(self.settings.registry)
-        self.v1 = publish_model(self.registry, model_dir, description="tiny sft")
-        point_at(self.settings, self.v1)
+        self.v1 = register_v1(self.settings, model_dir)
         self.redis = redis.Redis.from_url(redis_url)
         self.server = ServerThread(self.settings).start() if start else None
 

@@ -1,6 +1,6 @@
 """Hyper-parameters of reward-model training and PPO, as plain dataclasses.
 
-These dataclasses are the one source of the training defaults: ``rlhf_serve.settings.Settings``
+These dataclasses are the one source of the training defaults: ``rlhf_core.settings.Settings``
 nests them (env ``RLHF_PPO__LR``, ``RLHF_REWARD__EPOCHS``), so the workers, the CLI, the benchmarks and
 direct callers of ``run_ppo`` all start from the same values. The round-size defaults (steps, batch,
 learning rates, temperature, epochs) are the ones that met the learning benchmark's targets on the

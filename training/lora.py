@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from training.devices import serving_dtype
-from training.ppo import last_token_index
+from training.reward_head import scalar_head
 from training.reward_model import RewardModel
 from training.rollout import position_ids
 
@@ -203,11 +203,6 @@ class AdapterRewardModel(RewardModel):
             h = hidden_states(self.peft_model, input_ids, attention_mask)
         return self.head(h.to(self.head.weight.dtype)).squeeze(-1).float()
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """(B,) reward at the last non-pad token."""
-        values = self.token_values(input_ids, attention_mask)  # (B, L)
-        return values[torch.arange(values.shape[0]), last_token_index(attention_mask)]
-
     def save(self, path: str | Path) -> None:
         """The reward adapter (peft layout), the head and a json config."""
         from safetensors.torch import save_file
@@ -248,10 +243,7 @@ def new_reward_model(base_dir: str | Path, cfg: FinetuneConfig, tokenizer: Any, 
     if parent_adapter is not None:
         weights = load_file(str(Path(parent_adapter) / "adapter_model.safetensors"), device=str(device))
         set_peft_model_state_dict(model, weights, adapter_name=REWARD_ADAPTER)
-    hidden = base.config.hidden_size
-    head = nn.Linear(hidden, 1).to(device)
-    nn.init.normal_(head.weight, std=1.0 / math.sqrt(hidden + 1))  # detail 2
-    nn.init.zeros_(head.bias)
+    head = scalar_head(base.config.hidden_size, "normal", device)  # detail 2
     return AdapterRewardModel(model.eval(), head, tokenizer, max_len)
 
 

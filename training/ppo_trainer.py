@@ -1,12 +1,11 @@
 """The PPO loop: rollouts -> KL-penalised rewards -> GAE -> clipped PPO updates.
 
 The value model is a copy of the reward model's transformer trunk with a fresh,
-zero-initialised scalar head applied at every position (detail 20).
+zero-initialised scalar head applied at every position (detail 20; training/reward_head.py).
 """
 
 from __future__ import annotations
 
-import copy
 import random
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +18,7 @@ from training.kl_controller import make_kl_controller
 from training.ppo import (clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_penalised_rewards,
                           logprobs_from_logits, masked_mean, masked_whiten)
 from training.devices import resolve_device
+from training.reward_head import ScalarHeadModel, value_model_from
 from training.reward_model import RewardModel
 from training.rollout import Rollout, response_logits, response_values, sample_rollouts
 
@@ -31,13 +31,9 @@ def load_causal_lm(path: str | Path, device: torch.device, trainable: bool) -> n
     return model.requires_grad_(trainable)
 
 
-def make_value_model(reward_model: RewardModel) -> RewardModel:
+def make_value_model(reward_model: RewardModel) -> ScalarHeadModel:
     """Value model V(s_t): the RM trunk (Ouyang et al. 2022 App. C.4) + zero head (detail 20)."""
-    value_model = copy.deepcopy(reward_model).eval().requires_grad_(True)
-    value_model.tokenizer = None
-    nn.init.zeros_(value_model.head.weight)
-    nn.init.zeros_(value_model.head.bias)
-    return value_model
+    return value_model_from(reward_model)
 
 
 def reward_norm_from(scores: Tensor) -> tuple[float, float]:
@@ -81,7 +77,7 @@ def shaped_scores(rollout: Rollout, gain: float, bias: float, cfg: PPOConfig) ->
     return scores
 
 
-def minibatch_losses(policy: nn.Module, value_model: RewardModel, ro: Rollout, idx: Tensor,
+def minibatch_losses(policy: nn.Module, value_model: ScalarHeadModel, ro: Rollout, idx: Tensor,
                      advantages: Tensor, returns: Tensor, cfg: PPOConfig) -> tuple[Tensor, dict[str, float]]:
     """Joint loss L = L^CLIP + c_vf L^VF - c_ent H on the responses ``idx``, and its stats."""
     q, qm, r, rm = ro.query[idx], ro.query_mask[idx], ro.response[idx], ro.response_mask[idx]
@@ -97,7 +93,7 @@ def minibatch_losses(policy: nn.Module, value_model: RewardModel, ro: Rollout, i
     return loss, stats
 
 
-def ppo_update(policy: nn.Module, value_model: RewardModel, optimizer: torch.optim.Optimizer, ro: Rollout,
+def ppo_update(policy: nn.Module, value_model: ScalarHeadModel, optimizer: torch.optim.Optimizer, ro: Rollout,
                advantages: Tensor, returns: Tensor, cfg: PPOConfig, gen: torch.Generator) -> dict[str, float]:
     """``cfg.ppo_epochs`` passes of shuffled minibatch updates; stops early past ``cfg.kl_stop`` (detail 17)."""
     params = [p for p in list(policy.parameters()) + list(value_model.parameters()) if p.requires_grad]

@@ -1,10 +1,13 @@
-"""A transformer + scalar head reward model, trained with the Bradley-Terry loss on comparisons
-and a pointwise logistic loss on thumbs ratings (both on the same scalar reward r(x, y))."""
+"""The reward model: trained with the Bradley-Terry loss on comparisons and a pointwise logistic loss
+on thumbs ratings (both on the same scalar reward r(x, y)); its tokenising and files.
+
+The model itself (trunk + scalar head) is training/reward_head.py; `RewardModel` adds the tokenizer,
+the encoding of (prompt, response) pairs, the rating bias and save/load (a saved directory: the
+trunk via save_pretrained, reward_head.safetensors, reward_config.json, the tokenizer)."""
 
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
 from typing import Any
@@ -15,9 +18,9 @@ from torch import Tensor, nn
 
 from training.config import RewardConfig
 from training.devices import resolve_device
-from training.ppo import last_token_index
 from training.records import PreferencePair, Rating, pairs_from_ratings, split_by_prompt
-from training.sequences import encode_prompt, encode_response, left_pad, pad_id_of, position_ids
+from training.reward_head import ScalarHeadConfig, ScalarHeadModel
+from training.sequences import encode_prompt, encode_response, left_pad, pad_id_of
 
 HEAD_FILE = "reward_head.safetensors"
 CONFIG_FILE = "reward_config.json"
@@ -74,20 +77,15 @@ def binary_auc(scores: Tensor, labels: Tensor) -> float | None:
     return float(wins.mean())
 
 
-class RewardModel(nn.Module):
-    """Backbone transformer + linear head on the hidden state of the last non-pad token."""
+class RewardModel(ScalarHeadModel):
+    """The reward model of a round: the pure trunk + scalar head (training/reward_head.py) with its
+    tokenizer, the encoding of (prompt, response) pairs, the rating bias and its files."""
 
     def __init__(self, backbone: nn.Module, tokenizer: Any = None, max_len: int = 128) -> None:
-        super().__init__()
-        if hasattr(backbone, "base_model") and backbone.base_model is not backbone:
-            backbone = backbone.base_model  # a causal LM: keep its trunk, drop the LM head
-        self.backbone = backbone
+        super().__init__(backbone, ScalarHeadConfig(init="normal"))
         self.tokenizer = tokenizer
         self.max_len = max_len
-        hidden = backbone.config.hidden_size
-        self.head = nn.Linear(hidden, 1)
-        nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(hidden + 1))  # detail 2
-        nn.init.zeros_(self.head.bias)
+        """Tokens a scored sequence keeps (its last `max_len`)."""
         self.rating_bias = 0.0
         """b of the pointwise rating loss: P(thumbs up) = sigmoid(r - b)."""
 
@@ -97,16 +95,6 @@ class RewardModel(nn.Module):
         from transformers import AutoModel
 
         return cls(AutoModel.from_pretrained(str(path)), tokenizer, max_len)
-
-    def token_values(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """(B, L) head output at every position (used as the per-token value model)."""
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
-        return self.head(out.last_hidden_state).squeeze(-1).float()  # (B, L)
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """(B,) reward read at the last non-pad token of each sequence."""
-        values = self.token_values(input_ids, attention_mask)  # (B, L)
-        return values[torch.arange(values.shape[0]), last_token_index(attention_mask)]  # (B,)
 
     def encode(self, items: list[tuple[str, str]], tokenizer: Any = None) -> tuple[Tensor, Tensor]:
         """(B, L) ids and mask of (prompt, response) pairs, rendered as in SFT (detail 1)."""

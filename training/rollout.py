@@ -18,6 +18,7 @@ from training.sequences import encode_prompt, left_pad, pad_id_of, position_ids
 
 if TYPE_CHECKING:
     from training.config import PPOConfig
+    from training.reward_head import ScalarHeadModel
     from training.reward_model import RewardModel
 
 
@@ -46,7 +47,7 @@ def response_logits(model: nn.Module, query: Tensor, query_mask: Tensor, respons
     return logits[:, Q - 1 : -1].float() / temperature  # (B, T, V) predicts a_t from s_t
 
 
-def response_values(value_model: "RewardModel", query: Tensor, query_mask: Tensor,
+def response_values(value_model: "ScalarHeadModel", query: Tensor, query_mask: Tensor,
                     response: Tensor, response_mask: Tensor) -> Tensor:
     """(B, T) V(s_t): value head at the token before each response token."""
     ids = torch.cat([query, response], dim=1)
@@ -120,7 +121,7 @@ def generate(policy: nn.Module, query: Tensor, query_mask: Tensor, tokenizer: An
 
 
 @torch.no_grad()
-def sample_rollouts(policy: nn.Module, ref_policy: nn.Module, value_model: "RewardModel | None",
+def sample_rollouts(policy: nn.Module, ref_policy: nn.Module, value_model: "ScalarHeadModel | None",
                     reward_model: "RewardModel", tokenizer: Any, prompts: list[str],
                     cfg: "PPOConfig", generator: torch.Generator) -> Rollout:
     """Sample one response per prompt from ``policy`` and score it (details 4-5, 7-8)."""

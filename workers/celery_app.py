@@ -15,9 +15,9 @@ import tempfile
 from celery import Celery, signals
 from kombu import Queue
 
-from rlhf_serve import quiet_transformers
-from rlhf_serve.settings import load_settings
-from rlhf_serve.tasks import DEFAULT_QUEUE, GPU_QUEUE, REAP_TASK, ROUND_TASK, celery_connection_conf
+from rlhf_core import quiet_transformers
+from rlhf_core.settings import load_settings
+from rlhf_core.tasks import DEFAULT_QUEUE, GPU_QUEUE, REAP_TASK, ROUND_TASK, celery_connection_conf
 
 quiet_transformers()
 settings = load_settings()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from registry import Registry
-from rlhf_serve.settings import Settings
+from rlhf_core.settings import Settings
 from workers.state import RoundState
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,8 @@ import redis
 from registry import Registry
 from registry.pointer import current_version, set_current
 from rlhf.v1 import records_pb2
-from rlhf_serve.keys import Keys
-from rlhf_serve.settings import Settings
+from rlhf_core.keys import Keys
+from rlhf_core.settings import Settings
 from workers import lora_rounds, snapshots
 from workers.manifest import fill_promotion, fill_training
 from workers.lock import RoundLock
@@ -77,15 +77,23 @@ def begin(ctx: Context, round_id: str, trigger: str = "") -> RoundState | None:
                       **lora_rounds.decide(ctx.registry, ctx.settings, parent, reference))  # issue 7: lora | full
 
 
-def training_set(ctx: Context):
-    """(pairs, ratings, info): the latest votes of the window, weighted per voter (snapshots)."""
-    return snapshots.load_training_set(ctx.datasets, ctx.settings.train_window, snapshots.Hygiene.from_settings(ctx.settings))
+TRAINING_SET = "training_set.json"
+
+
+def training_set(ctx: Context, state: RoundState) -> tuple[list, list]:
+    """(pairs, ratings) this round trains on, as its snapshot stage loaded them (once per round)."""
+    return snapshots.read_training_set(ctx.workdir(state.round_id) / TRAINING_SET)
 
 
 def snapshot(ctx: Context, state: RoundState) -> RoundState:
+    """Saves the stream's new feedback, then loads the training set (the latest votes of the window,
+    weighted per voter) once for the whole round: the later stages read it from the work dir."""
     with ctx.lock.held(state.round_id):
         snap = snapshots.take_snapshot(ctx.redis, ctx.keys, ctx.datasets, keep=ctx.settings.feedback_stream_keep)
-        pairs, ratings, info = training_set(ctx)
+        pairs, ratings, info = snapshots.load_training_set(ctx.datasets, ctx.settings.train_window,
+                                                           snapshots.Hygiene.from_settings(ctx.settings))
+        if pairs or ratings:
+            snapshots.save_training_set(ctx.workdir(state.round_id) / TRAINING_SET, pairs, ratings)
     if not pairs and not ratings:
         raise NothingToTrain("no feedback to train on yet")
     return replace(state, snapshot={"path": snap.path, "count": snap.count}, data=info)
@@ -115,7 +123,7 @@ def train_reward(ctx: Context, state: RoundState) -> RoundState:
     from transformers import AutoTokenizer
 
     started = time.perf_counter()
-    pairs, ratings, _ = training_set(ctx)
+    pairs, ratings = training_set(ctx, state)
     cfg = reward_config(ctx, state)
     split = split_prompts([x.prompt for x in pairs + ratings], ctx.settings.seed)
     halves = dict(zip(("reward_model", "judge"), split))

@@ -22,15 +22,15 @@ import json
 import os
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import redis
 
 from rlhf.v1 import records_pb2
-from rlhf_serve.feedback_log import event_to_row
-from rlhf_serve.keys import Keys
-from rlhf_serve.settings import load_settings
+from rlhf_core.feedback_log import event_to_row
+from rlhf_core.keys import Keys
+from rlhf_core.settings import load_settings
 from training.records import PreferencePair, Rating
 from training.voters import Vote, cap_scale, reliability
 from workers import metrics
@@ -49,7 +49,7 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Hygiene:
-    """How a training set is weighted (from Settings; see rlhf_serve/settings.py)."""
+    """How a training set is weighted (from Settings; see rlhf_core/settings.py)."""
 
     max_user_share: float = 0.2
     voter_weighting: bool = True
@@ -182,6 +182,22 @@ def load_training_set(datasets_dir: Path, window: int, hygiene: Hygiene | None =
             "num_prompts": len({row["prompt"] for row in latest}), "superseded_votes": superseded, **stats}
     metrics.observe_hygiene(info)
     return pairs, ratings, info
+
+
+def save_training_set(path: Path, pairs: list[PreferencePair], ratings: list[Rating]) -> None:
+    """Writes a loaded training set (after hygiene) to `path` atomically: the round's later stages
+    read it back (read_training_set) instead of loading every snapshot again."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pairs": [asdict(p) for p in pairs], "ratings": [asdict(r) for r in ratings]}),
+                   encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_training_set(path: Path) -> tuple[list[PreferencePair], list[Rating]]:
+    """(pairs, ratings) as save_training_set wrote them."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [PreferencePair(**p) for p in data["pairs"]], [Rating(**r) for r in data["ratings"]]
 
 
 def _user(row: dict) -> str:

@@ -16,7 +16,7 @@ import uuid
 from celery import chain
 from celery.exceptions import Ignore
 
-from rlhf_serve.tasks import REAP_TASK, ROUND_TASK
+from rlhf_core.tasks import REAP_TASK, ROUND_TASK
 from workers import liveness, metrics, rounds
 from workers.celery_app import app, settings
 from workers.lock import LockLost

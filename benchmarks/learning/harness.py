@@ -2,7 +2,7 @@
 
 - :func:`collect_feedback`: users ask, the annotator compares two candidates (or rates one);
 - :func:`evaluate`: the served version against the SFT version on held-out prompts;
-- :func:`trigger_and_wait`: an operator forces a training round and waits for its outcome;
+- :func:`trigger_and_wait` (trigger.py): an operator forces a training round and waits for its outcome;
 - :func:`run`: R rounds of the above, one record per round.
 """
 
@@ -17,25 +17,12 @@ import grpc
 
 from benchmarks.learning import metrics
 from benchmarks.learning.annotators import Annotator, classify_style, make_annotator
+from benchmarks.learning.rpc import Metadata, bearer, call
+from benchmarks.learning.trigger import current_version, model_summary, trigger_and_wait
 from benchmarks.learning.users import Crowd, spam
-from rlhf.v1 import admin_pb2, admin_pb2_grpc, policy_pb2, policy_pb2_grpc
+from rlhf.v1 import admin_pb2_grpc, policy_pb2, policy_pb2_grpc
 
-Metadata = Sequence[tuple[str, str]] | None
-TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 MAX_CANDIDATES = 8
-
-
-def _call(method: Callable, request: Any, metadata: Metadata = None, timeout: float = 120.0,
-          attempts: int = 5) -> Any:
-    """Call a unary RPC, retrying transient failures (overload, a restarting server) with backoff."""
-    for attempt in range(attempts):
-        try:
-            return method(request, metadata=metadata, timeout=timeout)
-        except grpc.RpcError as exc:
-            if exc.code() not in TRANSIENT or attempt == attempts - 1:
-                raise
-            time.sleep(0.5 * 2 ** attempt)
-    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -104,11 +91,11 @@ def collect_feedback(policy_stub: policy_pb2_grpc.PolicyServiceStub, prompts: Se
         params.seed = rng.getrandbits(62)
         user, against = crowd.pick(rng) if crowd is not None else (user_id, False)
         n = 1 if crowd is not None and crowd.thumbs_only else 2
-        resp = _call(policy_stub.Generate, policy_pb2.GenerateRequest(
+        resp = call(policy_stub.Generate, policy_pb2.GenerateRequest(
             prompt=prompt, sampling=params, num_candidates=n, user_id=user), metadata)
         counts.generations += 1
         req = _feedback_request(prompt, resp.candidates, annotator, rng, rating_share, user, counts, against)
-        ack = _call(policy_stub.SubmitFeedback, req, metadata)
+        ack = call(policy_stub.SubmitFeedback, req, metadata)
         counts.duplicates += ack.duplicate
         counts.adversarial += against
         seen.add(user)
@@ -129,7 +116,7 @@ def sample_responses(policy_stub: policy_pb2_grpc.PolicyServiceStub, prompt: str
             params.CopyFrom(sampling)
         params.seed = seed + len(texts)
         k = min(MAX_CANDIDATES, n - len(texts))
-        resp = _call(policy_stub.Generate, policy_pb2.GenerateRequest(
+        resp = call(policy_stub.Generate, policy_pb2.GenerateRequest(
             prompt=prompt, sampling=params, num_candidates=k, model_version=version, user_id=user_id), metadata)
         texts.extend(c.text for c in resp.candidates)
         served = resp.model_version
@@ -184,78 +171,6 @@ def evaluate(policy_stub: policy_pb2_grpc.PolicyServiceStub, prompts: Sequence[s
 
 
 @dataclass
-class RoundOutcome:
-    """Result of :func:`trigger_and_wait`. ``new_version`` is set when serving moved to a new
-    version; ``rejected`` when a new version was registered but not promoted by the gate."""
-
-    task_id: str
-    previous_version: str
-    new_version: str | None = None
-    candidate_version: str | None = None
-    rejected: bool = False
-    timed_out: bool = False
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _registered(admin_stub: admin_pb2_grpc.AdminServiceStub, metadata: Metadata) -> dict[str, policy_pb2.ModelInfo]:
-    resp = _call(admin_stub.ListModels, admin_pb2.ListModelsRequest(), metadata)
-    return {m.model_version: m for m in resp.models}
-
-
-def current_version(policy_stub: policy_pb2_grpc.PolicyServiceStub, metadata: Metadata = None) -> str:
-    """The version the server answers with now."""
-    return _call(policy_stub.GetModel, policy_pb2.GetModelRequest(), metadata).model_version
-
-
-def trigger_and_wait(admin_stub: admin_pb2_grpc.AdminServiceStub, policy_stub: policy_pb2_grpc.PolicyServiceStub,
-                     timeout: float = 900.0, poll_s: float = 1.0, admin_metadata: Metadata = None,
-                     metadata: Metadata = None, on_poll: Callable[[], None] | None = None) -> RoundOutcome:
-    """Force a training round, then poll until the served version changes (promoted), a new
-    version shows up unpromoted in ListModels (rejected by the gate), or ``timeout`` passes.
-    ``on_poll`` runs every poll (e.g. to raise when the worker process died)."""
-    start = time.monotonic()
-    before = current_version(policy_stub, metadata)
-    known = set(_registered(admin_stub, admin_metadata))
-    task = _call(admin_stub.TriggerRound, admin_pb2.TriggerRoundRequest(force=True), admin_metadata)
-    out = RoundOutcome(task_id=task.task_id, previous_version=before)
-    while time.monotonic() - start < timeout:
-        if on_poll is not None:
-            on_poll()
-        now = current_version(policy_stub, metadata)
-        if now != before:
-            out.new_version = out.candidate_version = now
-            break
-        new = {v: m for v, m in _registered(admin_stub, admin_metadata).items() if v not in known}
-        if new:
-            latest = new[max(new)]
-            out.candidate_version = latest.model_version
-            if not latest.promotion.promoted:
-                out.rejected = True
-                break
-        time.sleep(poll_s)
-    else:
-        out.timed_out = True
-    out.seconds = time.monotonic() - start
-    return out
-
-
-def model_summary(info: policy_pb2.ModelInfo) -> dict[str, Any]:
-    """Training and promotion-gate numbers of one version (ModelInfo.training / .promotion)."""
-    t, p = info.training, info.promotion
-    return {
-        "version": info.model_version, "parent_version": info.parent_version, "current": info.current,
-        "reward_model_accuracy": t.reward_model_accuracy, "reward_model_loss": t.reward_model_loss,
-        "ppo_mean_reward": t.ppo_mean_reward, "ppo_kl": t.ppo_kl, "num_comparisons": t.num_comparisons,
-        "num_ratings": t.num_ratings, "train_seconds": t.seconds, "description": t.description,
-        "promoted": p.promoted, "reason": p.reason, "candidate_reward": p.candidate_reward,
-        "parent_reward": p.parent_reward, "kl_to_reference": p.kl_to_reference, "kl_bound": p.kl_bound,
-    }
-
-
-@dataclass
 class LearningConfig:
     """One benchmark run against a server at ``target`` (server and worker started elsewhere)."""
 
@@ -293,10 +208,6 @@ class LearningConfig:
     """Evaluation prompts; empty: the dataset's held-out split."""
 
 
-def _bearer(token: str) -> Metadata:
-    return [("authorization", f"Bearer {token}")] if token else None
-
-
 def _eval_record(ev: dict[str, Any]) -> dict[str, Any]:
     """Flat per-round fields of an evaluation (the full dict stays under "eval")."""
     s, b = ev["served"], ev["sft"]
@@ -331,7 +242,7 @@ def run(cfg: LearningConfig, log: Callable[[str], None] = print, on_poll: Callab
     train = cfg.train_prompts or train_prompts()
     heldout = cfg.heldout_prompts or heldout_prompts()
     heldout = heldout[:cfg.eval_prompts] if cfg.eval_prompts else heldout
-    md, admin_md = _bearer(cfg.api_token), _bearer(cfg.admin_token)
+    md, admin_md = bearer(cfg.api_token), bearer(cfg.admin_token)
     sampling = policy_pb2.SamplingParams(max_new_tokens=cfg.max_new_tokens)
     if cfg.sampling_temperature is not None:
         sampling.temperature = cfg.sampling_temperature
@@ -363,7 +274,7 @@ def run(cfg: LearningConfig, log: Callable[[str], None] = print, on_poll: Callab
                                            on_poll=on_poll)
                 rec["outcome"] = outcome.as_dict()
                 if outcome.candidate_version:
-                    info = _call(policy.GetModel, policy_pb2.GetModelRequest(
+                    info = call(policy.GetModel, policy_pb2.GetModelRequest(
                         model_version=outcome.candidate_version), md)
                     rec["model"] = model_summary(info)
                     if outcome.new_version:

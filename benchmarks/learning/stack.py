@@ -7,8 +7,9 @@ A :class:`Stack` owns
   any local Hugging Face directory (e.g. the tests' tiny model);
 - a unique Redis key prefix, deleted again on :meth:`Stack.stop`;
 - the gRPC server, in-process on a background thread with its own event loop and a free port;
-- one ``rlhf-serve worker`` subprocess (solo pool, queues default and gpu) whose training
-  hyper-parameters come from ``RLHF_*`` environment variables (:func:`worker_env`).
+- one ``rlhf-serve worker`` subprocess (``rlhf_serve.local.CeleryChild``: solo pool, queues default and
+  gpu; output appended to ``worker.log``) whose training hyper-parameters come from ``RLHF_*``
+  environment variables (:func:`worker_env`).
 
 The harness talks to the server only through its public gRPC API (``Stack.target``).
 """
@@ -17,9 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -61,7 +59,7 @@ def worker_env(training: dict[str, Any]) -> dict[str, str]:
 
 def effective_training(training: dict[str, Any]) -> dict[str, Any]:
     """Every round-size setting the worker runs with (by knob name): its defaults under ``training``."""
-    from rlhf_serve.settings import Settings
+    from rlhf_core.settings import Settings
     given: dict[str, Any] = {}
     for knob, value in training.items():
         group, name = KNOB_SETTINGS.get(knob, (None, knob))
@@ -94,26 +92,11 @@ def builtin_sft_dir(seed: int = 0, cache: Path = CACHE, log: Callable[[str], Any
 
 def register_sft(settings, model_dir: Path, base_model: str) -> str:
     """Publish ``model_dir`` as the registry's first version and point serving at it."""
-    import redis
+    from registry.operations import Operations
 
-    from registry import Registry
-    from registry.pointer import set_current
-    from rlhf.v1 import records_pb2
-    from rlhf_serve.keys import Keys
-
-    registry = Registry(settings.registry)
-    manifest = records_pb2.ModelManifest(base_model=base_model)
-    manifest.training.description = f"benchmark SFT reference ({base_model})"
-    manifest.promotion.promoted = True
-    manifest.promotion.reason = "bootstrap: the SFT reference"
-    manifest.promotion.decided_at.GetCurrentTime()
-    version = registry.publish(model_dir, manifest).version
-    r = redis.Redis.from_url(settings.redis_url)
-    try:
-        set_current(r, Keys(settings.key_prefix), registry, version, "benchmark bootstrap")
-    finally:
-        r.close()
-    return version
+    with Operations(settings) as ops:
+        return ops.register_reference(model_dir, base_model, f"benchmark SFT reference ({base_model})",
+                                      "benchmark bootstrap")
 
 
 @dataclass
@@ -149,7 +132,7 @@ class Stack:
         self.key_prefix = f"bench-{uuid.uuid4().hex[:10]}:"
         self._tmp: Path | None = None
         self.server: BackgroundServer | None = None
-        self.worker: subprocess.Popen | None = None
+        self.worker = None  # a rlhf_serve.local.CeleryChild
         self.worker_log: Path | None = None
         self.target = ""
         self.sft_version = ""
@@ -157,7 +140,7 @@ class Stack:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "Stack":
-        from rlhf_serve.settings import Settings
+        from rlhf_core.settings import Settings
         cfg = self.cfg
         if cfg.registry is None:
             self._tmp = Path(tempfile.mkdtemp(prefix="rlhf-bench-"))
@@ -200,39 +183,28 @@ class Stack:
                              f"(`bash scripts/ensure_redis.sh`) or set REDIS_URL") from None
 
     def worker_environment(self) -> dict[str, str]:
+        """What the worker's environment sets beyond the stack's Redis, key prefix and registry."""
         s = self.settings
-        env = dict(os.environ, RLHF_REDIS_URL=s.redis_url, RLHF_KEY_PREFIX=s.key_prefix,
-                   RLHF_REGISTRY=str(s.registry), RLHF_DEVICE=s.device, RLHF_SEED=str(self.cfg.seed),
-                   RLHF_MIN_NEW_FEEDBACK="1", RLHF_WORKER_METRICS_PORT="-1",
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        env = dict(RLHF_DEVICE=s.device, RLHF_SEED=str(self.cfg.seed), RLHF_MIN_NEW_FEEDBACK="1",
+                   RLHF_WORKER_METRICS_PORT="-1")
         env.update(worker_env(self.cfg.training))
         return env
 
     def _start_worker(self, log_dir: Path) -> None:
+        from rlhf_serve.local import CeleryChild
         self.worker_log = log_dir / "worker.log"
-        with open(self.worker_log, "ab") as out:
-            self.worker = subprocess.Popen(
-                [sys.executable, "-m", "rlhf_serve.cli", "worker", "--pool=solo", "-Q", "default,gpu",
-                 "--loglevel=INFO", "--without-heartbeat", "--without-gossip", "--without-mingle"],
-                cwd=ROOT, env=self.worker_environment(), stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True)
+        self.worker = CeleryChild("worker", self.settings, log_dir, env=self.worker_environment(),
+                                  log_path=self.worker_log)
 
     def check_worker(self) -> None:
         """Raise when the worker process has died (with the end of its log)."""
-        if self.worker is not None and self.worker.poll() is not None:
-            tail = self.worker_log.read_text(errors="replace")[-3000:] if self.worker_log else ""
-            raise RuntimeError(f"worker exited with {self.worker.returncode}:\n{tail}")
+        if self.worker is not None and self.worker.proc.poll() is not None:
+            tail = self.worker.output()[-3000:]
+            raise RuntimeError(f"worker exited with {self.worker.proc.returncode}:\n{tail}")
 
     def stop(self) -> None:
-        if self.worker is not None and self.worker.poll() is None:
-            try:
-                os.killpg(self.worker.pid, signal.SIGTERM)
-                self.worker.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.worker.pid, signal.SIGKILL)
-                self.worker.wait(10)
-            except ProcessLookupError:
-                pass
+        if self.worker is not None:
+            self.worker.stop(timeout=30)
         if self.server is not None:
             try:
                 self.server.stop()

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from rlhf.v1 import admin_pb2
-from rlhf_serve.keys import Keys
+from rlhf_core.keys import Keys
 from rlhf_serve.local import CeleryChild
 from tests.e2e.conftest import FAST_ROUND, LENIENT_GATE, wait_for
 from tests.e2e.test_training_loop import give_feedback

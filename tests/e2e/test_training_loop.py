@@ -160,7 +160,7 @@ def test_failed_round_frees_the_lock_and_leaves_the_registry_untouched(server, s
 def redeliver_unacked(settings) -> None:
     """What Celery does once the visibility timeout passes: unacked messages go back to their queue."""
     from celery import Celery
-    from rlhf_serve.tasks import celery_connection_conf
+    from rlhf_core.tasks import celery_connection_conf
     conf = celery_connection_conf(settings)
     conf["broker_transport_options"] = {**conf["broker_transport_options"], "visibility_timeout": 0}
     app = Celery("redeliver")

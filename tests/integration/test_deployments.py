@@ -12,8 +12,8 @@ import redis
 from registry import Registry
 from registry.pointer import events_channel
 from rlhf.v1 import admin_pb2, policy_pb2
-from rlhf_serve.keys import Keys
-from tests.helpers import ServerThread, delete_prefix, make_settings, metric_value, point_at, publish_model, \
+from rlhf_core.keys import Keys
+from tests.helpers import ServerThread, delete_prefix, make_settings, metric_value, publish_model, register_v1, \
     unique_prefix
 
 FAST = dict(model_poll_s=0.3, model_retry_max_s=1.0, heartbeat_s=0.5)
@@ -37,7 +37,7 @@ class Deployment:
         self.settings = make_settings(redis_url, root, key_prefix=prefix, **FAST)
         self.registry = Registry(root)
         self.model_dir = model_dir
-        point_at(self.settings, publish_model(self.registry, model_dir))
+        register_v1(self.settings, model_dir)
         self.redis = redis.Redis.from_url(redis_url)
         self.keys = Keys(prefix)
         self.server = ServerThread(self.settings).start()

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from rlhf.v1 import policy_pb2
-from rlhf_serve.keys import Keys
+from rlhf_core.keys import Keys
 from tests.helpers import ServingStack
 from workers import metrics as worker_metrics
 from workers import snapshots

@@ -12,7 +12,7 @@ import redis
 
 from rlhf.v1 import policy_pb2
 from rlhf_serve import feedback_io
-from rlhf_serve.keys import Keys
+from rlhf_core.keys import Keys
 from tests.helpers import ServingStack, delete_prefix, unique_prefix
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]

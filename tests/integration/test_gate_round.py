@@ -18,7 +18,7 @@ import torch
 from registry.pointer import current_version
 from rlhf.v1 import records_pb2
 from rlhf_serve.commands import cmd_models
-from rlhf_serve.feedback_log import APPEND_SCRIPT
+from rlhf_core.feedback_log import APPEND_SCRIPT
 from training.config import PPOConfig, RewardConfig
 from training.gate import split_prompts
 from training.text_format import load_dataset

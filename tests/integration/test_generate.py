@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from rlhf.v1 import policy_pb2, records_pb2
-from rlhf_serve.keys import Keys
+from rlhf_core.keys import Keys
 from tests.helpers import ServerThread, ServingStack, make_settings, metric_value, publish_model
 
 PROMPT = "How do I make a cup of tea?"

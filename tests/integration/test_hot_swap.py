@@ -10,7 +10,7 @@ import pytest
 
 from registry.pointer import events_channel
 from rlhf.v1 import admin_pb2, policy_pb2
-from rlhf_serve.keys import Keys
+from rlhf_core.keys import Keys
 from tests.helpers import ServingStack, metric_value, point_at, publish_model
 
 

@@ -9,8 +9,8 @@ import random
 import redis
 
 from benchmarks.learning.annotators import EmpatheticAnnotator
-from benchmarks.learning.harness import (LearningConfig, collect_feedback, evaluate, model_summary, run,
-                                         trigger_and_wait)
+from benchmarks.learning.harness import LearningConfig, collect_feedback, evaluate, run
+from benchmarks.learning.trigger import model_summary, trigger_and_wait
 from benchmarks.learning.users import Crowd, spam
 from rlhf.v1 import policy_pb2, records_pb2
 from training.text_format import heldout_prompts, train_prompts

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rlhf.v1 import policy_pb2
-from rlhf_serve.keys import Keys
+from rlhf_core.keys import Keys
 from service.model_pool import ModelPool
 from tests.helpers import ServingStack, metric_value, point_at
 from tests.lora_helpers import make_adapter_dir, publish_adapter

@@ -24,7 +24,7 @@ from registry.pointer import set_current
 from registry.probe import UnloadableVersion, probe_version
 from registry.registry import MANIFEST, sha256_file
 from rlhf.v1 import admin_pb2, policy_pb2, records_pb2
-from rlhf_serve.keys import Keys
+from rlhf_core.keys import Keys
 from tests.helpers import ServerThread, delete_prefix, make_settings, metric_value, point_at, publish_model
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from pathlib import Path
 import redis
 
 from registry import Registry
-from rlhf_serve.keys import Keys
+from rlhf_core.keys import Keys
 from tests.helpers import point_at, publish_model
 
 ROOT = Path(__file__).resolve().parents[2]

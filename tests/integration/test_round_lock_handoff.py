@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from rlhf_serve.keys import Keys
+from rlhf_core.keys import Keys
 from workers.lock import LockLost, RoundLock
 
 

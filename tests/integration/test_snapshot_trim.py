@@ -10,7 +10,7 @@ import redis
 
 from rlhf.v1 import records_pb2
 from rlhf_serve import feedback_io
-from rlhf_serve.keys import Keys
+from rlhf_core.keys import Keys
 from tests.helpers import delete_prefix, unique_prefix
 from workers import snapshots
 

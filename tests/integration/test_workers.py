@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from rlhf.v1 import records_pb2
-from rlhf_serve.feedback_log import APPEND_SCRIPT
-from rlhf_serve.keys import Keys
+from rlhf_core.feedback_log import APPEND_SCRIPT
+from rlhf_core.keys import Keys
 from workers import metrics, rounds, snapshots
 from workers.lock import LockLost, RoundLock
 
@@ -99,3 +99,21 @@ def test_worker_metrics_endpoint():
     assert 'rlhf_training_rounds_total{outcome="promoted"} 1.0' in text
     assert "rlhf_reward_model_accuracy 0.75" in text and "rlhf_ppo_kl 2.5" in text
     assert "rlhf_round_duration_seconds_count 1.0" in text
+
+
+def test_a_round_loads_its_training_set_once(settings, registry_v1, r, monkeypatch):
+    """The snapshot stage loads the training set (every snapshot file, hygiene); the reward stage
+    trains on that same set, read from the round's work dir, without loading it again."""
+    from training.config import RewardConfig
+
+    ctx = rounds.Context(settings.model_copy(update={"reward": RewardConfig(epochs=1), "device": "cpu"}))
+    add_feedback(r, ctx.keys, 12)
+    loads = []
+    load = snapshots.load_training_set
+    monkeypatch.setattr(snapshots, "load_training_set", lambda *a, **kw: loads.append(a) or load(*a, **kw))
+    state = rounds.snapshot(ctx, rounds.begin(ctx, "load-once"))
+    assert state.data["num_comparisons"] == 12 and len(loads) == 1
+    state = rounds.train_reward(ctx, state)
+    assert len(loads) == 1
+    assert state.reward_model["n_pairs"] + state.judge["n_pairs"] == 12
+    rounds.finish(ctx, state.round_id, state.record())

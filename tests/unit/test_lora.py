@@ -113,7 +113,7 @@ def test_sampling_pass_gives_the_same_logprobs_and_values_as_a_forward(tiny_mode
 
 def test_round_mode_full_is_unchanged_for_small_models_and_lora_is_opt_in(tiny_model_dir, tmp_path):
     from registry import Registry
-    from rlhf_serve.settings import Settings
+    from rlhf_core.settings import Settings
     from tests.helpers import publish_model
     from workers.lora_rounds import decide
 

@@ -7,7 +7,7 @@ from dataclasses import asdict
 import pytest
 from pydantic import ValidationError
 
-from rlhf_serve.settings import Settings, settings_table
+from rlhf_core.settings import Settings, settings_table
 from training.config import PPOConfig, RewardConfig
 
 
