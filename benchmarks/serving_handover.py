@@ -19,7 +19,7 @@ from pathlib import Path
 from benchmarks.learning.stack import builtin_sft_dir, register_sft
 from benchmarks.serving_load import in_client_process
 from rlhf_serve.local import LocalServer, delete_prefix, unique_prefix
-from rlhf_serve.settings import Settings
+from rlhf_core.settings import Settings
 from service.engine import _deliver
 
 
