@@ -168,9 +168,9 @@ class Settings(BaseSettings):
     """Promotion gate: a candidate with mean KL to the SFT reference above this (nats per
     response) is not promoted."""
     round_kl_budget_share: float = 0.9
-    """A round's PPO ends before updating on rollouts whose mean KL to the SFT reference exceeds this
-    share of `RLHF_KL_BOUND` (it returns the policy that sampled them); 0: off. Rounds stop near the
-    bound instead of overshooting it and being refused by the gate."""
+    """A round's PPO ends at the first rollouts whose mean KL to the SFT reference exceeds this share of
+    `RLHF_KL_BOUND` and returns the last policy whose rollouts were within it; 0: off. Rounds stop near
+    the bound instead of overshooting it and being refused by the gate."""
     gate_min_reward_gain: float = 0.0
     """Promotion gate: the candidate's mean score by the judge (the reward model trained on the
     other half of the feedback, never used by PPO) must exceed its parent's by more than this

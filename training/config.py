@@ -120,8 +120,9 @@ class PPOConfig:
     kl_stop: float | None = None
     """Stop the current step's updates once approx-KL(old||new) exceeds this (detail 17)."""
     kl_budget: float | None = None
-    """End the round's PPO before updating on a rollout batch whose mean KL to the reference (nats per
-    response) exceeds this; the policy returned is the one that sampled that batch. None: off. The
+    """End the round's PPO at the first rollout batch whose mean KL to the reference (nats per response)
+    exceeds this, undoing the update that produced its sampler: the round returns the last policy whose
+    rollouts were within the budget (one copy of the weights is kept for it). None: off. The
     workers set it to ``RLHF_ROUND_KL_BUDGET_SHARE`` x ``RLHF_KL_BOUND``, so a round stops near the
     promotion gate's KL bound instead of overshooting it and being refused."""
     seed: int = 0

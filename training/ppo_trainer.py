@@ -172,6 +172,7 @@ def run_ppo(policy_dir: str | Path, reference_dir: str | Path, reward_model: Rew
         gain, bias = reference_reward_norm(ref_policy, reward_model, tokenizer, fixed, cfg)
     history: list[dict[str, float]] = []
     kl_start: float | None = None
+    last_within: dict[str, Tensor] | None = None  # weights of the last policy whose rollouts were within budget
     for step in range(cfg.steps):
         batch_prompts = next_prompts(prompts, order, rng, cfg.rollout_batch_size)
         ro = sample_rollouts(policy, ref_policy, value_model, reward_model, tokenizer, batch_prompts, cfg, sample_gen)
@@ -180,8 +181,14 @@ def run_ppo(policy_dir: str | Path, reference_dir: str | Path, reward_model: Rew
                                            ro.response_mask, kl_coef)  # (B, T) r_t, detail 8
         kl_start = float(kl.sum(-1).mean()) if kl_start is None else kl_start  # () the parent's KL
         if over_kl_budget(kl, cfg.kl_budget, kl_start):
-            log(f"step {step}: rollout KL {float(kl.sum(-1).mean()):.3g} > budget {cfg.kl_budget:.3g}; round ends here")
+            if last_within is not None:  # undo the update that crossed the budget
+                policy.load_state_dict(last_within)
+                history.pop()
+            log(f"step {step}: rollout KL {float(kl.sum(-1).mean()):.3g} > budget {cfg.kl_budget:.3g}; "
+                f"round ends with the policy of step {step - 1 if last_within is not None else step}")
             break
+        if cfg.kl_budget is not None:  # this policy sampled within the budget: keep a copy to fall back to
+            last_within = {k: v.detach().clone() for k, v in policy.state_dict().items()}
         advantages, returns = gae(rewards, ro.values, ro.response_mask, cfg.gamma, cfg.lam)  # detail 10
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, ro.response_mask)  # detail 11

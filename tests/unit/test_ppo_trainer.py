@@ -91,17 +91,21 @@ def test_kl_stop_adaptive_kl_and_real_reward_model(setup):
 
 
 def test_kl_budget_ends_the_round_before_the_policy_overshoots(setup):
-    """The same run as above with a KL budget: it stops at the first rollout batch past the budget
-    (which the returned policy sampled), having trained exactly the steps before it."""
+    """The same run as above with a KL budget: the first rollout batch past the budget ends the round,
+    and the update that produced its sampler is undone: the round returns the last policy whose
+    rollouts were within the budget (the policy after 2 updates, bit for bit)."""
     tok, policy_dir = setup
     rm = VowelReward(tiny_gpt2(len(tok.get_vocab()), 1).transformer, tok, 64)
     _, free = run_ppo(policy_dir, policy_dir, rm, PROMPTS, config(), log=lambda s: None)
     budget = free[3]["kl"] - 1e-6  # the unconstrained run's KL at step 3 (> steps 0..2, as it grows)
     assert all(h["kl"] < budget for h in free[:3]), [h["kl"] for h in free]
     logs = []
-    _, capped = run_ppo(policy_dir, policy_dir, rm, PROMPTS, config(kl_budget=budget), log=logs.append)
-    assert capped == free[:3]  # identical steps up to the budget, then no update on the batch past it
-    assert "round ends here" in logs[-1]
+    capped_policy, capped = run_ppo(policy_dir, policy_dir, rm, PROMPTS, config(kl_budget=budget), log=logs.append)
+    assert capped == free[:2]  # steps 0 and 1 kept; step 2's update (its policy sampled step 3) undone
+    assert "round ends with the policy of step 2" in logs[-1]
+    two_steps, _ = run_ppo(policy_dir, policy_dir, rm, PROMPTS, config(steps=2), log=lambda s: None)
+    for (name, a), (_, b) in zip(capped_policy.state_dict().items(), two_steps.state_dict().items()):
+        assert torch.equal(a, b), name
 
 
 def test_over_kl_budget_matches_a_naive_reference():
