@@ -71,6 +71,17 @@ def norm_prompt_set(prompts: list[str], n: int, seed: int) -> list[str]:
     return random.Random(seed).sample(pool, min(n, len(pool)))
 
 
+def fixed_reward_norm(ref_policy: nn.Module, reward_model: RewardModel, tokenizer: Any, prompts: list[str],
+                      cfg: PPOConfig, norm_prompts: list[str] | None = None) -> tuple[float, float]:
+    """A round's (gain, bias) (detail 6): from the SFT reference's samples on the fixed prompt set
+    ``norm_prompts`` (default: a ``cfg.norm_seed``-seeded sample of ``cfg.norm_samples`` of
+    ``prompts``), or (1, 0) when ``cfg.normalize_reward`` is off. Used by the full and LoRA loops."""
+    if not cfg.normalize_reward:
+        return 1.0, 0.0
+    fixed = norm_prompts if norm_prompts is not None else norm_prompt_set(prompts, cfg.norm_samples, cfg.norm_seed)
+    return reference_reward_norm(ref_policy, reward_model, tokenizer, fixed, cfg)
+
+
 def shaped_scores(rollout: Rollout, gain: float, bias: float, cfg: PPOConfig) -> Tensor:
     """(B,) normalised RM scores with the missing-EOS penalty and optional whitening (details 6-7)."""
     scores = (rollout.scores - bias) / gain  # (B,) normalised r(x, y)
@@ -163,10 +174,7 @@ def run_ppo(policy_dir: str | Path, reference_dir: str | Path, reward_model: Rew
     sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)
     perm_gen = torch.Generator().manual_seed(cfg.seed)
     rng, order = random.Random(cfg.seed), []
-    gain, bias = 1.0, 0.0
-    if cfg.normalize_reward:  # detail 6: once, from the SFT reference on a fixed prompt set
-        fixed = norm_prompts if norm_prompts is not None else norm_prompt_set(prompts, cfg.norm_samples, cfg.norm_seed)
-        gain, bias = reference_reward_norm(ref_policy, reward_model, tokenizer, fixed, cfg)
+    gain, bias = fixed_reward_norm(ref_policy, reward_model, tokenizer, prompts, cfg, norm_prompts)  # detail 6
     history: list[dict[str, float]] = []
     for step in range(cfg.steps):
         batch_prompts = next_prompts(prompts, order, rng, cfg.rollout_batch_size)

@@ -95,14 +95,15 @@ def train_reward(registry: Registry, settings: Settings, state: RoundState, work
 
 
 def ppo(registry: Registry, settings: Settings, state: RoundState, workdir: Path, prompts: list[str], cfg: Any,
-        log_line: Any) -> list[dict]:
-    """PPO on the adapter; writes the adapter (and tokenizer) to ``workdir/policy``."""
+        log_line: Any, norm_prompts: list[str] | None = None) -> list[dict]:
+    """PPO on the adapter; writes the adapter (and tokenizer) to ``workdir/policy``. ``norm_prompts``:
+    the fixed prompt set of the reward normalisation (detail 6), the same as a full round's."""
     from training.lora_ppo import run_lora_ppo, save_policy_adapter
     from transformers import AutoTokenizer
 
     base_dir, parent_dir, _ = _dirs(registry, state)
     pv, history = run_lora_ppo(base_dir, parent_dir, workdir / "reward_model", prompts, cfg,
-                               finetune_config(settings), log=log_line)
+                               finetune_config(settings), log=log_line, norm_prompts=norm_prompts)
     save_policy_adapter(pv, workdir / "policy", AutoTokenizer.from_pretrained(base_dir))
     if history:  # adapter + value head: what the round trained (the manifest records it)
         history[-1]["trainable_parameters"] = float(sum(p.numel() for p in pv.parameters() if p.requires_grad))

@@ -170,12 +170,12 @@ def ppo(ctx: Context, state: RoundState) -> RoundState:
     work = ctx.workdir(state.round_id)
     cfg = ppo_config(ctx, state)
     prompts = training_prompts(ctx, state.seed)
+    norm_prompts = norm_prompt_set(train_prompts(), cfg.norm_samples, ctx.settings.seed)  # fixed: detail 6
     if state.finetune == "lora":  # issue 7: policy, reference, value and reward on one base
         history = lora_rounds.ppo(ctx.registry, ctx.settings, state, work, prompts, cfg,
-                                  lambda line: log.info("ppo %s", line))
+                                  lambda line: log.info("ppo %s", line), norm_prompts)
         return _ppo_summary(state, history, started, cfg)
     rm = RewardModel.load(work / "reward_model", device=ctx.settings.device)  # never the judge
-    norm_prompts = norm_prompt_set(train_prompts(), cfg.norm_samples, ctx.settings.seed)  # fixed: detail 6
     parent_dir, ref_dir = ctx.registry.path(state.parent), ctx.registry.path(state.reference)
     policy, history = run_ppo(parent_dir, ref_dir, rm, prompts, cfg, log=lambda line: log.info("ppo %s", line),
                               norm_prompts=norm_prompts)
