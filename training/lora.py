@@ -22,7 +22,6 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from training.devices import serving_dtype
 from training.ppo import last_token_index
 from training.reward_model import RewardModel
 from training.rollout import position_ids
@@ -161,13 +160,6 @@ class AdapterDisabled(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         with self.peft_model.disable_adapter():
             return self.peft_model(*args, **kwargs)
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (where supported); a no-op (fp32) on CPU."""
-    if serving_dtype(device) is torch.bfloat16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class PolicyValue(nn.Module):

@@ -25,10 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from training.config import PPOConfig
-from training.devices import resolve_device
+from training.devices import autocast, resolve_device
 from training.kl_controller import make_kl_controller
 from training.lora import (POLICY_ADAPTER, AdapterDisabled, AdapterRewardModel, FinetuneConfig, PolicyValue,
-                           adapter_active, attach_policy_adapter, attach_reward, autocast, is_adapter_dir, load_base)
+                           adapter_active, attach_policy_adapter, attach_reward, is_adapter_dir, load_base)
 from training.ppo import (clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_penalised_rewards,
                           logprobs_from_logits, masked_mean, masked_whiten)
 from training.rollout import Rollout, encode_prompt, generate, left_pad, pad_id_of, position_ids

@@ -1,5 +1,8 @@
 """The PPO loop: rollouts -> KL-penalised rewards -> GAE -> clipped PPO updates.
 
+On CUDA, rollouts and the updates' forwards run under bf16 autocast (``training.devices.autocast``,
+the same rule as the LoRA loop); on CPU everything stays fp32.
+
 The value model is a copy of the reward model's transformer trunk with a fresh,
 zero-initialised scalar head applied at every position (detail 20).
 """
@@ -18,7 +21,7 @@ from training.config import PPOConfig
 from training.kl_controller import make_kl_controller
 from training.ppo import (clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_penalised_rewards,
                           logprobs_from_logits, masked_mean, masked_whiten)
-from training.devices import resolve_device
+from training.devices import autocast, resolve_device
 from training.reward_model import RewardModel
 from training.rollout import Rollout, response_logits, response_values, sample_rollouts
 
@@ -119,7 +122,8 @@ def ppo_update(policy: nn.Module, value_model: RewardModel, optimizer: torch.opt
         perm = torch.randperm(B, generator=gen)
         for start in range(0, B, cfg.mini_batch_size):
             idx = perm[start : start + cfg.mini_batch_size].to(ro.response.device)
-            loss, stats = minibatch_losses(policy, value_model, ro, idx, advantages, returns, cfg)
+            with autocast(ro.response.device):  # bf16 forwards on CUDA; backward outside autocast
+                loss, stats = minibatch_losses(policy, value_model, ro, idx, advantages, returns, cfg)
             if all_stats and cfg.kl_stop is not None and stats["approxkl"] > cfg.kl_stop:
                 stopped = True  # pi drifted past the bound: skip this and all later updates
                 break
@@ -174,11 +178,14 @@ def run_ppo(policy_dir: str | Path, reference_dir: str | Path, reward_model: Rew
     sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)
     perm_gen = torch.Generator().manual_seed(cfg.seed)
     rng, order = random.Random(cfg.seed), []
-    gain, bias = fixed_reward_norm(ref_policy, reward_model, tokenizer, prompts, cfg, norm_prompts)  # detail 6
+    with autocast(device):
+        gain, bias = fixed_reward_norm(ref_policy, reward_model, tokenizer, prompts, cfg, norm_prompts)  # detail 6
     history: list[dict[str, float]] = []
     for step in range(cfg.steps):
         batch_prompts = next_prompts(prompts, order, rng, cfg.rollout_batch_size)
-        ro = sample_rollouts(policy, ref_policy, value_model, reward_model, tokenizer, batch_prompts, cfg, sample_gen)
+        with autocast(device):  # bf16 on CUDA, fp32 on CPU (training/devices.py)
+            ro = sample_rollouts(policy, ref_policy, value_model, reward_model, tokenizer, batch_prompts, cfg,
+                                 sample_gen)
         kl_coef = kl_ctl.value
         rewards, kl = kl_penalised_rewards(shaped_scores(ro, gain, bias, cfg), ro.logprobs, ro.ref_logprobs,
                                            ro.response_mask, kl_coef)  # (B, T) r_t, detail 8
