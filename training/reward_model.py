@@ -92,11 +92,12 @@ class RewardModel(nn.Module):
         """b of the pointwise rating loss: P(thumbs up) = sigmoid(r - b)."""
 
     @classmethod
-    def from_pretrained_backbone(cls, path: str | Path, tokenizer: Any = None, max_len: int = 128) -> "RewardModel":
-        """A fresh head on the trunk of the (policy) checkpoint at ``path``."""
+    def from_pretrained_backbone(cls, path: str | Path | nn.Module, tokenizer: Any = None,
+                                 max_len: int = 128) -> "RewardModel":
+        """A fresh head on the trunk of the (policy) checkpoint at ``path``, or of a loaded model."""
         from transformers import AutoModel
 
-        return cls(AutoModel.from_pretrained(str(path)), tokenizer, max_len)
+        return cls(path if isinstance(path, nn.Module) else AutoModel.from_pretrained(str(path)), tokenizer, max_len)
 
     def token_values(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(B, L) head output at every position (used as the per-token value model)."""
@@ -263,8 +264,6 @@ def _as_reward_model(src: str | Path | nn.Module, tokenizer: Any, cfg: RewardCon
     if isinstance(src, RewardModel):
         src.tokenizer = src.tokenizer or tokenizer
         return src
-    if isinstance(src, nn.Module):
-        return RewardModel(src, tokenizer, cfg.max_len)
     return RewardModel.from_pretrained_backbone(src, tokenizer, cfg.max_len)
 
 
