@@ -1,6 +1,7 @@
 """Adapter versions on one base: hot-swap time and bytes under load, merged vs unmerged decode speed.
 
-    .venv/bin/python -m benchmarks.lora_swap MODEL_DIR [--clients 2] [--repeats 1] [--no-decode] [--out FILE]
+    .venv/bin/python -m benchmarks.lora_swap MODEL_DIR [--clients 2] [--repeats 1] [--control] [--no-decode]
+        [--out FILE]
     (benchmarks/ppo_speed.py calls measure_swap)
 
 A throw-away registry holds MODEL_DIR as v0001 and a LoRA version on it (random adapter, rank 8);
@@ -113,7 +114,9 @@ def request_view(requests: list[dict], pointer_set: float, served_new: float, se
     (``next``). The swap window is [pointer set, new version served + ``settle_s``] (so the first
     steps on the new version count). ``stall_seconds``, the swap time a request sees, is the
     largest excess over both kinds of the longest wait overlapping the window over the median wait
-    of that kind before it.
+    of that kind before it; ``stall_over_worst_before_s`` the excess over the longest wait before it
+    (a decoding step that admits new requests takes ~3 plain steps: the median-based figure counts
+    such a step as a stall even when no swap happens, see ``control``).
     """
     end = served_new + settle_s
     waits = {k: {"before": [], "during": []} for k in ("first", "next")}
@@ -127,20 +130,25 @@ def request_view(requests: list[dict], pointer_set: float, served_new: float, se
         when = "during" if times[-1] >= pointer_set and times[0] <= end else "before" if times[-1] < pointer_set else None
         if when and len(times) > 1:
             latency[when].append(times[-1] - times[0])
-    out, stalls = {}, []
+    out, stalls, over_worst = {}, [], []
     for kind, w in waits.items():
-        typical = _median(w["before"])
+        typical, worst_before = _median(w["before"]), max(w["before"], default=None)
         worst = max(w["during"], default=None)
-        out[f"{kind}_wait"] = {"median_before_s": typical, "max_during_s": worst,
+        out[f"{kind}_wait"] = {"median_before_s": typical, "max_before_s": worst_before, "max_during_s": worst,
                                "n_before": len(w["before"]), "n_during": len(w["during"])}
         if typical is not None and worst is not None:
             stalls.append(max(0.0, worst - typical))
-    return {"stall_seconds": max(stalls, default=None), **out,
+            over_worst.append(max(0.0, worst - worst_before))
+    return {"stall_seconds": max(stalls, default=None), "stall_over_worst_before_s": max(over_worst, default=None),
+            **out,
             "median_latency_before_s": _median(latency["before"]),
             "max_latency_during_s": max(latency["during"], default=None), "requests_during": len(latency["during"])}
 
 
-def swap_under_load(registry_root: Path, base: str, adapter: str, clients: int = 2, max_new_tokens: int = 8) -> dict:
+def swap_under_load(registry_root: Path, base: str, adapter: str, clients: int = 2, max_new_tokens: int = 8,
+                    control_s: float | None = None) -> dict:
+    """One swap from ``base`` to ``adapter`` under load, seen by the clients. ``control_s``: no swap
+    (the noise floor): the same figures over a window of that many seconds with the pointer left alone."""
     from rlhf.v1 import policy_pb2
     from rlhf_serve.local import LocalServer, delete_prefix, metric_value, unique_prefix
     from rlhf_serve.settings import Settings
@@ -172,8 +180,9 @@ def swap_under_load(registry_root: Path, base: str, adapter: str, clients: int =
             t.start()
         time.sleep(3.0)
         pointer_set = time.monotonic()
-        set_current(r, Keys(s.key_prefix), registry, adapter, "bench", probe=lambda _version: None)
-        end = time.monotonic() + 120
+        if control_s is None:
+            set_current(r, Keys(s.key_prefix), registry, adapter, "bench", probe=lambda _version: None)
+        end = time.monotonic() + (120 if control_s is None else control_s)
         while time.monotonic() < end and server.policy.GetModel(policy_pb2.GetModelRequest()).model_version != adapter:
             time.sleep(0.01)
         served_new = time.monotonic()
@@ -195,9 +204,12 @@ def swap_under_load(registry_root: Path, base: str, adapter: str, clients: int =
             "served_after": done[-1]["version"] if done else None}
 
 
-def measure_swap(model_dir: Path, clients: int = 2, decode: bool = True, repeats: int = 1) -> dict:
+def measure_swap(model_dir: Path, clients: int = 2, decode: bool = True, repeats: int = 1,
+                 control: bool = False) -> dict:
     """The result JSON; with ``repeats`` > 1, ``under_load`` is the run with the median stall and
-    ``under_load_runs`` holds every run (each a fresh server swapping to a fresh adapter version)."""
+    ``under_load_runs`` holds every run (each a fresh server swapping to a fresh adapter version).
+    ``control``: as many runs without a swap (window: the swaps' median pointer-to-served time), the
+    noise floor of the stall figure, in ``control`` / ``control_runs``."""
     from registry import Registry
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -208,10 +220,16 @@ def measure_swap(model_dir: Path, clients: int = 2, decode: bool = True, repeats
         base_bytes = sum(f.size for f in registry.manifest(base).files)
         out = {"base_bytes": base_bytes, **(decode_speeds(registry, base, adapters[0]) if decode else {})}
         runs = [swap_under_load(registry.root, base, adapter, clients) for adapter in adapters]
-        out["under_load"] = sorted(runs, key=lambda run: run["stall_seconds"] or 0.0)[len(runs) // 2]
-        if len(runs) > 1:
-            out["under_load_runs"] = runs
+        out["under_load"], out["under_load_runs"] = _median_run(runs), runs
+        if control:
+            window = _median([run["pointer_to_served_s"] for run in runs])
+            controls = [swap_under_load(registry.root, base, adapter, clients, control_s=window) for adapter in adapters]
+            out["control"], out["control_runs"] = _median_run(controls), controls
     return out
+
+
+def _median_run(runs: list[dict]) -> dict:
+    return sorted(runs, key=lambda run: run["stall_seconds"] or 0.0)[len(runs) // 2]
 
 
 def main() -> None:
@@ -221,10 +239,12 @@ def main() -> None:
     parser.add_argument("--no-decode", dest="decode", action="store_false",
                         help="skip the merged/unmerged decode-speed part")
     parser.add_argument("--repeats", type=int, default=1, help="swaps under load, each on a fresh server")
+    parser.add_argument("--control", action="store_true",
+                        help="also as many runs without a swap: the stall figure's noise floor")
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    result = measure_swap(args.model_dir, args.clients, args.decode, args.repeats)
+    result = measure_swap(args.model_dir, args.clients, args.decode, args.repeats, args.control)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
