@@ -127,7 +127,8 @@ def request_view(requests: list[dict], pointer_set: float, served_new: float, se
             when = "during" if b >= pointer_set and a <= end else "before" if b < pointer_set else None
             if when:
                 waits["first" if i == 0 else "next"][when].append(b - a)
-        when = "during" if times[-1] >= pointer_set and times[0] <= end else "before" if times[-1] < pointer_set else None
+        overlaps = times[-1] >= pointer_set and times[0] <= end
+        when = "during" if overlaps else "before" if times[-1] < pointer_set else None
         if when and len(times) > 1:
             latency[when].append(times[-1] - times[0])
     out, stalls, over_worst = {}, [], []
@@ -223,7 +224,8 @@ def measure_swap(model_dir: Path, clients: int = 2, decode: bool = True, repeats
         out["under_load"], out["under_load_runs"] = _median_run(runs), runs
         if control:
             window = _median([run["pointer_to_served_s"] for run in runs])
-            controls = [swap_under_load(registry.root, base, adapter, clients, control_s=window) for adapter in adapters]
+            controls = [swap_under_load(registry.root, base, adapter, clients, control_s=window)
+                        for adapter in adapters]
             out["control"], out["control_runs"] = _median_run(controls), controls
     return out
 

@@ -6,8 +6,9 @@ adapter version as a *working copy* of that base:
 
 - ``merged`` (the default for the current version): a module tree that shares every module of the
   base except the adapted ones and their parents (``adapted_copy``: shallow copies, so building it
-  costs a few dozen small objects), and every tensor except the adapted weights (e.g. GPT-2's ``c_attn``), which hold W + (alpha/r) B A (peft's
-  ``merge_and_unload(safe_merge=True)``, which writes new tensors and so never touches the base).
+  costs a few dozen small objects), and every tensor except the adapted weights (e.g. GPT-2's
+  ``c_attn``), which hold W + (alpha/r) B A (peft's ``merge_and_unload(safe_merge=True)``, which
+  writes new tensors and so never touches the base).
   Decodes at the base's speed; costs the adapted weights.
 - ``unmerged``: the same shared tree with peft's LoRA layers left in (costs only the adapter;
   decoding pays the two small extra matmuls per adapted layer).

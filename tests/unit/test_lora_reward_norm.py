@@ -22,7 +22,8 @@ def reward_dir(tiny_model_dir, tmp_path_factory):
     from transformers import AutoTokenizer
 
     torch.manual_seed(3)
-    rm = new_reward_model(tiny_model_dir, FinetuneConfig("lora"), AutoTokenizer.from_pretrained(tiny_model_dir), 64, CPU)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rm = new_reward_model(tiny_model_dir, FinetuneConfig("lora"), tok, 64, CPU)
     with torch.no_grad():
         for name, p in rm.peft_model.named_parameters():
             if "lora_B" in name:
