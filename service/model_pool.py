@@ -61,11 +61,11 @@ class ModelPool:
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._failed: dict[str, tuple] = {}  # version -> (fingerprint, error) of failed pinned loads
-        self.adapters = AdapterBank(registry, device, self._load_base)  # LoRA versions: one base each (issue 7)
+        self.adapters = AdapterBank(registry, device, load_model_dir, self._resident)  # LoRA: one base each (issue 7)
         self._unmerged: set[str] = set()
         # Merge the current LoRA version into a working copy on CUDA only: on CPU the measured decode
         # speed of unmerged adapters is the same (within noise) and the swap is ~14x faster
-        # (benchmarks/results/ppo_speed/result.json "swap").
+        # (benchmarks/results/ppo_speed/result.json "swap_earlier_run").
         self.merge_current = device.type == "cuda"
 
     def get(self, version: str) -> LoadedModel | None:
@@ -120,11 +120,11 @@ class ModelPool:
             self._failed[version] = (fingerprint, exc)
             raise
 
-    def _load_base(self, path, version: str, device: torch.device) -> LoadedModel:
-        """A base for the adapter bank: the already loaded full version if there is one."""
+    def _resident(self, version: str) -> LoadedModel | None:
+        """A base for the adapter bank: the full version ``version`` if this pool already holds it."""
         with self._lock:
             lm = self._loaded.get(version)
-        return lm if lm is not None else load_model_dir(path, version, device)
+        return lm if lm is not None and version not in self.adapters.loaded_adapters else None
 
     @property
     def base_copies(self) -> int:

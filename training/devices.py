@@ -1,6 +1,9 @@
-"""The one device resolver (and the serving dtype) of every process: server, worker, SFT build."""
+"""The one device resolver, the serving dtype and the training autocast of every process: server,
+worker, SFT build, PPO (full and LoRA)."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -18,3 +21,19 @@ def serving_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype PPO's forwards autocast to on ``device``: bfloat16 on CUDA (where supported, the
+    serving dtype), None (plain fp32) elsewhere."""
+    dtype = serving_dtype(device)
+    return dtype if dtype is not torch.float32 else None
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast for rollouts and updates on CUDA; a no-op (fp32) on CPU. Parameters, optimiser
+    state and the losses' reductions stay fp32 (log-probs are taken in fp32: training/ppo.py)."""
+    dtype = autocast_dtype(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)

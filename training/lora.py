@@ -22,7 +22,6 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from training.devices import serving_dtype
 from training.reward_head import scalar_head
 from training.reward_model import RewardModel
 from training.rollout import position_ids
@@ -149,11 +148,18 @@ def adapter_active(model: Any, name: str) -> Iterator[None]:
             p.requires_grad_(n in trainable)
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (where supported); a no-op (fp32) on CPU."""
-    if serving_dtype(device) is torch.bfloat16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+class AdapterDisabled(nn.Module):
+    """The reference as a plain causal LM: ``peft_model``'s base with every adapter disabled for each
+    forward (exactly the base's logits; no copy). Other users of ``peft_model`` between forwards
+    (the reward adapter) see it unchanged."""
+
+    def __init__(self, peft_model: Any) -> None:
+        super().__init__()
+        self.peft_model = peft_model
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with self.peft_model.disable_adapter():
+            return self.peft_model(*args, **kwargs)
 
 
 class PolicyValue(nn.Module):

@@ -6,7 +6,9 @@ quantities come from, so that one base serves four roles and no forward is done 
 - the sampling pass itself gives log pi_old (B, T) *and* V(s_t) (value head on the same hidden
   states), so a rollout needs no policy forward; one forward per mini-batch in the update gives
   both again (with gradients); the LM head runs only on response positions;
-- log pi_ref comes from the same base with the adapter disabled, once per rollout;
+- log pi_ref comes from the same base with the adapter disabled, once per rollout; the reward
+  normalisation (detail 6) samples that reference on the full loop's fixed prompt set, with the
+  full loop's own functions (``ppo_trainer.fixed_reward_norm``);
 - r(x, y) comes from the same base with the reward adapter active, once per rollout;
 - on CUDA every forward runs under bf16 autocast; a mini-batch may be split into micro-batches
   (gradient accumulation) so ``mini_batch_size`` does not depend on memory.
@@ -23,10 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from training.config import PPOConfig
-from training.devices import resolve_device
+from training.devices import autocast, resolve_device
 from training.kl_controller import make_kl_controller
-from training.lora import (POLICY_ADAPTER, AdapterRewardModel, FinetuneConfig, PolicyValue, adapter_active,
-                           attach_policy_adapter, attach_reward, autocast, is_adapter_dir, load_base)
+from training.lora import (POLICY_ADAPTER, AdapterDisabled, AdapterRewardModel, FinetuneConfig, PolicyValue,
+                           adapter_active, attach_policy_adapter, attach_reward, is_adapter_dir, load_base)
 from training.ppo import (clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_penalised_rewards,
                           logprobs_from_logits, masked_mean, masked_whiten)
 from training.rollout import Rollout, encode_prompt, generate, left_pad, pad_id_of, position_ids
@@ -189,9 +191,13 @@ def build_lora_policy(base_dir: str | Path, policy_dir: str | Path, ft: Finetune
 
 def run_lora_ppo(base_dir: str | Path, policy_dir: str | Path, reward_dir: str | Path, prompts: list[str],
                  cfg: PPOConfig, ft: FinetuneConfig, log: Callable[[str], Any] = print,
-                 ) -> tuple[PolicyValue, list[dict[str, float]]]:
-    """PPO on a LoRA adapter; the reference is ``base_dir`` (adapter disabled). Returns the policy and metrics."""
-    from training.ppo_trainer import next_prompts, reward_norm_from, rollout_stats, shaped_scores
+                 norm_prompts: list[str] | None = None) -> tuple[PolicyValue, list[dict[str, float]]]:
+    """PPO on a LoRA adapter; the reference is ``base_dir`` (adapter disabled). Returns the policy and metrics.
+
+    ``norm_prompts``: the fixed prompt set of the reward normalisation, as in ``run_ppo`` (detail 6):
+    the gain/bias come from the reference's samples on it, never from the adapter's rollouts.
+    """
+    from training.ppo_trainer import fixed_reward_norm, next_prompts, rollout_stats, shaped_scores
     from transformers import AutoTokenizer
 
     device = resolve_device(cfg.device)
@@ -205,13 +211,12 @@ def run_lora_ppo(base_dir: str | Path, policy_dir: str | Path, reward_dir: str |
     sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)
     perm_gen = torch.Generator().manual_seed(cfg.seed)
     rng, order = random.Random(cfg.seed), []
-    gain, bias = 1.0, 0.0
+    with autocast(device):  # detail 6: the reference (base, adapter disabled) on the fixed prompt set
+        gain, bias = fixed_reward_norm(AdapterDisabled(pv.model), reward, tokenizer, prompts, cfg, norm_prompts)
     history: list[dict[str, float]] = []
     for step in range(cfg.steps):
         ro = lora_rollouts(pv, reward, tokenizer, next_prompts(prompts, order, rng, cfg.rollout_batch_size),
                            cfg, sample_gen)
-        if step == 0 and cfg.normalize_reward:
-            gain, bias = reward_norm_from(ro.scores)  # detail 6
         kl_coef = kl_ctl.value
         rewards, kl = kl_penalised_rewards(shaped_scores(ro, gain, bias, cfg), ro.logprobs, ro.ref_logprobs,
                                            ro.response_mask, kl_coef)  # (B, T) r_t, detail 8
@@ -221,7 +226,7 @@ def run_lora_ppo(base_dir: str | Path, policy_dir: str | Path, reward_dir: str |
         update = lora_update(pv, optimizer, params, ro, advantages, returns, cfg, ft, perm_gen)
         stats = rollout_stats(ro, kl)
         kl_ctl.update(stats["kl"], cfg.rollout_batch_size)  # detail 9
-        metrics = {"step": float(step), **stats, **update, "kl_coef": kl_coef}
+        metrics = {"step": float(step), **stats, **update, "kl_coef": kl_coef, "reward_gain": gain, "reward_bias": bias}
         history.append(metrics)
         log(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return pv.eval(), history

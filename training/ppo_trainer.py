@@ -1,5 +1,8 @@
 """The PPO loop: rollouts -> KL-penalised rewards -> GAE -> clipped PPO updates.
 
+On CUDA, rollouts and the updates' forwards run under bf16 autocast (``training.devices.autocast``,
+the same rule as the LoRA loop); on CPU everything stays fp32.
+
 The value model is a copy of the reward model's transformer trunk with a fresh,
 zero-initialised scalar head applied at every position (detail 20; training/reward_head.py).
 """
@@ -17,7 +20,7 @@ from training.config import PPOConfig
 from training.kl_controller import make_kl_controller
 from training.ppo import (clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_penalised_rewards,
                           logprobs_from_logits, masked_mean, masked_whiten)
-from training.devices import resolve_device
+from training.devices import autocast, resolve_device
 from training.reward_head import ScalarHeadModel, value_model_from
 from training.reward_model import RewardModel
 from training.rollout import Rollout, response_logits, response_values, sample_rollouts
@@ -67,6 +70,17 @@ def norm_prompt_set(prompts: list[str], n: int, seed: int) -> list[str]:
     return random.Random(seed).sample(pool, min(n, len(pool)))
 
 
+def fixed_reward_norm(ref_policy: nn.Module, reward_model: RewardModel, tokenizer: Any, prompts: list[str],
+                      cfg: PPOConfig, norm_prompts: list[str] | None = None) -> tuple[float, float]:
+    """A round's (gain, bias) (detail 6): from the SFT reference's samples on the fixed prompt set
+    ``norm_prompts`` (default: a ``cfg.norm_seed``-seeded sample of ``cfg.norm_samples`` of
+    ``prompts``), or (1, 0) when ``cfg.normalize_reward`` is off. Used by the full and LoRA loops."""
+    if not cfg.normalize_reward:
+        return 1.0, 0.0
+    fixed = norm_prompts if norm_prompts is not None else norm_prompt_set(prompts, cfg.norm_samples, cfg.norm_seed)
+    return reference_reward_norm(ref_policy, reward_model, tokenizer, fixed, cfg)
+
+
 def shaped_scores(rollout: Rollout, gain: float, bias: float, cfg: PPOConfig) -> Tensor:
     """(B,) normalised RM scores with the missing-EOS penalty and optional whitening (details 6-7)."""
     scores = (rollout.scores - bias) / gain  # (B,) normalised r(x, y)
@@ -104,7 +118,8 @@ def ppo_update(policy: nn.Module, value_model: ScalarHeadModel, optimizer: torch
         perm = torch.randperm(B, generator=gen)
         for start in range(0, B, cfg.mini_batch_size):
             idx = perm[start : start + cfg.mini_batch_size].to(ro.response.device)
-            loss, stats = minibatch_losses(policy, value_model, ro, idx, advantages, returns, cfg)
+            with autocast(ro.response.device):  # bf16 forwards on CUDA; backward outside autocast
+                loss, stats = minibatch_losses(policy, value_model, ro, idx, advantages, returns, cfg)
             if all_stats and cfg.kl_stop is not None and stats["approxkl"] > cfg.kl_stop:
                 stopped = True  # pi drifted past the bound: skip this and all later updates
                 break
@@ -166,16 +181,16 @@ def run_ppo(policy_dir: str | Path, reference_dir: str | Path, reward_model: Rew
     sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)
     perm_gen = torch.Generator().manual_seed(cfg.seed)
     rng, order = random.Random(cfg.seed), []
-    gain, bias = 1.0, 0.0
-    if cfg.normalize_reward:  # detail 6: once, from the SFT reference on a fixed prompt set
-        fixed = norm_prompts if norm_prompts is not None else norm_prompt_set(prompts, cfg.norm_samples, cfg.norm_seed)
-        gain, bias = reference_reward_norm(ref_policy, reward_model, tokenizer, fixed, cfg)
+    with autocast(device):
+        gain, bias = fixed_reward_norm(ref_policy, reward_model, tokenizer, prompts, cfg, norm_prompts)  # detail 6
     history: list[dict[str, float]] = []
     kl_start: float | None = None
     last_within: dict[str, Tensor] | None = None  # weights of the last policy whose rollouts were within budget
     for step in range(cfg.steps):
         batch_prompts = next_prompts(prompts, order, rng, cfg.rollout_batch_size)
-        ro = sample_rollouts(policy, ref_policy, value_model, reward_model, tokenizer, batch_prompts, cfg, sample_gen)
+        with autocast(device):  # bf16 on CUDA, fp32 on CPU (training/devices.py)
+            ro = sample_rollouts(policy, ref_policy, value_model, reward_model, tokenizer, batch_prompts, cfg,
+                                 sample_gen)
         kl_coef = kl_ctl.value
         rewards, kl = kl_penalised_rewards(shaped_scores(ro, gain, bias, cfg), ro.logprobs, ro.ref_logprobs,
                                            ro.response_mask, kl_coef)  # (B, T) r_t, detail 8

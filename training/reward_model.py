@@ -90,11 +90,12 @@ class RewardModel(ScalarHeadModel):
         """b of the pointwise rating loss: P(thumbs up) = sigmoid(r - b)."""
 
     @classmethod
-    def from_pretrained_backbone(cls, path: str | Path, tokenizer: Any = None, max_len: int = 128) -> "RewardModel":
-        """A fresh head on the trunk of the (policy) checkpoint at ``path``."""
+    def from_pretrained_backbone(cls, path: str | Path | nn.Module, tokenizer: Any = None,
+                                 max_len: int = 128) -> "RewardModel":
+        """A fresh head on the trunk of the (policy) checkpoint at ``path``, or of a loaded model."""
         from transformers import AutoModel
 
-        return cls(AutoModel.from_pretrained(str(path)), tokenizer, max_len)
+        return cls(path if isinstance(path, nn.Module) else AutoModel.from_pretrained(str(path)), tokenizer, max_len)
 
     def encode(self, items: list[tuple[str, str]], tokenizer: Any = None) -> tuple[Tensor, Tensor]:
         """(B, L) ids and mask of (prompt, response) pairs, rendered as in SFT (detail 1)."""
@@ -251,8 +252,6 @@ def _as_reward_model(src: str | Path | nn.Module, tokenizer: Any, cfg: RewardCon
     if isinstance(src, RewardModel):
         src.tokenizer = src.tokenizer or tokenizer
         return src
-    if isinstance(src, nn.Module):
-        return RewardModel(src, tokenizer, cfg.max_len)
     return RewardModel.from_pretrained_backbone(src, tokenizer, cfg.max_len)
 
 

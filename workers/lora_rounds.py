@@ -95,14 +95,15 @@ def train_reward(registry: Registry, settings: Settings, state: RoundState, work
 
 
 def ppo(registry: Registry, settings: Settings, state: RoundState, workdir: Path, prompts: list[str], cfg: Any,
-        log_line: Any) -> list[dict]:
-    """PPO on the adapter; writes the adapter (and tokenizer) to ``workdir/policy``."""
+        log_line: Any, norm_prompts: list[str] | None = None) -> list[dict]:
+    """PPO on the adapter; writes the adapter (and tokenizer) to ``workdir/policy``. ``norm_prompts``:
+    the fixed prompt set of the reward normalisation (detail 6), the same as a full round's."""
     from training.lora_ppo import run_lora_ppo, save_policy_adapter
     from transformers import AutoTokenizer
 
     base_dir, parent_dir, _ = _dirs(registry, state)
     pv, history = run_lora_ppo(base_dir, parent_dir, workdir / "reward_model", prompts, cfg,
-                               finetune_config(settings), log=log_line)
+                               finetune_config(settings), log=log_line, norm_prompts=norm_prompts)
     save_policy_adapter(pv, workdir / "policy", AutoTokenizer.from_pretrained(base_dir))
     if history:  # adapter + value head: what the round trained (the manifest records it)
         history[-1]["trainable_parameters"] = float(sum(p.numel() for p in pv.parameters() if p.requires_grad))
@@ -120,3 +121,29 @@ def merged_policy(registry: Registry, state: RoundState, version_dir: Path, devi
     if not is_adapter_dir(version_dir):
         return base
     return PeftModel.from_pretrained(base, str(version_dir)).merge_and_unload().eval()
+
+
+def parent_trunk(registry: Registry, state: RoundState, device: Any):
+    """Where a round's plain reward models (the judge; a full round's policy RM) start: the parent
+    policy's weights, in both modes. A full parent (and a LoRA round's first parent, the base) is its
+    directory; an adapter parent is its base with the adapter merged in, trainable (the judge
+    fine-tunes its trunk)."""
+    from training.lora import is_adapter_dir
+
+    parent_dir = registry.path(state.parent)
+    if state.finetune != "lora" or not is_adapter_dir(parent_dir):
+        return parent_dir
+    return merged_policy(registry, state, parent_dir, device).requires_grad_(True)
+
+
+def policy_reward_model(registry: Registry, settings: Settings, state: RoundState, workdir: Path, device: Any):
+    """The round's PPO reward model (the base + its reward adapter + head) on a base of its own, for
+    the gate to rescore the samples with, as it does in full rounds (``policy_rm_reward``)."""
+    from training.devices import resolve_device
+    from training.lora import attach_policy_adapter, attach_reward, load_base
+    from transformers import AutoTokenizer
+
+    base_dir = registry.path(state.base_version)
+    peft_model = attach_policy_adapter(load_base(base_dir, resolve_device(device)), finetune_config(settings),
+                                       trainable=False)
+    return attach_reward(peft_model, workdir / "reward_model", AutoTokenizer.from_pretrained(base_dir)).eval()

@@ -128,8 +128,7 @@ def train_reward(ctx: Context, state: RoundState) -> RoundState:
     split = split_prompts([x.prompt for x in pairs + ratings], ctx.settings.seed)
     halves = dict(zip(("reward_model", "judge"), split))
     lora = state.finetune == "lora"
-    trunk_dir = ctx.registry.path(state.base_version if lora else state.parent)
-    tokenizer = AutoTokenizer.from_pretrained(trunk_dir)
+    tokenizer = AutoTokenizer.from_pretrained(ctx.registry.path(state.base_version if lora else state.parent))
     out = {}
     for name, prompts in halves.items():
         half_pairs = [p for p in pairs if p.prompt in prompts]
@@ -139,10 +138,11 @@ def train_reward(ctx: Context, state: RoundState) -> RoundState:
                                                half_pairs, cfg, ctx.settings.device, ratings=half_ratings)
             out[name] = {k: metrics.get(k) for k in REWARD_METRICS} | {"n_prompts": len(prompts)}
             continue
+        trunk = lora_rounds.parent_trunk(ctx.registry, state, ctx.settings.device)  # the parent, in both modes
         if half_pairs or half_ratings:  # the judge is a plain reward model in both modes
-            model, metrics = train_reward_model(trunk_dir, tokenizer, half_pairs, cfg, ratings=half_ratings)
+            model, metrics = train_reward_model(trunk, tokenizer, half_pairs, cfg, ratings=half_ratings)
         else:  # a lone prompt leaves the judge nothing: an untrained head, no accuracy, the gate refuses
-            model, metrics = RewardModel.from_pretrained_backbone(trunk_dir, tokenizer, cfg.max_len), {"n_pairs": 0}
+            model, metrics = RewardModel.from_pretrained_backbone(trunk, tokenizer, cfg.max_len), {"n_pairs": 0}
         model.save(ctx.workdir(state.round_id) / name)
         out[name] = {k: metrics.get(k) for k in REWARD_METRICS} | {"n_prompts": len(prompts)}
         if name == "judge" and (half_pairs or half_ratings):
@@ -178,12 +178,12 @@ def ppo(ctx: Context, state: RoundState) -> RoundState:
     work = ctx.workdir(state.round_id)
     cfg = ppo_config(ctx, state)
     prompts = training_prompts(ctx, state.seed)
+    norm_prompts = norm_prompt_set(train_prompts(), cfg.norm_samples, ctx.settings.seed)  # fixed: detail 6
     if state.finetune == "lora":  # issue 7: policy, reference, value and reward on one base
         history = lora_rounds.ppo(ctx.registry, ctx.settings, state, work, prompts, cfg,
-                                  lambda line: log.info("ppo %s", line))
+                                  lambda line: log.info("ppo %s", line), norm_prompts)
         return _ppo_summary(state, history, started, cfg)
     rm = RewardModel.load(work / "reward_model", device=ctx.settings.device)  # never the judge
-    norm_prompts = norm_prompt_set(train_prompts(), cfg.norm_samples, ctx.settings.seed)  # fixed: detail 6
     parent_dir, ref_dir = ctx.registry.path(state.parent), ctx.registry.path(state.reference)
     policy, history = run_ppo(parent_dir, ref_dir, rm, prompts, cfg, log=lambda line: log.info("ppo %s", line),
                               norm_prompts=norm_prompts)
@@ -216,7 +216,8 @@ def evaluate(ctx: Context, state: RoundState) -> RoundState:
     work, device = ctx.workdir(state.round_id), resolve_device(ctx.settings.device)
     lora = state.finetune == "lora"
     judge = RewardModel.load(work / "judge", device=ctx.settings.device)
-    policy_rm = None if lora else RewardModel.load(work / "reward_model", device=ctx.settings.device)
+    policy_rm = (lora_rounds.policy_reward_model(ctx.registry, ctx.settings, state, work, ctx.settings.device) if lora
+                 else RewardModel.load(work / "reward_model", device=ctx.settings.device))
     tokenizer = AutoTokenizer.from_pretrained(work / "policy")
     reference = load_causal_lm(ctx.registry.path(state.reference), device, trainable=False)
     prompts, cfg = eval_prompts(ctx), gate_sampling(ctx, state)
@@ -234,8 +235,7 @@ def evaluate(ctx: Context, state: RoundState) -> RoundState:
                            summaries["candidate"], summaries["parent"], summaries["reference"], cfg)
     for n in ("candidate", "parent"):
         summaries[n]["mean_reward"] = _mean(judged[n])  # the judge's
-        if policy_rm is not None:  # (a LoRA round's policy RM is an adapter on the PPO base: not rescored here)
-            summaries[n]["policy_rm_reward"] = _mean(score_samples(policy_rm, prompts, samples[n]))
+        summaries[n]["policy_rm_reward"] = _mean(score_samples(policy_rm, prompts, samples[n]))  # PPO's RM
     return replace(state, evaluation={**summaries, "gate": asdict(figures), "n_prompts": len(prompts),
                                       "samples_per_prompt": cfg.samples_per_prompt, "confidence": cfg.confidence})
 

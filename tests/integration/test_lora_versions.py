@@ -68,6 +68,24 @@ def test_merged_working_copy_matches_peft_and_leaves_the_base_intact(stack, adap
     assert pool.base_copies == 1  # v1 itself is the base of the adapter version
 
 
+def test_a_swap_onto_a_served_base_neither_rehashes_nor_copies_it(stack, adapters, monkeypatch):
+    """The swap's preparation: the resident base (verified when it loaded) is not checksummed again,
+    and the working copy shares every module of the base except the adapted ones and their parents."""
+    v = publish_adapter(stack.registry, adapters[2], stack.v1)
+    pool = ModelPool(stack.registry, torch.device("cpu"))
+    base = pool.load(stack.v1).model
+    verified = []
+    real_verify = stack.registry.verify
+    monkeypatch.setattr(stack.registry, "verify", lambda version: verified.append(version) or real_verify(version))
+    tree = pool.load(v, merged=False).model.get_base_model()
+    assert verified == [v]  # the adapter's files only
+    assert tree.transformer.wte is base.transformer.wte and tree.lm_head is base.lm_head
+    assert tree.transformer.h[0].mlp is base.transformer.h[0].mlp  # not adapted: the base's own module
+    assert tree.transformer.h[0].attn is not base.transformer.h[0].attn  # on the way to c_attn: a shallow copy
+    assert type(base.transformer.h[0].attn.c_attn).__name__ == "Conv1D"  # the base keeps its plain layers
+    assert pool.base_copies == 1
+
+
 def test_adapter_version_hot_swaps_under_load(stack, adapters):
     v = publish_adapter(stack.registry, adapters[1], stack.v1)
     files = {f.path for f in stack.registry.manifest(v).files}

@@ -116,3 +116,37 @@ def test_over_kl_budget_matches_a_naive_reference():
                                 (1.0, 1.5, True)]:
         assert over_kl_budget(kl, budget, start) == (budget is not None and mean > max(budget, start))
         assert over_kl_budget(kl, budget, start) == want
+
+
+def test_rollouts_and_updates_run_under_the_device_autocast(setup, monkeypatch):
+    """run_ppo enters training.devices.autocast (bf16 on CUDA, a no-op on CPU) for the reference
+    normalisation, every rollout and every update forward, never around a backward."""
+    import contextlib
+
+    import training.ppo_trainer as trainer
+
+    tok, policy_dir = setup
+    entered, inside = [], []
+
+    @contextlib.contextmanager
+    def recording(device):
+        entered.append(device)
+        inside.append(True)
+        try:
+            yield
+        finally:
+            inside.pop()
+
+    real_backward = torch.Tensor.backward
+
+    def backward(self, *a, **k):
+        assert not inside, "backward inside autocast"
+        return real_backward(self, *a, **k)
+
+    monkeypatch.setattr(trainer, "autocast", recording)
+    monkeypatch.setattr(torch.Tensor, "backward", backward)
+    rm = VowelReward(tiny_gpt2(len(tok.get_vocab()), 1).transformer, tok, 64)
+    cfg = config(steps=2, rollout_batch_size=8, mini_batch_size=4, ppo_epochs=1)
+    run_ppo(policy_dir, policy_dir, rm, PROMPTS, cfg, log=lambda s: None)
+    assert len(entered) == 1 + 2 + 2 * 2  # normalisation, 2 rollouts, 2 x 2 mini-batch forwards
+    assert all(d == torch.device("cpu") for d in entered)

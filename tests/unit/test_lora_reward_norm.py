@@ -1,0 +1,76 @@
+"""A LoRA round's reward normalisation (detail 6) comes from the reference (the base, adapter disabled)
+on the fixed prompt set, exactly as the full loop computes it: not from the adapter's own rollouts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.config import PPOConfig
+from training.lora import FinetuneConfig, attach_policy_adapter, attach_reward, load_base, new_reward_model
+from training.lora_ppo import run_lora_ppo
+from training.ppo_trainer import load_causal_lm, norm_prompt_set, reference_reward_norm
+from training.text_format import train_prompts
+from tests.lora_helpers import make_adapter_dir
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def reward_dir(tiny_model_dir, tmp_path_factory):
+    """A reward adapter + head whose scores vary with the text (random non-zero B)."""
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(3)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rm = new_reward_model(tiny_model_dir, FinetuneConfig("lora"), tok, 64, CPU)
+    with torch.no_grad():
+        for name, p in rm.peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.3)
+    out = tmp_path_factory.mktemp("lora-rm") / "reward_model"
+    rm.save(out)
+    return out
+
+
+def config() -> PPOConfig:
+    return PPOConfig(steps=1, rollout_batch_size=4, mini_batch_size=4, ppo_epochs=1, max_new_tokens=6,
+                     temperature=1.0, seed=5, norm_samples=8, norm_seed=11, device="cpu", max_prompt_len=32)
+
+
+def lora_gain_bias(base_dir, policy_dir, reward_dir, prompts) -> tuple[float, float, float]:
+    _, history = run_lora_ppo(base_dir, policy_dir, reward_dir, prompts, config(), FinetuneConfig("lora"),
+                              log=lambda *_: None)
+    return history[0]["reward_gain"], history[0]["reward_bias"], history[0]["mean_reward"]
+
+
+def test_lora_reward_norm_is_the_full_loops_reference_norm(tiny_model_dir, reward_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    prompts = train_prompts()[:16]
+    fresh = lora_gain_bias(tiny_model_dir, tiny_model_dir, reward_dir, prompts)  # a new adapter (B = 0)
+    adapter = make_adapter_dir(tiny_model_dir, tmp_path / "adapter", seed=7, scale=0.5)
+    trained = lora_gain_bias(tiny_model_dir, adapter, reward_dir, prompts)  # continues an adapter that moved
+    assert trained[2] != pytest.approx(fresh[2], rel=1e-3)  # its own rollouts do score differently...
+    assert trained[:2] == pytest.approx(fresh[:2], rel=1e-6)  # ...but the normalisation is the reference's
+
+    # the full loop's function, on the plain base and the same reward model, gives the same figures
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    reward = attach_reward(attach_policy_adapter(load_base(tiny_model_dir, CPU), FinetuneConfig("lora")), reward_dir)
+    cfg = config()
+    want = reference_reward_norm(load_causal_lm(tiny_model_dir, CPU, trainable=False), reward, tok,
+                                 norm_prompt_set(prompts, cfg.norm_samples, cfg.norm_seed), cfg)
+    assert fresh[:2] == pytest.approx(want, rel=1e-5)
+    assert want[0] != pytest.approx(1.0) and want[1] != pytest.approx(0.0)  # a real normalisation
+
+
+def test_explicit_norm_prompts_are_used(tiny_model_dir, reward_dir):
+    from transformers import AutoTokenizer
+
+    fixed = train_prompts()[40:48]
+    _, history = run_lora_ppo(tiny_model_dir, tiny_model_dir, reward_dir, train_prompts()[:8], config(),
+                              FinetuneConfig("lora"), log=lambda *_: None, norm_prompts=fixed)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    reward = attach_reward(attach_policy_adapter(load_base(tiny_model_dir, CPU), FinetuneConfig("lora")), reward_dir)
+    want = reference_reward_norm(load_causal_lm(tiny_model_dir, CPU, trainable=False), reward, tok, fixed, config())
+    assert (history[0]["reward_gain"], history[0]["reward_bias"]) == pytest.approx(want, rel=1e-5)
