@@ -151,6 +151,35 @@ def over_kl_budget(kl: Tensor, budget: float | None, start: float) -> bool:
     return budget is not None and float(kl.sum(-1).mean()) > max(budget, start)
 
 
+class KLBudget:
+    """Ends a round at the first rollout batch whose mean KL to the reference is over budget (detail 17):
+    the trainable weights of the last policy whose rollouts were within it are kept, and put back."""
+
+    def __init__(self, budget: float | None, module: nn.Module):
+        self.budget, self.module = budget, module
+        self.start: float | None = None  # () the round's first batch's KL: the parent's
+        self.saved: dict[str, Tensor] | None = None
+
+    def ends_round(self, kl: Tensor, step: int, history: list, log: Callable[[str], Any]) -> bool:
+        """Call before updating on the batch with per-token KL ``kl`` (B, T); True: stop (weights restored,
+        the undone update's entry dropped from ``history``)."""
+        if self.budget is None:
+            return False
+        self.start = float(kl.sum(-1).mean()) if self.start is None else self.start
+        if not over_kl_budget(kl, self.budget, self.start):
+            self.saved = {n: p.detach().clone() for n, p in self.module.named_parameters() if p.requires_grad}
+            return False
+        if self.saved is not None:  # undo the update that crossed the budget
+            with torch.no_grad():
+                for n, p in self.module.named_parameters():
+                    if n in self.saved:
+                        p.copy_(self.saved[n])
+            history.pop()
+        log(f"step {step}: rollout KL {float(kl.sum(-1).mean()):.3g} > budget {self.budget:.3g}; "
+            f"round ends with the policy of step {step - 1 if self.saved is not None else step}")
+        return True
+
+
 def rollout_stats(ro: Rollout, kl: Tensor) -> dict[str, float]:
     """Per-batch means: RM score, KL summed over each response's tokens, response length."""
     return {"mean_reward": float(ro.scores.mean()), "kl": float(kl.sum(-1).mean()),
@@ -184,8 +213,7 @@ def run_ppo(policy_dir: str | Path, reference_dir: str | Path, reward_model: Rew
     with autocast(device):
         gain, bias = fixed_reward_norm(ref_policy, reward_model, tokenizer, prompts, cfg, norm_prompts)  # detail 6
     history: list[dict[str, float]] = []
-    kl_start: float | None = None
-    last_within: dict[str, Tensor] | None = None  # weights of the last policy whose rollouts were within budget
+    budget = KLBudget(cfg.kl_budget, policy)
     for step in range(cfg.steps):
         batch_prompts = next_prompts(prompts, order, rng, cfg.rollout_batch_size)
         with autocast(device):  # bf16 on CUDA, fp32 on CPU (training/devices.py)
@@ -194,16 +222,8 @@ def run_ppo(policy_dir: str | Path, reference_dir: str | Path, reward_model: Rew
         kl_coef = kl_ctl.value
         rewards, kl = kl_penalised_rewards(shaped_scores(ro, gain, bias, cfg), ro.logprobs, ro.ref_logprobs,
                                            ro.response_mask, kl_coef)  # (B, T) r_t, detail 8
-        kl_start = float(kl.sum(-1).mean()) if kl_start is None else kl_start  # () the parent's KL
-        if over_kl_budget(kl, cfg.kl_budget, kl_start):
-            if last_within is not None:  # undo the update that crossed the budget
-                policy.load_state_dict(last_within)
-                history.pop()
-            log(f"step {step}: rollout KL {float(kl.sum(-1).mean()):.3g} > budget {cfg.kl_budget:.3g}; "
-                f"round ends with the policy of step {step - 1 if last_within is not None else step}")
+        if budget.ends_round(kl, step, history, log):
             break
-        if cfg.kl_budget is not None:  # this policy sampled within the budget: keep a copy to fall back to
-            last_within = {k: v.detach().clone() for k, v in policy.state_dict().items()}
         advantages, returns = gae(rewards, ro.values, ro.response_mask, cfg.gamma, cfg.lam)  # detail 10
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, ro.response_mask)  # detail 11

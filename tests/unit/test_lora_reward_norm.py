@@ -74,3 +74,29 @@ def test_explicit_norm_prompts_are_used(tiny_model_dir, reward_dir):
     reward = attach_reward(attach_policy_adapter(load_base(tiny_model_dir, CPU), FinetuneConfig("lora")), reward_dir)
     want = reference_reward_norm(load_causal_lm(tiny_model_dir, CPU, trainable=False), reward, tok, fixed, config())
     assert (history[0]["reward_gain"], history[0]["reward_bias"]) == pytest.approx(want, rel=1e-5)
+
+
+def test_lora_round_over_its_kl_budget_returns_the_last_adapter_within_it(tiny_model_dir, reward_dir):
+    """The KL budget (detail 17) in the LoRA loop: the round ends at the first rollout batch whose KL is
+    over the budget and its round-start KL, undoing the update that produced its sampler: the steps
+    before it are the unconstrained run's, and the adapter is the one after those steps, bit for bit."""
+    from dataclasses import replace
+
+    prompts = train_prompts()[:8]
+    cfg = replace(config(), steps=4, lr=5e-2)
+
+    def lora_run(**kw):
+        logs = []
+        pv, history = run_lora_ppo(tiny_model_dir, tiny_model_dir, reward_dir, prompts, replace(cfg, **kw),
+                                   FinetuneConfig("lora"), log=logs.append)
+        return {n: p.detach().clone() for n, p in pv.named_parameters() if p.requires_grad}, history, logs
+
+    _, free, _ = lora_run(kl_budget=None)
+    start = free[0]["kl"]
+    crossing = next((j for j in range(1, len(free)) if free[j]["kl"] > start), None)
+    assert crossing is not None, [h["kl"] for h in free]  # lr 5e-2: the adapter moves away from the base
+    weights, capped, logs = lora_run(kl_budget=-1.0)  # below any KL: only the round-start KL counts
+    assert capped == free[:crossing - 1]
+    assert f"round ends with the policy of step {crossing - 1}" in logs[-1]
+    want, _, _ = lora_run(kl_budget=None, steps=crossing - 1)
+    assert weights.keys() == want.keys() and all(torch.equal(weights[n], want[n]) for n in want)
