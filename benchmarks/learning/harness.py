@@ -129,7 +129,40 @@ def _side_summary(prompts: Sequence[str], groups: list[list[str]], scores: list[
     m, lo, hi = metrics.mean_ci([s for g in scores for s in g])
     return {"mean_score": m, "score_lo": lo, "score_hi": hi, **metrics.summarize_responses(flat),
             "styles": metrics.shares([classify_style(t) for t in flat]),
-            "examples": [{"prompt": p, "response": g[0]} for p, g in list(zip(prompts, groups))[:3]]}
+            "examples": [{"prompt": p, "response": g[0]} for p, g in list(zip(prompts, groups))[:3]],
+            "scores": scores}
+
+
+def sample_and_score(policy_stub: policy_pb2_grpc.PolicyServiceStub, prompts: Sequence[str], annotator: Annotator,
+                     version: str, samples_per_prompt: int, seed: int, sampling: policy_pb2.SamplingParams | None,
+                     metadata: Metadata) -> tuple[list[list[str]], list[list[float]], str]:
+    """``version``'s samples and their gold scores, grouped by prompt (prompt i samples with seeds from
+    seed + 1000 i), and the version that produced them."""
+    groups, scores, served = [], [], version
+    for i, prompt in enumerate(prompts):
+        texts, served = sample_responses(policy_stub, prompt, version, samples_per_prompt, seed + 1000 * i,
+                                         sampling, metadata=metadata)
+        groups.append(texts)
+        scores.append([annotator.score(prompt, t) for t in texts])
+    return groups, scores, served
+
+
+def refused_by_gold(policy_stub: policy_pb2_grpc.PolicyServiceStub, prompts: Sequence[str], annotator: Annotator,
+                    candidate: str, ev: dict[str, Any], seed: int, sampling: policy_pb2.SamplingParams | None,
+                    metadata: Metadata) -> dict[str, Any]:
+    """The gold annotator's view of a candidate the gate refused (pinned by ``model_version``): its win
+    rate against SFT and against the parent it would have replaced, whose samples ``ev`` (this round's
+    evaluation, same prompts and seeds) holds. Tells a gate that refuses better candidates from one
+    that refuses worse ones; the service never sees these numbers."""
+    try:
+        _, scores, _ = sample_and_score(policy_stub, prompts, annotator, candidate, ev["samples_per_prompt"],
+                                        seed, sampling, metadata)
+    except grpc.RpcError as e:  # e.g. pruned from the registry: reported, not fatal
+        return {"version": candidate, "error": f"{e.code().name}: {e.details()}"}
+    vs_sft = metrics.grouped_win_rate(scores, ev["sft"]["scores"], seed=seed)
+    vs_parent = metrics.grouped_win_rate(scores, ev["served"]["scores"], seed=seed)
+    return {"version": candidate, "win_rate_vs_sft": vs_sft.rate, "win_rate_vs_parent": vs_parent.rate,
+            "win_rate_vs_parent_lo": vs_parent.lo, "win_rate_vs_parent_hi": vs_parent.hi}
 
 
 def evaluate(policy_stub: policy_pb2_grpc.PolicyServiceStub, prompts: Sequence[str], annotator: Annotator,
@@ -149,14 +182,10 @@ def evaluate(policy_stub: policy_pb2_grpc.PolicyServiceStub, prompts: Sequence[s
         if name == "sft" and sft_cache is not None and sft_cache.get("version") == sft_version:
             sides[name] = sft_cache["side"]
             continue
-        groups, scores = [], []
-        for i, prompt in enumerate(prompts):
-            texts, produced = sample_responses(policy_stub, prompt, ver, samples_per_prompt, seed + 1000 * i,
-                                               sampling, metadata=metadata)
-            groups.append(texts)
-            scores.append([annotator.score(prompt, t) for t in texts])
-            if name == "served":
-                served_version = produced
+        groups, scores, produced = sample_and_score(policy_stub, prompts, annotator, ver, samples_per_prompt,
+                                                    seed, sampling, metadata)
+        if name == "served":
+            served_version = produced
         sides[name] = {"groups": groups, "scores": scores}
         if name == "sft" and sft_cache is not None:
             sft_cache.update(version=sft_version, side=sides[name])
@@ -227,6 +256,9 @@ def _round_note(rec: dict[str, Any]) -> str:
     if m:
         note += (f": RM acc {m['reward_model_accuracy']:.2f}, gate reward {m['candidate_reward']:.3f} vs "
                  f"{m['parent_reward']:.3f}, KL {m['kl_to_reference']:.2f}")
+    g = rec.get("refused_gold", {})
+    if "win_rate_vs_parent" in g:
+        note += f"; gold: refused candidate vs parent {g['win_rate_vs_parent']:.3f}, vs SFT {g['win_rate_vs_sft']:.3f}"
     return note
 
 
@@ -282,6 +314,9 @@ def run(cfg: LearningConfig, log: Callable[[str], None] = print, on_poll: Callab
             version = current_version(policy, md)
             ev = evaluate(policy, heldout, annotator, version, cfg.sft_version, cfg.eval_samples,
                           seed=cfg.seed, sampling=sampling, metadata=md, sft_cache=sft_cache)
+            if rec.get("model") and rec["outcome"]["rejected"]:
+                rec["refused_gold"] = refused_by_gold(policy, heldout, annotator, rec["model"]["version"], ev,
+                                                      cfg.seed, sampling, md)
             rec.update(version=version, **_eval_record(ev), kl_to_sft=served_kl, eval=ev,
                        wall_s=time.monotonic() - t0, elapsed_s=time.monotonic() - start)
             rounds.append(rec)

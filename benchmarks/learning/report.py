@@ -227,7 +227,16 @@ def markdown(result: dict[str, Any], head: dict[str, Any]) -> str:
     rejected = [r for r in result["rounds"] if r.get("model") and not r["model"]["promoted"]]
     if rejected:
         lines += ["", "Gate decisions of rejected rounds:", ""]
-        lines += [f"- round {r['round']} ({r['model']['version']}): {r['model']['reason']}" for r in rejected]
+        lines += [f"- round {r['round']} ({r['model']['version']}): {r['model']['reason']}{_gold_note(r)}"
+                  for r in rejected]
+        judged = [r["refused_gold"] for r in rejected if "win_rate_vs_parent" in r.get("refused_gold", {})]
+        if judged:
+            better = sum(g["win_rate_vs_parent"] > 0.5 for g in judged)
+            clearly = sum(g["win_rate_vs_parent_lo"] > 0.5 for g in judged)
+            lines += ["", f"By the gold annotator (the benchmark's own check, same held-out prompts and seeds as "
+                          f"the served version's evaluation), {better} of {len(judged)} refused candidates beat "
+                          f"the parent they would have replaced on the point estimate, {clearly} with the 95% "
+                          "CI's lower end above 0.5."]
     ex = result.get("example")
     if ex:
         lines += ["", "## Product story", "", f"Prompt: **{ex['prompt']}**", "",
@@ -251,6 +260,17 @@ def markdown(result: dict[str, Any], head: dict[str, Any]) -> str:
         lines.append("- Effective worker round settings (defaults included): "
                      + ", ".join(f"`{k}={v}`" for k, v in result["worker_settings"].items()) + ".")
     return "\n".join(lines) + "\n"
+
+
+def _gold_note(r: dict[str, Any]) -> str:
+    """What the gold annotator says of a refused candidate (absent in results of earlier versions)."""
+    g = r.get("refused_gold")
+    if not g:
+        return ""
+    if "error" in g:
+        return f" [gold: not measured, {g['error']}]"
+    return (f" [gold: win rate vs parent {g['win_rate_vs_parent']:.3f} ({g['win_rate_vs_parent_lo']:.3f}-"
+            f"{g['win_rate_vs_parent_hi']:.3f}), vs SFT {g['win_rate_vs_sft']:.3f}]")
 
 
 def _cell(text: str) -> str:

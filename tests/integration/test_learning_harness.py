@@ -9,7 +9,7 @@ import random
 import redis
 
 from benchmarks.learning.annotators import EmpatheticAnnotator
-from benchmarks.learning.harness import LearningConfig, collect_feedback, evaluate, run
+from benchmarks.learning.harness import LearningConfig, collect_feedback, evaluate, refused_by_gold, run
 from benchmarks.learning.trigger import model_summary, trigger_and_wait
 from benchmarks.learning.users import Crowd, spam
 from rlhf.v1 import policy_pb2, records_pb2
@@ -40,6 +40,18 @@ def test_evaluate_returns_win_rate_with_ci(server):
         s = ev[side]
         assert 0.0 <= s["distinct_1"] <= 1.0 and 0.0 <= s["distinct_2"] <= 1.0
         assert s["mean_length"] >= 0 and abs(sum(s["styles"].values()) - 1.0) < 1e-9
+
+
+def test_refused_candidate_is_judged_by_gold_against_its_parent_and_sft(server):
+    prompts = heldout_prompts()[:2]
+    ev = evaluate(server.policy, prompts, EmpatheticAnnotator(), version="", sft_version="v0001",
+                  samples_per_prompt=2, seed=0, sampling=SHORT)
+    same = refused_by_gold(server.policy, prompts, EmpatheticAnnotator(), "v0001", ev, 0, SHORT, None)
+    # the parent itself, sampled with the same seeds: every win is matched by a loss
+    assert same["win_rate_vs_parent"] == 0.5 and same["win_rate_vs_sft"] == 0.5
+    assert same["win_rate_vs_parent_lo"] <= 0.5 <= same["win_rate_vs_parent_hi"]
+    gone = refused_by_gold(server.policy, prompts, EmpatheticAnnotator(), "v0999", ev, 0, SHORT, None)
+    assert gone["version"] == "v0999" and gone["error"].startswith("NOT_FOUND")
 
 
 def _drop_queued_task(redis_url: str, keys: list[str], task_id: str) -> None:
