@@ -38,17 +38,27 @@ def percentile(values: list[float], q: float) -> float:
 
 async def _call(stub, req, results: list) -> None:
     started = time.perf_counter()
-    first, tokens, error = None, 0, None
+    first, tokens, error, arrivals = None, 0, None, []
     try:
         async for chunk in stub.GenerateStream(req, timeout=600):
+            now = time.perf_counter()
             if first is None:
-                first = time.perf_counter()
+                first = now
             tokens += chunk.num_tokens
+            arrivals.append((now, chunk.num_tokens))
     except grpc.aio.AioRpcError as exc:
         error = exc.code().name
     ended = time.perf_counter()
     results.append({"start": started, "end": ended, "ttft": (first or ended) - started, "latency": ended - started,
-                    "tokens": tokens, "error": error, "max_new": req.sampling.max_new_tokens})
+                    "tokens": tokens, "error": error, "max_new": req.sampling.max_new_tokens, "arrivals": arrivals})
+
+
+def tokens_delivered(results: list[dict], lo: float, hi: float) -> int:
+    """Tokens that reached their clients between `lo` and `hi` (successful calls), whenever the call
+    started or ended: a window that cuts calls in flight counts what it saw of them, so lockstep
+    cycles that straddle its end are not dropped (counting ended calls only undercounted by up to a
+    whole cycle of every client's tokens)."""
+    return sum(n for r in results if r["error"] is None for t, n in r["arrivals"] if lo <= t <= hi)
 
 
 def request(i: int, max_new: int) -> policy_pb2.GenerateRequest:
@@ -57,14 +67,15 @@ def request(i: int, max_new: int) -> policy_pb2.GenerateRequest:
 
 
 def summarise(results: list[dict], window: tuple[float, float] | None = None) -> dict:
-    """Figures over calls that started in `window` (throughput: tokens of calls that ended in it)."""
+    """Figures over calls that started in `window`; throughput: tokens delivered in it (any call), and
+    calls that ended in it."""
     lo, hi = window or (min(r["start"] for r in results), max(r["end"] for r in results))
     started = [r for r in results if lo <= r["start"] <= hi]
     ok = [r for r in started if r["error"] is None]
     wall = hi - lo
     ended = [r for r in results if r["error"] is None and lo <= r["end"] <= hi]
     return {"requests": len(started), "errors": len(started) - len(ok), "wall_s": wall,
-            "tokens_per_s": sum(r["tokens"] for r in ended) / wall, "requests_per_s": len(ended) / wall,
+            "tokens_per_s": tokens_delivered(results, lo, hi) / wall, "requests_per_s": len(ended) / wall,
             "ttft_p50_s": percentile([r["ttft"] for r in ok], 0.5),
             "ttft_p99_s": percentile([r["ttft"] for r in ok], 0.99),
             "latency_p50_s": percentile([r["latency"] for r in ok], 0.5),
