@@ -44,8 +44,9 @@ async def _call(stub, req, results: list) -> None:
             now = time.perf_counter()
             if first is None:
                 first = now
-            tokens += chunk.num_tokens
-            arrivals.append((now, chunk.num_tokens))
+            tokens += chunk.num_tokens  # set on a candidate's last chunk only
+            if chunk.text_delta:
+                arrivals.append(now)  # one decoding step's new text of one candidate
     except grpc.aio.AioRpcError as exc:
         error = exc.code().name
     ended = time.perf_counter()
@@ -53,12 +54,18 @@ async def _call(stub, req, results: list) -> None:
                     "tokens": tokens, "error": error, "max_new": req.sampling.max_new_tokens, "arrivals": arrivals})
 
 
-def tokens_delivered(results: list[dict], lo: float, hi: float) -> int:
+def tokens_delivered(results: list[dict], lo: float, hi: float) -> float:
     """Tokens that reached their clients between `lo` and `hi` (successful calls), whenever the call
-    started or ended: a window that cuts calls in flight counts what it saw of them, so lockstep
-    cycles that straddle its end are not dropped (counting ended calls only undercounted by up to a
-    whole cycle of every client's tokens)."""
-    return sum(n for r in results if r["error"] is None for t, n in r["arrivals"] if lo <= t <= hi)
+    started or ended: a call's tokens are spread over its text chunks (one per decoding step that
+    added text) and the window counts the share of chunks it saw, so lockstep cycles straddling its
+    end are not dropped (counting the calls that ended in it undercounted by up to a whole cycle)."""
+    total = 0.0
+    for r in results:
+        if r["error"] is not None:
+            continue
+        times = r["arrivals"] or [r["end"]]
+        total += r["tokens"] * sum(lo <= t <= hi for t in times) / len(times)
+    return total
 
 
 def request(i: int, max_new: int) -> policy_pb2.GenerateRequest:

@@ -7,8 +7,8 @@ from benchmarks.serving_load import summarise
 
 
 def _call(start: float, every: float, tokens: int, error: str | None = None) -> dict:
-    arrivals = [(start + every * (i + 1), 1) for i in range(tokens)]
-    end = arrivals[-1][0]
+    arrivals = [start + every * (i + 1) for i in range(tokens)]  # one text chunk per token
+    end = arrivals[-1]
     return {"start": start, "end": end, "ttft": every, "latency": end - start, "tokens": tokens, "error": error,
             "max_new": tokens, "arrivals": arrivals}
 
@@ -20,6 +20,12 @@ def test_a_cycle_cut_by_the_window_counts_what_was_delivered_inside_it():
     # 2 calls x 10 tokens by t=20, then 2 x 5 tokens of the calls still running: 50 tokens in 25 s
     assert out["tokens_per_s"] == 50 / 25.0
     assert out["requests_per_s"] == 4 / 25.0  # calls that ended in the window
+
+
+def test_a_call_without_text_counts_its_tokens_when_it_ends():
+    empty = {**_call(0.0, 1.0, 4), "arrivals": []}  # e.g. only whitespace or an immediate EOS
+    assert summarise([empty], (0.0, 3.0))["tokens_per_s"] == 0.0
+    assert summarise([empty], (0.0, 4.0))["tokens_per_s"] == 1.0
 
 
 def test_failed_calls_deliver_no_counted_tokens():
