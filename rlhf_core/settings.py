@@ -181,7 +181,12 @@ class Settings(BaseSettings):
     candidate from a worse one, so nothing is promoted on its word."""
     gate_win_margin: float = 0.0
     """Promotion gate: the lower confidence bound of the candidate's win rate against its parent
-    (judged on held-out prompts) must exceed 0.5 + this."""
+    (judged on held-out prompts) must exceed 0.5 + this. Negative: a non-inferiority test (the
+    candidate is, with that confidence, at most this much worse), with `RLHF_GATE_MIN_WIN_RATE` asking
+    that the judge still prefer it."""
+    gate_min_win_rate: float = 0.5
+    """Promotion gate: the candidate's win rate against its parent (the point estimate) must exceed
+    this. Binds only with a negative `RLHF_GATE_WIN_MARGIN` (0 turns it off, e.g. in tests)."""
     gate_win_confidence: float = 0.9
     """Promotion gate: one-sided confidence of the win rate's bootstrap lower bound (prompts are
     resampled)."""

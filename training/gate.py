@@ -108,6 +108,7 @@ class GateThresholds:
 
     min_judge_accuracy: float = 0.55
     win_margin: float = 0.0
+    min_win_rate: float = 0.5
     min_reward_gain: float = 0.0
     kl_bound: float = 10.0
     max_eos_drop: float = 0.1
@@ -160,7 +161,7 @@ def checks(f: GateFigures, t: GateThresholds) -> list[Check]:
     length_ratio = ratio(f.candidate_mean_length, f.reference_mean_length)  # vs the SFT reference
     distinct_ratio = ratio(f.candidate_distinct_2, f.reference_distinct_2)  # vs the SFT reference
     ok = {"judge_accuracy": (_finite(acc) and acc >= t.min_judge_accuracy) or t.min_judge_accuracy <= 0,  # 0: off
-          "win_rate": f.win_rate_lower_bound > need_win,
+          "win_rate": f.win_rate_lower_bound > need_win and f.win_rate > t.min_win_rate,
           "reward_gain": gain > t.min_reward_gain,
           "kl": f.kl <= t.kl_bound,
           "eos_rate": eos_drop <= t.max_eos_drop,
@@ -171,8 +172,7 @@ def checks(f: GateFigures, t: GateThresholds) -> list[Check]:
     return [
         Check("judge_accuracy", ok["judge_accuracy"], acc, t.min_judge_accuracy, judge_msg),
         Check("win_rate", ok["win_rate"], f.win_rate_lower_bound, need_win,
-              f"win rate vs parent {f.win_rate:.3f}, lower bound {f.win_rate_lower_bound:.3f} "
-              f"{'>' if ok['win_rate'] else 'is not above'} {need_win:g}"),
+              _win_message(f, t, need_win)),
         Check("reward_gain", ok["reward_gain"], gain, t.min_reward_gain,
               f"judge reward {f.candidate_reward:.4f} {'>' if ok['reward_gain'] else 'is not above'} "
               f"the parent's {f.parent_reward:.4f} + margin {t.min_reward_gain:g}"),
@@ -190,6 +190,15 @@ def checks(f: GateFigures, t: GateThresholds) -> list[Check]:
               f"{f.reference_distinct_2:.3f} ({'>=' if ok['distinct_2'] else 'below the floor'} "
               f"{t.min_distinct_ratio:g}x)"),
     ]
+
+
+def _win_message(f: GateFigures, t: GateThresholds, need_win: float) -> str:
+    bound_ok, point_ok = f.win_rate_lower_bound > need_win, f.win_rate > t.min_win_rate
+    msg = (f"win rate vs parent {f.win_rate:.3f}, lower bound {f.win_rate_lower_bound:.3f} "
+           f"{'>' if bound_ok else 'is not above'} {need_win:g}")
+    if not point_ok:  # only reachable with a negative margin (non-inferiority)
+        msg += f", and the win rate itself is not above {t.min_win_rate:g}"
+    return msg
 
 
 def decide(f: GateFigures, t: GateThresholds) -> tuple[bool, str, list[Check]]:

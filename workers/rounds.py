@@ -272,6 +272,7 @@ def gate(candidate_reward: float, parent_reward: float, kl: float, kl_bound: flo
 def gate_thresholds(s: Settings):
     from training.gate import GateThresholds
     return GateThresholds(min_judge_accuracy=s.gate_min_judge_accuracy, win_margin=s.gate_win_margin,
+                          min_win_rate=s.gate_min_win_rate,
                           min_reward_gain=s.gate_min_reward_gain, kl_bound=s.kl_bound, max_eos_drop=s.gate_max_eos_drop,
                           max_length_ratio=s.gate_max_length_ratio, min_distinct_ratio=s.gate_min_distinct_ratio)
 

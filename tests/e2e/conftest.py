@@ -80,5 +80,6 @@ def start_beat(settings, tmp_path):
 
 # The gate's statistical checks off, for tests of the loop's plumbing (not of the gate: see
 # tests/integration/test_gate_round.py): the round promotes on the reward-gain and KL checks alone.
-LENIENT_GATE = {"RLHF_GATE_MIN_JUDGE_ACCURACY": "0", "RLHF_GATE_WIN_MARGIN": "-1", "RLHF_GATE_MAX_EOS_DROP": "1",
+LENIENT_GATE = {"RLHF_GATE_MIN_JUDGE_ACCURACY": "0", "RLHF_GATE_WIN_MARGIN": "-1", "RLHF_GATE_MIN_WIN_RATE": "0",
+                "RLHF_GATE_MAX_EOS_DROP": "1",
                 "RLHF_GATE_MAX_LENGTH_RATIO": "1e9", "RLHF_GATE_MIN_DISTINCT_RATIO": "0"}

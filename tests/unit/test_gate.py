@@ -151,6 +151,19 @@ def test_reward_hacked_figures_fail_several_checks_and_the_reason_lists_them():
     assert "also failed: reward_gain, kl, eos_rate, length_ratio, distinct_2" in reason
 
 
+def test_a_negative_margin_is_a_non_inferiority_test_that_still_asks_the_judge_to_prefer_the_candidate():
+    t = GateThresholds(win_margin=-0.05)
+    slightly_better = replace(GOOD, win_rate=0.54, win_rate_lower_bound=0.47)
+    assert decide(slightly_better, GateThresholds())[0] is False  # not shown better at 90%
+    assert decide(slightly_better, t)[0] is True  # shown at most 5 points worse, and preferred
+    tied = replace(GOOD, win_rate=0.5, win_rate_lower_bound=0.46)
+    promoted, reason, _ = decide(tied, t)
+    assert not promoted and reason.startswith("win_rate:") and "the win rate itself is not above 0.5" in reason
+    worse = replace(GOOD, win_rate=0.52, win_rate_lower_bound=0.44)
+    assert decide(worse, t)[0] is False
+    assert decide(tied, GateThresholds(win_margin=-0.05, min_win_rate=0.0))[0] is True  # 0: the point check off
+
+
 @settings(max_examples=50)
 @given(st.floats(0, 1), st.floats(0, 1), st.floats(0, 1))
 def test_a_margin_is_never_easier_to_clear(lo, m1, m2):
