@@ -24,6 +24,7 @@ import argparse
 import json
 import random
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -182,8 +183,15 @@ def run_seeds(args: argparse.Namespace, annotator: str, out_dir: Path, command: 
     return agg
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (`kill`, a CI timeout) unwinds like Ctrl-C: the stack's server and Celery worker are
+    stopped on the way out instead of being left running without their benchmark."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    exit_on_sigterm()
     command = "python -m benchmarks.learning " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     if args.all_annotators:
         out = args.out or Path("benchmarks/results/all-annotators")
