@@ -38,7 +38,8 @@ KNOB_SETTINGS = {
     "gate_min_reward_gain": (None, "gate_min_reward_gain"), "kl_bound": (None, "kl_bound"),
     "train_window": (None, "train_window"), "ent_coef": ("ppo", "ent_coef"),
     "gate_min_distinct_ratio": (None, "gate_min_distinct_ratio"), "gate_max_length_ratio": (None, "gate_max_length_ratio"),
-    "gate_win_confidence": (None, "gate_win_confidence"), "gate_win_margin": (None, "gate_win_margin"), "round_kl_budget_share": (None, "round_kl_budget_share"),
+    "gate_win_confidence": (None, "gate_win_confidence"), "gate_win_margin": (None, "gate_win_margin"),
+    "round_kl_budget_share": (None, "round_kl_budget_share"),
 }
 TRAINING_KNOBS = tuple(KNOB_SETTINGS)
 
