@@ -50,6 +50,12 @@ def test_refused_candidate_is_judged_by_gold_against_its_parent_and_sft(server):
     # the parent itself, sampled with the same seeds: every win is matched by a loss
     assert same["win_rate_vs_parent"] == 0.5 and same["win_rate_vs_sft"] == 0.5
     assert same["win_rate_vs_parent_lo"] <= 0.5 <= same["win_rate_vs_parent_hi"]
+    # a parent whose every sample scored below anything the annotator gives: the candidate's fresh samples
+    # beat it everywhere, while the comparison with SFT still uses SFT's own samples
+    hopeless = {**ev, "served": {**ev["served"], "scores": [[-1e9] * len(g) for g in ev["served"]["scores"]]}}
+    beaten = refused_by_gold(server.policy, prompts, EmpatheticAnnotator(), "v0001", hopeless, 0, SHORT, None)
+    assert beaten["win_rate_vs_parent"] == 1.0 and beaten["win_rate_vs_parent_lo"] == 1.0
+    assert beaten["win_rate_vs_sft"] == 0.5
     gone = refused_by_gold(server.policy, prompts, EmpatheticAnnotator(), "v0999", ev, 0, SHORT, None)
     assert gone["version"] == "v0999" and gone["error"].startswith("NOT_FOUND")
 
