@@ -130,7 +130,7 @@ class Engine:
         def on_finished(row: Row) -> None:
             if row.finish == ERROR:
                 job.cancelled.set()  # its sibling candidates stop at the next step
-            if all(r.finish for r in job.rows) and not job.reported:  # answer without waiting for the batch
+            if all(r.finish for r in job.rows) and not job.reported:  # answered at the end of this iteration
                 job.reported = True  # rows finishing in one step each see the job complete: report it once
                 self.metrics.observe_job(job.lm.version, job)
                 self._outbox.append((self._finish, job))
@@ -198,7 +198,7 @@ class Engine:
         with self._wake:
             for job in [j for j in self._waiting if j.is_cancelled()]:
                 self._waiting.remove(job)
-                self._finish_threadsafe(job, cancelled=True)
+                self._outbox.append((self._finish, job, True))  # answered with this iteration's flush
             while self._waiting:
                 job = self._waiting[0]
                 need = sum(r.reserved_tokens for r in job.rows)
@@ -273,11 +273,7 @@ class Engine:
             batch.release()  # each row's job is answered (as cancelled)
         self._batches.clear()
         for job in jobs:
-            self._finish_threadsafe(job, cancelled=True)
-
-    def _finish_threadsafe(self, job: Job, cancelled: bool = False) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._finish, job, cancelled)
+            self._outbox.append((self._finish, job, True))  # _run flushes after this
 
     def _finish(self, job: Job, cancelled: bool = False) -> None:
         if job.done is None or job.done.done():

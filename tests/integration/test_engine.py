@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from service.decoder import EOS, LENGTH, STOP
 from service.engine import Engine, Job
 from service.errors import InvalidArgument
 from service.metrics import Metrics
@@ -50,7 +51,20 @@ async def run_jobs(lm_or_lms, plans, **engine_kwargs):
 
     outcomes = await asyncio.gather(*(one(p) for p in plans), return_exceptions=True)
     await engine.stop(5)
+    for job in jobs:
+        assert_stream_spells_the_text(job)
     return jobs, outcomes
+
+
+def assert_stream_spells_the_text(job):
+    """The chunks handed to the job's stream, in order, join to each finished candidate's text."""
+    chunks = {}
+    while not job.stream.empty():
+        index, delta = job.stream.get_nowait()
+        chunks.setdefault(index, []).append(delta)
+    for i, row in enumerate(job.rows):
+        if row.finish in (EOS, LENGTH, STOP):  # cancelled and failed rows may hold text back
+            assert "".join(chunks.get(i, [])) == row.text, (i, chunks.get(i), row.text)
 
 
 def solo_texts(lm, prompt, specs):
