@@ -156,12 +156,14 @@ def checks(f: GateFigures, t: GateThresholds) -> list[Check]:
     """Every check in the order the reason names them (the judge's trust first: it grades the rest)."""
     acc = f.judge_accuracy if _finite(f.judge_accuracy) else float("nan")
     need_win = 0.5 + t.win_margin  # the win rate's lower bound must exceed this
+    bound_ok = f.win_rate_lower_bound > need_win
+    point_ok = f.win_rate > t.min_win_rate  # binds with a negative margin (non-inferiority)
     gain = f.candidate_reward - f.parent_reward  # judge score gain over the parent
     eos_drop = f.parent_eos_rate - f.candidate_eos_rate  # fall of the EOS rate vs the parent
     length_ratio = ratio(f.candidate_mean_length, f.reference_mean_length)  # vs the SFT reference
     distinct_ratio = ratio(f.candidate_distinct_2, f.reference_distinct_2)  # vs the SFT reference
     ok = {"judge_accuracy": (_finite(acc) and acc >= t.min_judge_accuracy) or t.min_judge_accuracy <= 0,  # 0: off
-          "win_rate": f.win_rate_lower_bound > need_win and f.win_rate > t.min_win_rate,
+          "win_rate": bound_ok and point_ok,
           "reward_gain": gain > t.min_reward_gain,
           "kl": f.kl <= t.kl_bound,
           "eos_rate": eos_drop <= t.max_eos_drop,
@@ -172,7 +174,7 @@ def checks(f: GateFigures, t: GateThresholds) -> list[Check]:
     return [
         Check("judge_accuracy", ok["judge_accuracy"], acc, t.min_judge_accuracy, judge_msg),
         Check("win_rate", ok["win_rate"], f.win_rate_lower_bound, need_win,
-              _win_message(f, t, need_win)),
+              _win_message(f, t, need_win, bound_ok, point_ok)),
         Check("reward_gain", ok["reward_gain"], gain, t.min_reward_gain,
               f"judge reward {f.candidate_reward:.4f} {'>' if ok['reward_gain'] else 'is not above'} "
               f"the parent's {f.parent_reward:.4f} + margin {t.min_reward_gain:g}"),
@@ -192,11 +194,10 @@ def checks(f: GateFigures, t: GateThresholds) -> list[Check]:
     ]
 
 
-def _win_message(f: GateFigures, t: GateThresholds, need_win: float) -> str:
-    bound_ok, point_ok = f.win_rate_lower_bound > need_win, f.win_rate > t.min_win_rate
+def _win_message(f: GateFigures, t: GateThresholds, need_win: float, bound_ok: bool, point_ok: bool) -> str:
     msg = (f"win rate vs parent {f.win_rate:.3f}, lower bound {f.win_rate_lower_bound:.3f} "
            f"{'>' if bound_ok else 'is not above'} {need_win:g}")
-    if not point_ok:  # only reachable with a negative margin (non-inferiority)
+    if not point_ok:
         msg += f", and the win rate itself is not above {t.min_win_rate:g}"
     return msg
 

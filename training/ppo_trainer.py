@@ -162,22 +162,30 @@ class KLBudget:
 
     def ends_round(self, kl: Tensor, step: int, history: list, log: Callable[[str], Any]) -> bool:
         """Call before updating on the batch with per-token KL ``kl`` (B, T); True: stop (weights restored,
-        the undone update's entry dropped from ``history``)."""
+        the undone update's entry dropped from ``history``). The first batch sets ``start``, so it is never
+        over: weights are always saved before any batch can end the round."""
         if self.budget is None:
             return False
         self.start = float(kl.sum(-1).mean()) if self.start is None else self.start
-        if not over_kl_budget(kl, self.budget, self.start):
-            self.saved = {n: p.detach().clone() for n, p in self.module.named_parameters() if p.requires_grad}
-            return False
-        if self.saved is not None:  # undo the update that crossed the budget
-            with torch.no_grad():
-                for n, p in self.module.named_parameters():
-                    if n in self.saved:
-                        p.copy_(self.saved[n])
-            history.pop()
+        trainable = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
+        with torch.no_grad():
+            if not over_kl_budget(kl, self.budget, self.start):
+                self._save(trainable)
+                return False
+            for n, p in trainable:  # undo the update that crossed the budget
+                p.copy_(self.saved[n])
+        history.pop()
         log(f"step {step}: rollout KL {float(kl.sum(-1).mean()):.3g} > budget {self.budget:.3g}; "
-            f"round ends with the policy of step {step - 1 if self.saved is not None else step}")
+            f"round ends with the policy of step {step - 1}")
         return True
+
+    def _save(self, trainable: list[tuple[str, Tensor]]) -> None:
+        """One copy of the trainable weights, refreshed in place (no second copy while the old one lives)."""
+        if self.saved is None:
+            self.saved = {n: p.detach().clone() for n, p in trainable}
+        else:
+            for n, p in trainable:
+                self.saved[n].copy_(p)
 
 
 def rollout_stats(ro: Rollout, kl: Tensor) -> dict[str, float]:

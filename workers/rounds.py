@@ -92,10 +92,9 @@ def snapshot(ctx: Context, state: RoundState) -> RoundState:
         snap = snapshots.take_snapshot(ctx.redis, ctx.keys, ctx.datasets, keep=ctx.settings.feedback_stream_keep)
         pairs, ratings, info = snapshots.load_training_set(ctx.datasets, ctx.settings.train_window,
                                                            snapshots.Hygiene.from_settings(ctx.settings))
-        if pairs or ratings:
-            snapshots.save_training_set(ctx.workdir(state.round_id) / TRAINING_SET, pairs, ratings)
-    if not pairs and not ratings:
-        raise NothingToTrain("no feedback to train on yet")
+        if not pairs and not ratings:
+            raise NothingToTrain("no feedback to train on yet")
+        snapshots.save_training_set(ctx.workdir(state.round_id) / TRAINING_SET, pairs, ratings)
     return replace(state, snapshot={"path": snap.path, "count": snap.count}, data=info)
 
 

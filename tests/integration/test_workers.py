@@ -110,9 +110,11 @@ def test_a_round_loads_its_training_set_once(settings, registry_v1, r, monkeypat
     add_feedback(r, ctx.keys, 12)
     loads = []
     load = snapshots.load_training_set
-    monkeypatch.setattr(snapshots, "load_training_set", lambda *a, **kw: loads.append(a) or load(*a, **kw))
+    monkeypatch.setattr(snapshots, "load_training_set", lambda *a, **kw: loads.append(load(*a, **kw)) or loads[-1])
     state = rounds.snapshot(ctx, rounds.begin(ctx, "load-once"))
     assert state.data["num_comparisons"] == 12 and len(loads) == 1
+    pairs, ratings, _ = loads[0]
+    assert rounds.training_set(ctx, state) == (pairs, ratings)  # every field (weights, users) read back as loaded
     state = rounds.train_reward(ctx, state)
     assert len(loads) == 1
     assert state.reward_model["n_pairs"] + state.judge["n_pairs"] == 12
