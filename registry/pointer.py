@@ -9,10 +9,9 @@ only a hint: a serving process that hears anything reads the pointer from its ow
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import time
-from typing import Callable, Generator
+from typing import Callable
 
 import redis
 
@@ -31,47 +30,32 @@ def events_channel(client, keys: Keys) -> str:
 
 
 def _text(value) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
-def _lookup(keys: Keys, registry: Registry) -> Generator[tuple, object, tuple[str | None, int]]:
-    """The pointer lookup, written once for sync and asyncio clients: yields each step, a Redis
-    command ("redis", method, args, kwargs) or a registry read ("call", fn), is sent its result,
-    and returns (version, epoch). When Redis lost the pointer, the newest promoted version is
-    the answer and is re-set (NX: a pointer set meanwhile wins)."""
-    value, epoch = yield "redis", "mget", (keys.current_version, keys.pointer_epoch), {}
-    epoch = int(epoch or 0)
-    if value:
-        return value.decode(errors="replace") if isinstance(value, bytes) else value, epoch
-    fallback = yield "call", registry.latest_promoted, (), {}
-    if fallback:
-        yield "redis", "set", (keys.current_version, fallback), {"nx": True}
-    return fallback, epoch
-
+# The pointer lookup, for sync and asyncio clients: MGET pointer + epoch; when Redis lost the pointer,
+# the newest promoted version is the answer and is re-set (NX: a pointer set meanwhile wins).
 
 def lookup_pointer(r: redis.Redis, keys: Keys, registry: Registry) -> tuple[str | None, int]:
     """(version, epoch): the pointer, or (when Redis lost it) the newest promoted version, re-set."""
-    steps, reply = _lookup(keys, registry), None
-    try:
-        while True:
-            kind, what, args, kwargs = steps.send(reply)
-            reply = getattr(r, what)(*args, **kwargs) if kind == "redis" else what(*args, **kwargs)
-    except StopIteration as done:
-        return done.value
+    value, epoch = r.mget(keys.current_version, keys.pointer_epoch)
+    if value:
+        return _text(value), int(epoch or 0)
+    fallback = registry.latest_promoted()
+    if fallback:
+        r.set(keys.current_version, fallback, nx=True)
+    return fallback, int(epoch or 0)
 
 
 async def lookup_pointer_async(r, keys: Keys, registry: Registry) -> tuple[str | None, int]:
-    """:func:`lookup_pointer` on an asyncio client; registry reads run off the event loop."""
-    steps, reply = _lookup(keys, registry), None
-    try:
-        while True:
-            kind, what, args, kwargs = steps.send(reply)
-            if kind == "redis":
-                reply = await getattr(r, what)(*args, **kwargs)
-            else:
-                reply = await asyncio.get_running_loop().run_in_executor(None, functools.partial(what, *args, **kwargs))
-    except StopIteration as done:
-        return done.value
+    """:func:`lookup_pointer` on an asyncio client; the registry read runs off the event loop."""
+    value, epoch = await r.mget(keys.current_version, keys.pointer_epoch)
+    if value:
+        return _text(value), int(epoch or 0)
+    fallback = await asyncio.get_running_loop().run_in_executor(None, registry.latest_promoted)
+    if fallback:
+        await r.set(keys.current_version, fallback, nx=True)
+    return fallback, int(epoch or 0)
 
 
 def current_version(r: redis.Redis, keys: Keys, registry: Registry) -> str | None:
