@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -120,11 +121,12 @@ class CeleryChild:
         self.log_path = Path(log_path) if log_path is not None else None
         self.log = open(self.log_path, "a") if self.log_path else None
         self.detached = detached
+        self.terminated = False  # SIGTERM sent once: `up` terminates all children, then stops each
         args = ["worker", "--pool=solo", "-Q", queues] if kind == "worker" else ["beat"]
         args.append("--loglevel=INFO")
         if detached:
             args += ([f"--hostname={stamp}@%h", "--without-heartbeat", "--without-gossip", "--without-mingle"]
-                     if kind == "worker" else ["--schedule", str(Path(log_dir or ".") / f"beat-schedule-{stamp}")])
+                     if kind == "worker" else ["--schedule", str(Path(log_dir or tempfile.gettempdir()) / f"beat-schedule-{stamp}")])
         self.proc = subprocess.Popen([sys.executable, "-m", "rlhf_serve.cli", *args], cwd=ROOT if detached else None,
                                      env=full, stdout=self.log, stderr=subprocess.STDOUT if self.log else None,
                                      start_new_session=detached)
@@ -158,8 +160,9 @@ class CeleryChild:
             self.proc.wait(10)
 
     def terminate(self) -> None:
-        """SIGTERM (Celery's warm shutdown), without waiting."""
-        if self.proc.poll() is None:
+        """SIGTERM (Celery's warm shutdown), once, without waiting."""
+        if self.proc.poll() is None and not self.terminated:
+            self.terminated = True
             self._signal(signal.SIGTERM)
 
     def stop(self, timeout: float = 20.0) -> None:
