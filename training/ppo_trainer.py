@@ -34,11 +34,6 @@ def load_causal_lm(path: str | Path, device: torch.device, trainable: bool) -> n
     return model.requires_grad_(trainable)
 
 
-def make_value_model(reward_model: RewardModel) -> ScalarHeadModel:
-    """Value model V(s_t): the RM trunk (Ouyang et al. 2022 App. C.4) + zero head (detail 20)."""
-    return value_model_from(reward_model)
-
-
 def reward_norm_from(scores: Tensor) -> tuple[float, float]:
     """(gain, bias) making ``scores`` mean 0, std 1 (detail 6)."""
     bias = float(scores.mean())
@@ -211,7 +206,7 @@ def run_ppo(policy_dir: str | Path, reference_dir: str | Path, reward_model: Rew
     policy = load_causal_lm(policy_dir, device, trainable=True)
     ref_policy = load_causal_lm(reference_dir, device, trainable=False)  # frozen pi_ref (detail 8)
     reward_model = reward_model.to(device).eval().requires_grad_(False)
-    value_model = make_value_model(reward_model)
+    value_model = value_model_from(reward_model)  # V(s_t): RM trunk + zero head (detail 20)
     params = list(policy.parameters()) + list(value_model.parameters())
     optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)  # detail 19
     kl_ctl = make_kl_controller(cfg.init_kl_coef, cfg.adaptive_kl, cfg.kl_target, cfg.kl_horizon)
