@@ -19,6 +19,8 @@ def test_reward_is_the_value_at_the_last_real_token():
     values = model.token_values(ids, mask)  # (2, 3)
     assert values.shape == (2, 3)
     torch.testing.assert_close(model(ids, mask), values[:, -1])  # left padding: the last column
+    right = torch.tensor([[6, 7, 0]]), torch.tensor([[1, 1, 0]])  # a response padded after its end
+    torch.testing.assert_close(model(*right), model.token_values(*right)[:, 1])  # the last real token, not [-1]
 
 
 def test_value_model_is_a_zero_head_on_a_copy_of_the_trunk_and_draws_no_random_numbers():
