@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gate-max-length-ratio", type=float, help="gate's bound on mean length / SFT's")
     g.add_argument("--gate-win-margin", type=float, help="gate: win-rate lower bound must exceed 0.5 + this")
     g.add_argument("--gate-win-confidence", type=float, help="one-sided confidence of the gate's win-rate bound")
+    g.add_argument("--gate-samples-per-prompt", type=int,
+                   help="samples per held-out prompt and policy the gate's judge compares")
     g.add_argument("--round-kl-budget-share", type=float, help="PPO stops past this share of the KL bound; 0: off")
     p.set_defaults(**TUNED)
     return p

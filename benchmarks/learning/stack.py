@@ -40,6 +40,7 @@ KNOB_SETTINGS = {
     "gate_min_distinct_ratio": (None, "gate_min_distinct_ratio"), "gate_max_length_ratio": (None, "gate_max_length_ratio"),
     "gate_win_confidence": (None, "gate_win_confidence"), "gate_win_margin": (None, "gate_win_margin"),
     "round_kl_budget_share": (None, "round_kl_budget_share"),
+    "gate_samples_per_prompt": (None, "gate_samples_per_prompt"),
 }
 TRAINING_KNOBS = tuple(KNOB_SETTINGS)
 
