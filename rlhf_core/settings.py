@@ -19,6 +19,7 @@ from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from training.config import PPOConfig, RewardConfig
+from training.gate import GateSampling, GateThresholds
 
 # Flat names of earlier releases -> their nested names (a process given an old name refuses to start).
 RENAMED = {
@@ -32,6 +33,16 @@ RENAMED = {
 }
 # Fields of the nested configs that every round fills from top-level settings (RLHF_SEED, RLHF_DEVICE).
 ROUND_FILLED = {"ppo": ("seed", "norm_seed", "device"), "reward": ("seed", "device")}
+# The promotion gate's thresholds and measurement, each a flat setting: field of training.gate's
+# GateThresholds / GateSampling -> setting. Their defaults are the truth; the settings below read them.
+GATE_THRESHOLD_SETTINGS = {
+    "min_judge_accuracy": "gate_min_judge_accuracy", "win_margin": "gate_win_margin",
+    "min_win_rate": "gate_min_win_rate", "min_reward_gain": "gate_min_reward_gain", "kl_bound": "kl_bound",
+    "max_eos_drop": "gate_max_eos_drop", "max_length_ratio": "gate_max_length_ratio",
+    "min_distinct_ratio": "gate_min_distinct_ratio",
+}
+GATE_SAMPLING_SETTINGS = {"samples_per_prompt": "gate_samples_per_prompt", "confidence": "gate_win_confidence"}
+_GATE, _SAMPLING = GateThresholds(), GateSampling()
 
 
 class Settings(BaseSettings):
@@ -164,42 +175,42 @@ class Settings(BaseSettings):
     voter_weighting: bool = True
     """Weight each user's feedback by their agreement with the other users on shared prompts and
     responses (training/voters.py): a minority voting against the crowd is down-weighted."""
-    kl_bound: float = 10.0
+    kl_bound: float = _GATE.kl_bound
     """Promotion gate: a candidate with mean KL to the SFT reference above this (nats per
     response) is not promoted."""
     round_kl_budget_share: float = 0.9
     """A round's PPO ends at the first rollouts whose mean KL to the SFT reference exceeds this share of
     `RLHF_KL_BOUND` and returns the last policy whose rollouts were within it; 0: off. Rounds stop near
     the bound instead of overshooting it and being refused by the gate."""
-    gate_min_reward_gain: float = 0.0
+    gate_min_reward_gain: float = _GATE.min_reward_gain
     """Promotion gate: the candidate's mean score by the judge (the reward model trained on the
     other half of the feedback, never used by PPO) must exceed its parent's by more than this
     (negative values let a slightly worse candidate through; useful in tests)."""
-    gate_min_judge_accuracy: float = 0.55
+    gate_min_judge_accuracy: float = _GATE.min_judge_accuracy
     """Promotion gate: the judge's accuracy on the feedback it never trained on (its held-out split
     and the other half) must be at least this; a judge near chance (0.5) cannot tell a better
     candidate from a worse one, so nothing is promoted on its word."""
-    gate_win_margin: float = 0.0
+    gate_win_margin: float = _GATE.win_margin
     """Promotion gate: the lower confidence bound of the candidate's win rate against its parent
     (judged on held-out prompts) must exceed 0.5 + this. Negative: a non-inferiority test (the
     candidate is, with that confidence, at most this much worse), with `RLHF_GATE_MIN_WIN_RATE` asking
     that the judge still prefer it."""
-    gate_min_win_rate: float = 0.5
+    gate_min_win_rate: float = _GATE.min_win_rate
     """Promotion gate: the candidate's win rate against its parent (the point estimate) must exceed
     this. Binds only with a negative `RLHF_GATE_WIN_MARGIN` (0 turns it off, e.g. in tests)."""
-    gate_win_confidence: float = 0.9
+    gate_win_confidence: float = _SAMPLING.confidence
     """Promotion gate: one-sided confidence of the win rate's bootstrap lower bound (prompts are
     resampled)."""
-    gate_samples_per_prompt: int = 4
+    gate_samples_per_prompt: int = _SAMPLING.samples_per_prompt
     """Promotion gate: responses sampled per held-out prompt from candidate, parent and SFT
     reference (at `RLHF_PPO__TEMPERATURE`, the serving temperature)."""
-    gate_max_eos_drop: float = 0.1
+    gate_max_eos_drop: float = _GATE.max_eos_drop
     """Promotion gate: the candidate's share of responses that end (EOS within the token budget)
     may fall at most this far below the parent's."""
-    gate_max_length_ratio: float = 3.0
+    gate_max_length_ratio: float = _GATE.max_length_ratio
     """Promotion gate: the candidate's mean response length must stay within 1/x..x times the SFT
     reference's."""
-    gate_min_distinct_ratio: float = 0.6
+    gate_min_distinct_ratio: float = _GATE.min_distinct_ratio
     """Promotion gate: the candidate's distinct-2 on held-out prompts must be at least this share of
     the SFT reference's (a collapse guard). 0.6, not the 0.5 collapse bound the learning benchmark
     checks: the gate measures on its own samples, and at 0.5 a version at 0.50x passed it."""

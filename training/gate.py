@@ -116,6 +116,21 @@ class GateThresholds:
     min_distinct_ratio: float = 0.6
 
 
+@dataclass
+class GateSampling:
+    """How the gate measures (training/gate_eval.py samples with it): k samples per held-out prompt at
+    the serving temperature and PPO's token budget, seeded; the one-sided confidence of the win-rate bound."""
+
+    samples_per_prompt: int = 4
+    temperature: float = 1.0
+    max_new_tokens: int = 64
+    max_prompt_len: int = 96
+    batch_size: int = 32
+    seed: int = 0
+    confidence: float = 0.9
+    n_boot: int = 2000
+
+
 @dataclass(frozen=True)
 class GateFigures:
     """What was measured: judge scores, win rate, KL, EOS rates, lengths, distinct-2 (detail 23)."""

@@ -9,23 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.gate import GateFigures, bootstrap_lower_bound, distinct_n, mean, per_prompt_win_fractions
+from training.gate import GateFigures, GateSampling, bootstrap_lower_bound, distinct_n, mean, per_prompt_win_fractions
 from training.ppo import logprobs_from_logits
 from training.rollout import encode_prompt, generate, left_pad, pad_id_of, response_logits
-
-
-@dataclass
-class GateSampling:
-    """How the gate samples: the serving temperature, PPO's token budget, k per prompt, seeds."""
-
-    samples_per_prompt: int = 4
-    temperature: float = 1.0
-    max_new_tokens: int = 64
-    max_prompt_len: int = 96
-    batch_size: int = 32
-    seed: int = 0
-    confidence: float = 0.9
-    n_boot: int = 2000
 
 
 @dataclass

@@ -269,19 +269,20 @@ def gate(candidate_reward: float, parent_reward: float, kl: float, kl_bound: flo
 
 
 def gate_thresholds(s: Settings):
+    """The gate's thresholds from their settings (rlhf_core.settings.GATE_THRESHOLD_SETTINGS)."""
+    from rlhf_core.settings import GATE_THRESHOLD_SETTINGS
     from training.gate import GateThresholds
-    return GateThresholds(min_judge_accuracy=s.gate_min_judge_accuracy, win_margin=s.gate_win_margin,
-                          min_win_rate=s.gate_min_win_rate,
-                          min_reward_gain=s.gate_min_reward_gain, kl_bound=s.kl_bound, max_eos_drop=s.gate_max_eos_drop,
-                          max_length_ratio=s.gate_max_length_ratio, min_distinct_ratio=s.gate_min_distinct_ratio)
+    return GateThresholds(**{field: getattr(s, name) for field, name in GATE_THRESHOLD_SETTINGS.items()})
 
 
 def gate_sampling(ctx: Context, state: RoundState):
-    from training.gate_eval import GateSampling
+    """How the gate samples: its settings, PPO's temperature and token budget, the round's seed."""
+    from rlhf_core.settings import GATE_SAMPLING_SETTINGS
+    from training.gate import GateSampling
     s = ctx.settings
-    return GateSampling(samples_per_prompt=s.gate_samples_per_prompt, temperature=s.ppo.temperature,
-                        max_new_tokens=s.ppo.max_new_tokens, batch_size=max(s.ppo.rollout_batch_size, 1), seed=state.seed,
-                        confidence=s.gate_win_confidence)
+    return GateSampling(**{field: getattr(s, name) for field, name in GATE_SAMPLING_SETTINGS.items()},
+                        temperature=s.ppo.temperature, max_new_tokens=s.ppo.max_new_tokens,
+                        batch_size=max(s.ppo.rollout_batch_size, 1), seed=state.seed)
 
 
 def build_manifest(ctx: Context, state: RoundState, promoted: bool, reason: str,

@@ -69,3 +69,25 @@ def test_a_rounds_kl_budget_is_a_share_of_the_gates_bound_unless_set(monkeypatch
     assert ppo_config(Context(s.model_copy(update={"round_kl_budget_share": 0.0})), state).kl_budget is None
     monkeypatch.setenv("RLHF_PPO__KL_BUDGET", "5.5")
     assert ppo_config(Context(Settings(kl_bound=8.0)), state).kl_budget == 5.5
+
+
+def test_every_gate_threshold_is_one_setting_whose_default_is_the_gates(monkeypatch):
+    from dataclasses import fields
+
+    from rlhf_core.settings import GATE_SAMPLING_SETTINGS, GATE_THRESHOLD_SETTINGS
+    from training.gate import GateSampling, GateThresholds
+    from workers.rounds import Context, gate_sampling, gate_thresholds
+    from workers.state import RoundState
+
+    assert set(GATE_THRESHOLD_SETTINGS) == {f.name for f in fields(GateThresholds)}  # none forgotten
+    assert gate_thresholds(Settings()) == GateThresholds()
+    monkeypatch.setenv("RLHF_GATE_MIN_DISTINCT_RATIO", "0.7")
+    monkeypatch.setenv("RLHF_GATE_SAMPLES_PER_PROMPT", "16")
+    monkeypatch.setenv("RLHF_KL_BOUND", "8")
+    s = Settings(redis_url="redis://127.0.0.1:6379/0", gate_win_confidence=0.8)
+    assert (gate_thresholds(s).min_distinct_ratio, gate_thresholds(s).kl_bound) == (0.7, 8.0)
+    state = RoundState(round_id="r1", round_number=1, parent="v0001", reference="v0001", started_at=0.0, seed=3)
+    sampling = gate_sampling(Context(s), state)
+    assert (sampling.samples_per_prompt, sampling.confidence, sampling.seed) == (16, 0.8, 3)
+    assert set(GATE_SAMPLING_SETTINGS) <= {f.name for f in fields(GateSampling)}
+    assert "| `RLHF_GATE_SAMPLES_PER_PROMPT` | `4` |" in settings_table()
