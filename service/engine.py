@@ -3,7 +3,10 @@
 One decode loop runs in a worker thread (the event loop never runs the model). At every decoding
 step, rows that finished, were cancelled or passed their deadline leave the batch (their KV cache
 is freed with them), and waiting jobs join: their prompts are prefilled together, their first
-tokens sampled, and their cache merged into the running batch before the next step.
+tokens sampled, and their cache merged into the running batch before the next step. What the decode
+thread produces (stream chunks, answers) is handed to the event loop in one wake-up after each prefill
+and after each version's step: a joining row's first token does not wait for the running batch's step,
+nor one version's answer for another version's step.
 
 Admission is FIFO: the oldest waiting job joins first, and none overtakes it, so nothing starves.
 Optionally (`prefill_step_ratio` > 0), while rows are running the prompts prefilled in one
@@ -92,7 +95,7 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting = True
         self._halt = False
-        self._outbox: list[tuple] = []  # (fn, *args) for the event loop, handed over once per iteration
+        self._outbox: list[tuple] = []  # (fn, *args) for the event loop, handed over after each prefill and step
 
     @property
     def depth(self) -> int:
@@ -171,8 +174,8 @@ class Engine:
         self._flush()
 
     def _flush(self) -> None:
-        """Hands this iteration's stream chunks and answers to the event loop in one wake-up (in order),
-        not one cross-thread call per row and token."""
+        """Hands the chunks and answers made since the last flush to the event loop in one wake-up (in
+        order), not one cross-thread call per row and token: after each prefill and each version's step."""
         if not self._outbox:
             return
         outbox, self._outbox = self._outbox, []
@@ -184,6 +187,7 @@ class Engine:
         keys = list(dict.fromkeys([*self._batches, *joining]))
         for key in keys:
             self._step_version(key, joining.get(key, []))
+            self._flush()  # a version's answers and chunks do not wait for the other versions' steps
         self._rows_in_flight = sum(len(b) for b in self._batches.values())
         self.metrics.running.set(self._rows_in_flight)
         self.metrics.tokens_in_flight.set(sum(b.tokens_in_cache for b in self._batches.values()))
@@ -198,7 +202,7 @@ class Engine:
         with self._wake:
             for job in [j for j in self._waiting if j.is_cancelled()]:
                 self._waiting.remove(job)
-                self._outbox.append((self._finish, job, True))  # answered with this iteration's flush
+                self._outbox.append((self._finish, job, True))  # answered with the next flush
             while self._waiting:
                 job = self._waiting[0]
                 need = sum(r.reserved_tokens for r in job.rows)
@@ -247,6 +251,7 @@ class Engine:
                 fresh.fail("the model failed on this prompt; retry, or report it if it persists")
             self._release(fresh.release())
             batch.merge(fresh)
+            self._flush()  # the joining rows' first tokens go out now, not after the running batch's step
         if batch.rows:
             self.metrics.batch_size.observe(len(batch))
             started = time.perf_counter()

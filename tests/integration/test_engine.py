@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 
 import pytest
 import torch
 
-from service.decoder import EOS, LENGTH, STOP
+from service.decoder import EOS, LENGTH, STOP, RowBatch
 from service.engine import Engine, Job
 from service.errors import InvalidArgument
 from service.metrics import Metrics
@@ -186,3 +187,81 @@ def test_cancelled_and_expired_rows_stop_at_the_next_step(lm):
     assert cancelled[0].finish == expired[0].finish == late[0].finish == "cancelled"
     assert len(cancelled[0].tokens) < 100 and len(expired[0].tokens) < 100 and not late[0].tokens
     assert kept[0].finish == "length" and len(kept[0].tokens) == 30
+
+
+class SignallingQueue(asyncio.Queue):
+    """A stream that also tells another thread when its first chunk arrived on the event loop."""
+
+    def __init__(self):
+        super().__init__()
+        self.first_chunk = threading.Event()
+
+    def put_nowait(self, item):
+        super().put_nowait(item)
+        self.first_chunk.set()
+
+
+def holding_steps(monkeypatch, wait_for):
+    """Patches RowBatch.step: before a step of `wait_for`'s version (`(version, event)` or None), wait
+    up to 5 s for the event (set on the event loop) and record whether it came while the step waited."""
+    seen = []
+    original = RowBatch.step
+
+    def step(batch):
+        target = wait_for()
+        if target is not None and batch.lm.version == target[0]:
+            seen.append(target[1].wait(5.0))
+        return original(batch)
+    monkeypatch.setattr(RowBatch, "step", step)
+    return seen
+
+
+def test_a_joining_rows_first_token_is_streamed_before_the_running_batch_steps(lm, monkeypatch):
+    prompt = PROMPTS[1]
+    one = next(spec for spec in (SamplingSpec(max_new_tokens=1, temperature=1.0, seed=s, stop=NEVER) for s in range(20))
+               if solo_texts(lm, prompt, [spec])[0])  # a seed whose first token alone shows text
+    late = {}
+
+    def just_prefilled():  # the late row holds its first token only: the next step is the first after its prefill
+        job = late.get("job")
+        return ("v0001", job.stream.first_chunk) if job and len(job.rows[0].tokens) == 1 else None
+    seen = holding_steps(monkeypatch, just_prefilled)
+
+    async def scenario():
+        engine = Engine(Metrics(), batch_wait_ms=0.0)
+        engine.start()
+        long_job = Job(lm=lm, prompt_ids=prompt_ids(lm, PROMPTS[0]),
+                       specs=[SamplingSpec(max_new_tokens=60, temperature=0.0, stop=NEVER)])
+        long_done = engine.submit(long_job)
+        while len(long_job.rows[0].tokens) < 3:
+            await asyncio.sleep(0.0005)
+        late["job"] = Job(lm=lm, prompt_ids=prompt_ids(lm, prompt), stream=SignallingQueue(),
+                          specs=[dataclasses.replace(one, max_new_tokens=4)])
+        await engine.submit(late["job"])
+        await long_done
+        await engine.stop(5)
+
+    asyncio.run(scenario())
+    assert seen == [True]  # its first chunk reached the stream while the running batch's next step waited
+
+
+def test_a_finished_job_is_answered_before_another_versions_step(tiny_model_dir, lm, monkeypatch):
+    other = load(tiny_model_dir, "v0002")
+    answered, jobs = threading.Event(), {}
+    seen = holding_steps(monkeypatch, lambda: ("v0002", answered) if "short" in jobs and jobs["short"].rows[0].finish
+                         else None)  # v0001's job has finished: wait for its answer before v0002 steps
+
+    async def scenario():
+        engine = Engine(Metrics(), batch_wait_ms=0.0)
+        engine.start()
+        spec = SamplingSpec(max_new_tokens=2, temperature=0.0, stop=NEVER)
+        jobs["short"] = Job(lm=lm, prompt_ids=prompt_ids(lm, PROMPTS[0]), specs=[spec])
+        long_other = Job(lm=other, prompt_ids=prompt_ids(other, PROMPTS[1]),
+                         specs=[dataclasses.replace(spec, max_new_tokens=40)])
+        done = [engine.submit(jobs["short"]), engine.submit(long_other)]  # one iteration steps v0001, then v0002
+        done[0].add_done_callback(lambda _: answered.set())
+        await asyncio.gather(*done)
+        await engine.stop(5)
+
+    asyncio.run(scenario())
+    assert seen and seen[0] is True  # v0001's answer was out while v0002's next step waited
