@@ -74,7 +74,13 @@ def effective_training(training: dict[str, Any]) -> dict[str, Any]:
 
 
 def builtin_sft_dir(seed: int = 0, cache: Path = CACHE, log: Callable[[str], Any] = print) -> Path:
-    """The built-in SFT model for ``seed``, built on first use (minutes on CPU) and cached."""
+    """The built-in SFT model for ``seed``, built on first use (minutes on CPU) and cached.
+
+    Built with one torch thread: a float sum's order depends on the thread count, so a build with two
+    threads gives other weights (and other learning results) than one with one; with one, every machine
+    that reproduces a committed result starts from the same bytes."""
+    import torch
+
     from training.sft import SFTConfig, build_default_model
     out = cache / f"sft-seed{seed}"
     if (out / "config.json").is_file():
@@ -83,7 +89,12 @@ def builtin_sft_dir(seed: int = 0, cache: Path = CACHE, log: Callable[[str], Any
     tmp = cache / f"sft-seed{seed}.tmp-{uuid.uuid4().hex[:6]}"
     log(f"building the built-in SFT model (seed {seed}) into {out}; this is cached for later runs")
     started = time.monotonic()
-    build_default_model(tmp, SFTConfig(seed=seed), log=lambda *_: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        build_default_model(tmp, SFTConfig(seed=seed), log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
     if (out / "config.json").is_file():  # another run won the race
         shutil.rmtree(tmp, ignore_errors=True)
     else:

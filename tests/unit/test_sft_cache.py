@@ -1,0 +1,29 @@
+"""The learning benchmark's cached SFT model is built with one torch thread, whatever the machine."""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks.learning import stack
+
+
+def test_the_sft_model_is_built_with_one_thread_and_cached(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_build(out, cfg, log):  # records the thread count the build saw; writes what a build writes
+        calls.append((cfg.seed, torch.get_num_threads()))
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr("training.sft.build_default_model", fake_build)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first = stack.builtin_sft_dir(3, cache=tmp_path, log=lambda *_: None)
+        assert torch.get_num_threads() == 2  # restored after the build
+        again = stack.builtin_sft_dir(3, cache=tmp_path, log=lambda *_: None)
+    finally:
+        torch.set_num_threads(before)
+    assert calls == [(3, 1)]  # built once, with one thread; the second call reads the cache
+    assert first == again == tmp_path / "sft-seed3" and (first / "config.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["sft-seed3"]  # no temporary dir left behind
