@@ -169,10 +169,8 @@ class PolicyValue(nn.Module):
         super().__init__()
         self.model = peft_model
         hidden = peft_model.get_base_model().config.hidden_size
-        self.value_head = nn.Linear(hidden, 1)
-        nn.init.zeros_(self.value_head.weight)  # detail 20: V starts at 0
-        nn.init.zeros_(self.value_head.bias)
-        self.value_head.to(next(peft_model.parameters()).device)
+        device = next(peft_model.parameters()).device
+        self.value_head = scalar_head(hidden, "zeros", device)  # detail 20: V starts at 0 (and draws no randoms)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int = 0) -> tuple[Tensor, Tensor]:
         """(B, K, V) logits of the last ``logits_to_keep`` positions (0: all L) and (B, L) values."""
