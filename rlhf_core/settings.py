@@ -203,7 +203,8 @@ class Settings(BaseSettings):
     resampled)."""
     gate_samples_per_prompt: int = _SAMPLING.samples_per_prompt
     """Promotion gate: responses sampled per held-out prompt from candidate, parent and SFT
-    reference (at `RLHF_PPO__TEMPERATURE`, the serving temperature)."""
+    reference (at `RLHF_PPO__TEMPERATURE`, the serving temperature). 16, not 4: with 4 the win rate's
+    bound refused real gains (learning benchmark: mean win rate 0.781 -> 0.822 over 3 seeds)."""
     gate_max_eos_drop: float = _GATE.max_eos_drop
     """Promotion gate: the candidate's share of responses that end (EOS within the token budget)
     may fall at most this far below the parent's."""

@@ -82,12 +82,12 @@ def test_every_gate_threshold_is_one_setting_whose_default_is_the_gates(monkeypa
     assert set(GATE_THRESHOLD_SETTINGS) == {f.name for f in fields(GateThresholds)}  # none forgotten
     assert gate_thresholds(Settings()) == GateThresholds()
     monkeypatch.setenv("RLHF_GATE_MIN_DISTINCT_RATIO", "0.7")
-    monkeypatch.setenv("RLHF_GATE_SAMPLES_PER_PROMPT", "16")
+    monkeypatch.setenv("RLHF_GATE_SAMPLES_PER_PROMPT", "8")
     monkeypatch.setenv("RLHF_KL_BOUND", "8")
     s = Settings(redis_url="redis://127.0.0.1:6379/0", gate_win_confidence=0.8)
     assert (gate_thresholds(s).min_distinct_ratio, gate_thresholds(s).kl_bound) == (0.7, 8.0)
     state = RoundState(round_id="r1", round_number=1, parent="v0001", reference="v0001", started_at=0.0, seed=3)
     sampling = gate_sampling(Context(s), state)
-    assert (sampling.samples_per_prompt, sampling.confidence, sampling.seed) == (16, 0.8, 3)
+    assert (sampling.samples_per_prompt, sampling.confidence, sampling.seed) == (8, 0.8, 3)
     assert set(GATE_SAMPLING_SETTINGS) <= {f.name for f in fields(GateSampling)}
-    assert "| `RLHF_GATE_SAMPLES_PER_PROMPT` | `4` |" in settings_table()
+    assert "| `RLHF_GATE_SAMPLES_PER_PROMPT` | `16` |" in settings_table()
