@@ -100,8 +100,8 @@ def row_to_event(row: dict) -> records_pb2.FeedbackEvent:
                                       response_id=str(row.get("response_id", "")),
                                       rejected_response_id=str(row.get("rejected_response_id", "")))
     if "chosen" in row or "rejected" in row:
-        if not row.get("chosen") or not row.get("rejected"):
-            raise ValueError("a comparison needs non-empty 'chosen' and 'rejected'")
+        if not isinstance(row.get("chosen"), str) or not isinstance(row.get("rejected"), str):
+            raise ValueError("a comparison needs 'chosen' and 'rejected' texts (\"\" for an empty response)")
         event.kind = Kind.KIND_COMPARISON
         event.response, event.rejected_response = row["chosen"], row["rejected"]
         event.model_version = str(row.get("chosen_model_version", ""))

@@ -18,8 +18,7 @@ from typing import Any
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from training.config import PPOConfig, RewardConfig
-from training.gate import GateSampling, GateThresholds
+from training.config import GateSampling, GateThresholds, PPOConfig, RewardConfig
 
 # Flat names of earlier releases -> their nested names (a process given an old name refuses to start).
 RENAMED = {
@@ -33,7 +32,7 @@ RENAMED = {
 }
 # Fields of the nested configs that every round fills from top-level settings (RLHF_SEED, RLHF_DEVICE).
 ROUND_FILLED = {"ppo": ("seed", "norm_seed", "device"), "reward": ("seed", "device")}
-# The promotion gate's thresholds and measurement, each a flat setting: field of training.gate's
+# The promotion gate's thresholds and measurement, each a flat setting: field of training.config's
 # GateThresholds / GateSampling -> setting. Their defaults are the truth; the settings below read them.
 GATE_THRESHOLD_SETTINGS = {
     "min_judge_accuracy": "gate_min_judge_accuracy", "win_margin": "gate_win_margin",

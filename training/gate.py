@@ -17,6 +17,8 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
+from training.config import GateSampling, GateThresholds  # noqa: F401 (the gate's settings, re-exported)
+
 
 def judge_side(prompt: str, seed: int) -> bool:
     """Whether ``prompt``'s feedback belongs to the judge's half (a seeded hash: stable as feedback grows)."""
@@ -100,35 +102,6 @@ def ratio(value: float, baseline: float) -> float:
     if baseline == 0:
         return 1.0 if value == 0 else float("inf")
     return value / baseline
-
-
-@dataclass(frozen=True)
-class GateThresholds:
-    """What a candidate must clear (each maps to an RLHF_GATE_* / RLHF_KL_BOUND setting)."""
-
-    min_judge_accuracy: float = 0.55
-    win_margin: float = 0.0
-    min_win_rate: float = 0.5
-    min_reward_gain: float = 0.0
-    kl_bound: float = 10.0
-    max_eos_drop: float = 0.1
-    max_length_ratio: float = 3.0
-    min_distinct_ratio: float = 0.6
-
-
-@dataclass
-class GateSampling:
-    """How the gate measures (training/gate_eval.py samples with it): k samples per held-out prompt at
-    the serving temperature and PPO's token budget, seeded; the one-sided confidence of the win-rate bound."""
-
-    samples_per_prompt: int = 16  # 4 gave the bound too little power: 0.781 -> 0.822 mean win rate, 3 seeds
-    temperature: float = 1.0
-    max_new_tokens: int = 64
-    max_prompt_len: int = 96
-    batch_size: int = 32
-    seed: int = 0
-    confidence: float = 0.9
-    n_boot: int = 2000
 
 
 @dataclass(frozen=True)

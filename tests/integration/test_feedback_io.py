@@ -130,3 +130,14 @@ def test_malformed_file_imports_nothing(fresh_prefix, tmp_path, redis_url):
     missing = cli("feedback", "import", str(tmp_path / "nope.jsonl"), "--redis-url", redis_url, "--key-prefix",
                   fresh_prefix, check=False)
     assert missing.returncode != 0 and "nothing imported" in missing.stderr
+
+
+def test_a_comparison_of_an_empty_response_round_trips():
+    """A served response can be empty (EOS first); the API stores a comparison of it, so import takes it too."""
+    row = {"prompt": "p", "chosen": "Sure, here it is.", "rejected": "", "user_id": "eve"}
+    event = feedback_io.row_to_event(row)
+    assert (event.response, event.rejected_response, event.user_id) == ("Sure, here it is.", "", "eve")
+    with pytest.raises(ValueError, match="'chosen' and 'rejected'"):
+        feedback_io.row_to_event({"prompt": "p", "chosen": "x"})
+    with pytest.raises(ValueError, match="'chosen' and 'rejected'"):
+        feedback_io.row_to_event({"prompt": "p", "chosen": "x", "rejected": None})
