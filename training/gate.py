@@ -17,7 +17,7 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
-from training.config import GateSampling, GateThresholds  # noqa: F401 (the gate's settings, re-exported)
+from training.config import GateThresholds
 
 
 def judge_side(prompt: str, seed: int) -> bool:

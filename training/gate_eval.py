@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.gate import GateFigures, GateSampling, bootstrap_lower_bound, distinct_n, mean, per_prompt_win_fractions
+from training.config import GateSampling
+from training.gate import GateFigures, bootstrap_lower_bound, distinct_n, mean, per_prompt_win_fractions
 from training.ppo import logprobs_from_logits
 from training.rollout import encode_prompt, generate, left_pad, pad_id_of, response_logits
 

@@ -271,14 +271,14 @@ def gate(candidate_reward: float, parent_reward: float, kl: float, kl_bound: flo
 def gate_thresholds(s: Settings):
     """The gate's thresholds from their settings (rlhf_core.settings.GATE_THRESHOLD_SETTINGS)."""
     from rlhf_core.settings import GATE_THRESHOLD_SETTINGS
-    from training.gate import GateThresholds
+    from training.config import GateThresholds
     return GateThresholds(**{field: getattr(s, name) for field, name in GATE_THRESHOLD_SETTINGS.items()})
 
 
 def gate_sampling(ctx: Context, state: RoundState):
     """How the gate samples: its settings, PPO's temperature and token budget, the round's seed."""
     from rlhf_core.settings import GATE_SAMPLING_SETTINGS
-    from training.gate import GateSampling
+    from training.config import GateSampling
     s = ctx.settings
     return GateSampling(**{field: getattr(s, name) for field, name in GATE_SAMPLING_SETTINGS.items()},
                         temperature=s.ppo.temperature, max_new_tokens=s.ppo.max_new_tokens,

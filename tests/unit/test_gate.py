@@ -176,7 +176,8 @@ def test_a_margin_is_never_easier_to_clear(lo, m1, m2):
 def test_policy_samples_summary_and_gate_figures_from_scores():
     import torch
 
-    from training.gate_eval import GateSampling, PolicySamples, gate_figures, score_samples
+    from training.config import GateSampling
+    from training.gate_eval import PolicySamples, gate_figures, score_samples
 
     cand = PolicySamples(texts=[["a b", "a b"], ["c d e", "x"]], lengths=[[3, 3], [4, 2]],
                          has_eos=[[True, False], [True, True]], kl=[[1.0, 3.0], [2.0, 2.0]])

@@ -75,7 +75,7 @@ def test_every_gate_threshold_is_one_setting_whose_default_is_the_gates(monkeypa
     from dataclasses import fields
 
     from rlhf_core.settings import GATE_SAMPLING_SETTINGS, GATE_THRESHOLD_SETTINGS
-    from training.gate import GateSampling, GateThresholds
+    from training.config import GateSampling, GateThresholds
     from workers.rounds import Context, gate_sampling, gate_thresholds
     from workers.state import RoundState
 
