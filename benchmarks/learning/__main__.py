@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64, help="token cap of every Generate")
     p.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature of feedback and evaluation Generates (default: server's, 1.0)")
+    p.add_argument("--feedback-temperature", type=float, default=None,
+                   help="sampling temperature of the users' Generates only (default: --temperature)")
     p.add_argument("--time-budget", type=float, default=report.TIME_BUDGET_S,
                    help="seconds: the wall-time target, and no round starts after it")
     p.add_argument("--round-timeout", type=float, default=1200.0, help="seconds to wait for one round")
@@ -140,7 +142,8 @@ def run_one(args: argparse.Namespace, annotator: str, out_dir: Path, command: st
                          rounds=args.rounds, feedback_per_round=args.feedback_per_round,
                          rating_share=args.rating_share, eval_prompts=args.eval_prompts,
                          eval_samples=args.eval_samples, max_new_tokens=args.max_new_tokens,
-                         sampling_temperature=args.temperature, round_timeout_s=args.round_timeout,
+                         sampling_temperature=args.temperature, feedback_temperature=args.feedback_temperature,
+                         round_timeout_s=args.round_timeout,
                          seed=args.seed, user_id=f"sim-{annotator}", users=args.users,
                          thumbs_only=args.thumbs_only, adversarial_fraction=args.adversarial_fraction,
                          spam_votes=args.spam_votes if args.spammer else 0)

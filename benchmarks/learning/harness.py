@@ -217,6 +217,9 @@ class LearningConfig:
     """Per-response token cap for every Generate; 0: the server default."""
     sampling_temperature: float | None = None
     """Sampling temperature of every Generate (feedback and evaluation); None: the server default."""
+    feedback_temperature: float | None = None
+    """Sampling temperature of the users' Generates only (evaluation keeps ``sampling_temperature``): a client
+    app may sample the candidates it asks users to compare more widely, so that the pairs differ."""
     sft_version: str = "v0001"
     round_timeout_s: float = 900.0
     seed: int = 0
@@ -278,6 +281,10 @@ def run(cfg: LearningConfig, log: Callable[[str], None] = print, on_poll: Callab
     sampling = policy_pb2.SamplingParams(max_new_tokens=cfg.max_new_tokens)
     if cfg.sampling_temperature is not None:
         sampling.temperature = cfg.sampling_temperature
+    feedback_sampling = policy_pb2.SamplingParams()
+    feedback_sampling.CopyFrom(sampling)
+    if cfg.feedback_temperature is not None:
+        feedback_sampling.temperature = cfg.feedback_temperature
     crowd = Crowd(cfg.user_id, cfg.users, cfg.adversarial_fraction, cfg.thumbs_only)
     with grpc.insecure_channel(cfg.target) as channel:
         grpc.channel_ready_future(channel).result(timeout=120)
@@ -299,9 +306,10 @@ def run(cfg: LearningConfig, log: Callable[[str], None] = print, on_poll: Callab
             if r > 0:
                 prompts = [rng.choice(train) for _ in range(cfg.feedback_per_round)]
                 rec["feedback"] = collect_feedback(policy, prompts, annotator, rng, cfg.rating_share,
-                                                   cfg.user_id, sampling, md, crowd).as_dict()
+                                                   cfg.user_id, feedback_sampling, md, crowd).as_dict()
                 if cfg.spam_votes > 0:
-                    rec["spam"] = spam(policy, rng.choice(train), annotator, crowd, cfg.spam_votes, rng, sampling, md)
+                    rec["spam"] = spam(policy, rng.choice(train), annotator, crowd, cfg.spam_votes, rng,
+                                       feedback_sampling, md)
                 outcome = trigger_and_wait(admin, policy, cfg.round_timeout_s, admin_metadata=admin_md, metadata=md,
                                            on_poll=on_poll)
                 rec["outcome"] = outcome.as_dict()

@@ -33,6 +33,8 @@ def feedback_mode(cfg: dict[str, Any]) -> str:
         parts.append(f"{cfg['adversarial_fraction']:.0%} of them voting against the annotator")
     if cfg.get("spam_votes"):
         parts.append(f"a spammer repeating one opposite vote {cfg['spam_votes']} times per round")
+    if cfg.get("feedback_temperature") is not None:
+        parts.append(f"candidates sampled at temperature {cfg['feedback_temperature']:g}")
     return ", ".join(parts)
 
 
