@@ -42,9 +42,26 @@ def plan(quick: bool) -> dict:
             "open_s": 30.0, "naive_requests": 6, "bare_rounds": 2}
 
 
-def batch_mean(srv) -> tuple[float, float]:
+SERVER_MEANS = {"mean_batch": "rlhf_batch_size", "server_ttft_mean_s": "rlhf_time_to_first_token_seconds",
+                "queue_time_mean_s": "rlhf_queue_time_seconds"}
+
+
+def server_sums(srv) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the server's histograms behind each of SERVER_MEANS."""
     text = srv.metrics_text()
-    return metric_value(text, "rlhf_batch_size_sum"), metric_value(text, "rlhf_batch_size_count")
+    return {k: (metric_value(text, f"{m}_sum"), metric_value(text, f"{m}_count")) for k, m in SERVER_MEANS.items()}
+
+
+def server_means(before: dict, after: dict) -> dict[str, float]:
+    """Mean batch size, engine-side TTFT (enqueued to first token) and queue time (enqueued to admitted)
+    over a phase; with the clients' mean TTFT they split a call's TTFT into queue, prefill and transport."""
+    return {k: (after[k][0] - before[k][0]) / max(1.0, after[k][1] - before[k][1]) for k in SERVER_MEANS}
+
+
+def ttft_split(r: dict) -> str:
+    queue, server = r["queue_time_mean_s"], r["server_ttft_mean_s"]
+    return (f"TTFT mean {r['ttft_mean_s'] * 1e3:.0f} ms = queue {queue * 1e3:.0f} + prefill {(server - queue) * 1e3:.0f}"
+            f" + gRPC/transport {(r['ttft_mean_s'] - server) * 1e3:.0f}")
 
 
 def serve_phases(model_dir: Path, p: dict, log, **overrides) -> dict:
@@ -57,11 +74,10 @@ def serve_phases(model_dir: Path, p: dict, log, **overrides) -> dict:
         try:
             closed = []
             for clients in p["clients"]:
-                before = batch_mean(srv)
+                before = server_sums(srv)
                 r = in_client_process("closed_loop", srv.target, clients, p["closed_s"], MAX_NEW, p["calls_per_window"])
-                after = batch_mean(srv)
-                r["mean_batch"] = (after[0] - before[0]) / max(1.0, after[1] - before[1])
-                log(f"  closed {clients:3d} clients: {fmt(r)} | mean batch {r['mean_batch']:.1f}")
+                r.update(server_means(before, server_sums(srv)))
+                log(f"  closed {clients:3d} clients: {fmt(r)} | mean batch {r['mean_batch']:.1f} | {ttft_split(r)}")
                 closed.append(r)
             ref = next(c for c in closed if c["clients"] == max(c2["clients"] for c2 in closed if c2["clients"] <= 16))
             # calls/s the server sustains at max_new_tokens 16..256 (mean 136), or at the model's own

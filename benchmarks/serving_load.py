@@ -83,6 +83,7 @@ def summarise(results: list[dict], window: tuple[float, float] | None = None) ->
     ended = [r for r in results if r["error"] is None and lo <= r["end"] <= hi]
     return {"requests": len(started), "errors": len(started) - len(ok), "wall_s": wall,
             "tokens_per_s": tokens_delivered(results, lo, hi) / wall, "requests_per_s": len(ended) / wall,
+            "ttft_mean_s": statistics.fmean([r["ttft"] for r in ok]) if ok else float("nan"),
             "ttft_p50_s": percentile([r["ttft"] for r in ok], 0.5),
             "ttft_p99_s": percentile([r["ttft"] for r in ok], 0.99),
             "latency_p50_s": percentile([r["latency"] for r in ok], 0.5),

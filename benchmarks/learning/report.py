@@ -192,7 +192,8 @@ def markdown(result: dict[str, Any], head: dict[str, Any]) -> str:
              f"`{result.get('command', 'python -m benchmarks.learning')}`", "",
              f"Annotator **{h['annotator']}**, label noise {cfg['noise']:g}, {h['rounds_run']} round(s) of "
              f"{cfg['feedback_per_round']} feedback items, evaluated on {result['rounds'][0]['eval']['n_prompts']} "
-             f"held-out prompts x {cfg['eval_samples']} samples per side. Model: {result.get('model', '?')}. "
+             f"held-out prompts x {cfg['eval_samples']} samples per side. Model: {result.get('model', '?')}"
+             f"{' (weights sha256 ' + result['model_sha256'][:12] + '…)' if result.get('model_sha256') else ''}. "
              f"Feedback: {feedback_mode(cfg)}.",
              "", "## Headline", "",
              "| figure | value | target | |", "|---|---|---|---|",

@@ -48,7 +48,8 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
             "figures": {f: spread([h.get(f) for h in heads]) for f in FIGURES}, "targets": targets,
             "all_targets_met_every_seed": bool(heads) and all(h["all_targets_met"] for h in heads),
             "per_seed": heads, "command": results[0].get("command") if results else None,
-            "runs": [{"seed": r["config"]["seed"], "command": r.get("command"), "model": r.get("model")} for r in results],
+            "runs": [{"seed": r["config"]["seed"], "command": r.get("command"), "model": r.get("model"),
+                      "model_sha256": r.get("model_sha256")} for r in results],
             "feedback_mode": report.feedback_mode(results[0]["config"]) if results else None}
 
 
@@ -115,7 +116,7 @@ def markdown(agg: dict[str, Any]) -> str:
                      f"{h['distinct_2_ratio']:.2f} | {h['length_ratio']:.2f} | {tt} | "
                      f"{'yes' if h['all_targets_met'] else 'no'} |")
     lines += ["", "![per-seed curves](seeds.png)", "", "Runs:", ""]
-    lines += [f"- seed {r['seed']}: `{r['command']}` (model: {r['model']})" for r in agg.get("runs", [])]
+    lines += [f"- seed {r['seed']}: `{r['command']}` (model: {r['model']}{_digest(r)})" for r in agg.get("runs", [])]
     lines.append("")
     return "\n".join(lines)
 
@@ -132,6 +133,11 @@ def summary_markdown(aggs: list[dict[str, Any]], command: str) -> str:
                      f"{_ms(f['length_ratio'], '.2f')} | {_ms(f['time_to_target_s'], '.0f')} | "
                      f"{'yes' if a['all_targets_met_every_seed'] else 'no'} |")
     return "\n".join(lines) + "\n"
+
+
+def _digest(run: dict[str, Any]) -> str:
+    """The start weights' sha256 (short), where the run recorded it."""
+    return f", weights sha256 {run['model_sha256'][:12]}…" if run.get("model_sha256") else ""
 
 
 def write(out_dir: Path) -> dict[str, Any]:

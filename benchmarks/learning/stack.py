@@ -16,6 +16,7 @@ The harness talks to the server only through its public gRPC API (``Stack.target
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -104,6 +105,19 @@ def builtin_sft_dir(seed: int = 0, cache: Path = CACHE, log: Callable[[str], Any
     return out
 
 
+def weights_digest(model_dir: Path) -> str:
+    """sha256 over the model's weight files (by name): two runs that print the same digest started from the
+    same bytes. The built-in build is pinned to one thread, but float kernels still differ between CPUs (an
+    AVX-512 Intel and an AMD EPYC build other weights), so a committed result reproduces where this matches."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(model_dir).glob("*.safetensors")) + sorted(Path(model_dir).glob("*.bin")):
+        digest.update(path.name.encode())
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def register_sft(settings, model_dir: Path, base_model: str) -> str:
     """Publish ``model_dir`` as the registry's first version and point serving at it."""
     from registry.operations import Operations
@@ -175,6 +189,7 @@ class Stack:
         else:
             sft_seed = cfg.seed if cfg.sft_seed is None else cfg.sft_seed
             model_dir, base = builtin_sft_dir(sft_seed, cfg.cache, self.log), f"builtin-sft (seed {sft_seed})"
+        self.model_digest = weights_digest(model_dir)
         try:
             self.sft_version = register_sft(self.settings, model_dir, base)
             from service.app import BackgroundServer

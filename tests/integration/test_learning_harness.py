@@ -105,3 +105,18 @@ def test_thumbs_only_crowd_and_spammer_send_their_own_user_ids(server, settings)
         event = records_pb2.FeedbackEvent.FromString(fields[b"event"])
         users.add(event.user_id)
     assert users <= {*crowd.user_ids, crowd.spammer_id} and crowd.spammer_id in users
+
+
+def test_feedback_temperature_applies_to_the_users_generates_only(server, settings):
+    # greedy feedback candidates: both candidates of every Generate are the same text, so every item is a
+    # rating and counted as an identical pair; the evaluation keeps sampling at the server's temperature
+    cfg = LearningConfig(target=server.target, rounds=1, feedback_per_round=4, rating_share=0.0, eval_prompts=2,
+                         eval_samples=4, max_new_tokens=16, feedback_temperature=0.0, round_timeout_s=1.5)
+    result = run(cfg, log=lambda _: None)
+    base, first = result["rounds"]
+    _drop_queued_task(settings.redis_url, [settings.key_prefix + "celery:default", "default"],
+                      first["outcome"]["task_id"])
+    fb = first["feedback"]
+    assert fb["generations"] == 4 and fb["identical_pairs"] == 4 and fb["comparisons"] == 0
+    samples = [t for g in base["eval"]["served"]["scores"] for t in g]
+    assert len(samples) == 2 * 4 and len(set(samples)) > 2  # sampled, not greedy: the scores differ

@@ -16,6 +16,24 @@ def test_serving_benchmark_smoke(redis_url, tiny_model_dir, tmp_path, monkeypatc
     assert r["targets"]["errors"] == 0
     assert [c["clients"] for c in r["closed_loop"]] == [1, 4]
     assert all(c["requests"] > 0 and c["tokens_per_s"] > 0 for c in r["closed_loop"] + r["open_loop"])
+    for c in r["closed_loop"]:  # the TTFT split: engine-side queue wait within engine-side TTFT, both measured
+        assert 0.0 < c["queue_time_mean_s"] <= c["server_ttft_mean_s"] and c["ttft_mean_s"] > 0.0
     assert r["naive"]["tokens_per_s"] > 0 and r["bare_loop"]["tokens_per_s"] > 0
     assert json.loads((tmp_path / "result-quick.json").read_text())["models"]["tiny"]["targets"]
     assert (tmp_path / "result-quick.png").stat().st_size > 0
+
+
+def test_ttft_ab_smoke(redis_url, tiny_model_dir, tmp_path, monkeypatch):
+    import sys
+
+    from benchmarks import serving_ttft
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    interval = sys.getswitchinterval()
+    out = serving_ttft.main(["--model-dir", str(tiny_model_dir), "--pairs", "1", "--seconds", "1", "--clients", "4",
+                             "--out", str(tmp_path / "ttft.json")])
+    assert sys.getswitchinterval() == interval  # each variant is undone after its phase
+    assert set(out["median"]) == {"base", "switch1ms"}
+    for [r] in out["runs"].values():
+        assert r["errors"] == 0 and r["requests"] > 0
+        assert 0.0 < r["queue_time_mean_s"] <= r["server_ttft_mean_s"]
+    assert json.loads((tmp_path / "ttft.json").read_text())["clients"] == 4
