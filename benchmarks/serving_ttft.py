@@ -8,9 +8,11 @@ TTFT into the engine's queue wait (enqueued to admitted), prefill (admitted to f
 rest (gRPC, the event loop, the client): see `benchmarks.serving.ttft_split`. Default model: the
 randomly initialised GPT-2-small shape (12 x 768) of the serving benchmark. Variants:
 
-- `base`: the engine as configured;
+- `base`: the engine with its defaults (the server is started with them);
 - `switch1ms`: the server's interpreter switches threads every 1 ms instead of Python's 5 ms, so the
-  event loop waits less for the GIL while the decode thread runs Python between kernels.
+  event loop waits less for the GIL while the decode thread runs Python between kernels;
+- `prefill_first`: the engine's `prefill_first` (requests that arrive during a prefill are prefilled
+  before the step).
 
 Writes benchmarks/results/serving/ttft.json.
 """
@@ -40,7 +42,17 @@ def _switch_interval(seconds: float):
     return apply, sys.setswitchinterval
 
 
-VARIANTS = {"base": (lambda _srv: None, lambda _old: None), "switch1ms": _switch_interval(0.001)}
+def _engine_flag(name: str, value):
+    def apply(srv) -> tuple:
+        engine = srv.server.engine
+        before = getattr(engine, name)
+        setattr(engine, name, value)
+        return engine, before
+    return apply, lambda old: setattr(old[0], name, old[1])
+
+
+VARIANTS = {"base": (lambda _srv: None, lambda _old: None), "switch1ms": _switch_interval(0.001),
+            "prefill_first": _engine_flag("prefill_first", True)}
 
 
 def phase(srv, clients: int, seconds: float) -> dict:

@@ -13,7 +13,10 @@ Optionally (`prefill_step_ratio` > 0), while rows are running the prompts prefil
 iteration are limited to about that many decoding steps' worth of time (measured as it runs; at
 least one job per iteration), so that running rows keep their pace. Off by default: on CPU it
 measured worse (single-prompt prefills cost nearly as much as batched ones; see the benchmark).
-It joins while the batch has room (`max_batch_size` rows) and while the tokens its rows may come
+With `prefill_first`, the jobs that arrived while an iteration's joiners were prefilled are admitted and
+prefilled too before that iteration's step (once: running rows still step every iteration), so that a
+burst split by its arrival times does not wait a step between its halves.
+A job joins while the batch has room (`max_batch_size` rows) and while the tokens its rows may come
 to hold (prompt + max_new_tokens each) fit in `max_tokens_in_flight`; a job larger than the caps
 runs alone. Jobs waiting beyond `max_queue` are refused (QueueFull -> RESOURCE_EXHAUSTED).
 
@@ -77,13 +80,15 @@ def _deliver(outbox: list[tuple]) -> None:
 
 class Engine:
     def __init__(self, metrics: Metrics, max_batch_size: int = 16, batch_wait_ms: float = 5.0,
-                 max_queue: int = 256, max_tokens_in_flight: int = 65536, prefill_step_ratio: float = 0.0):
+                 max_queue: int = 256, max_tokens_in_flight: int = 65536, prefill_step_ratio: float = 0.0,
+                 prefill_first: bool = False):
         self.metrics = metrics
         self.max_batch_size = max(1, max_batch_size)
         self.batch_wait = batch_wait_ms / 1000.0
         self.max_queue = max_queue
         self.max_tokens_in_flight = max_tokens_in_flight
         self.prefill_step_ratio = prefill_step_ratio
+        self.prefill_first = prefill_first
         self._step_s = 0.0  # running mean of a decoding step's duration
         self._prefill_token_s = 0.0  # running mean of prefill time per prompt token
         self._waiting: collections.deque[Job] = collections.deque()
@@ -184,9 +189,13 @@ class Engine:
 
     def _iteration(self) -> None:
         joining = self._admit()
-        keys = list(dict.fromkeys([*self._batches, *joining]))
-        for key in keys:
-            self._step_version(key, joining.get(key, []))
+        for key, jobs in joining.items():
+            self._join(key, jobs)
+        if self.prefill_first and joining:  # requests that came during that prefill do not wait for the step
+            for key, jobs in self._admit().items():
+                self._join(key, jobs)
+        for key in list(self._batches):
+            self._step(key)
             self._flush()  # a version's answers and chunks do not wait for the other versions' steps
         self._rows_in_flight = sum(len(b) for b in self._batches.values())
         self.metrics.running.set(self._rows_in_flight)
@@ -233,25 +242,29 @@ class Engine:
     def _mean(old: float, new: float) -> float:
         return new if not old else 0.8 * old + 0.2 * new
 
-    def _step_version(self, key: int, jobs: list[Job]) -> None:
-        """Joins `jobs` to the version's batch and runs one decoding step."""
+    def _join(self, key: int, jobs: list[Job]) -> None:
+        """Prefills `jobs` (first tokens sampled and handed over) and merges them into their version's batch."""
         batch = self._batches.get(key)
         if batch is None:
             batch = self._batches[key] = RowBatch(jobs[0].lm)
         self._release(batch.release())
-        if jobs:
-            fresh = RowBatch(batch.lm)
-            started = time.perf_counter()
-            try:
-                fresh.prefill([r for job in jobs for r in job.rows])
-                tokens = sum(len(job.prompt_ids) * len(job.rows) for job in jobs)
-                self._prefill_token_s = self._mean(self._prefill_token_s, (time.perf_counter() - started) / tokens)
-            except Exception:
-                log.exception("prefill failed on %s", batch.lm.version)
-                fresh.fail("the model failed on this prompt; retry, or report it if it persists")
-            self._release(fresh.release())
-            batch.merge(fresh)
-            self._flush()  # the joining rows' first tokens go out now, not after the running batch's step
+        fresh = RowBatch(batch.lm)
+        started = time.perf_counter()
+        try:
+            fresh.prefill([r for job in jobs for r in job.rows])
+            tokens = sum(len(job.prompt_ids) * len(job.rows) for job in jobs)
+            self._prefill_token_s = self._mean(self._prefill_token_s, (time.perf_counter() - started) / tokens)
+        except Exception:
+            log.exception("prefill failed on %s", batch.lm.version)
+            fresh.fail("the model failed on this prompt; retry, or report it if it persists")
+        self._release(fresh.release())
+        batch.merge(fresh)
+        self._flush()  # the joining rows' first tokens go out now, not after the running batch's step
+
+    def _step(self, key: int) -> None:
+        """One decoding step of the version's batch; finished rows leave it (and an empty batch goes)."""
+        batch = self._batches[key]
+        self._release(batch.release())
         if batch.rows:
             self.metrics.batch_size.observe(len(batch))
             started = time.perf_counter()

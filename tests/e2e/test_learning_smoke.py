@@ -52,8 +52,9 @@ def test_feedback_through_the_api_yields_a_better_promoted_version(redis_url, bu
     assert base["version"] == "v0001" and base["win_rate"] == pytest.approx(0.5, abs=0.05)
     feedback = trained["feedback"]
     assert feedback["submitted"] == 384 and feedback["duplicates"] == 0
-    outcome, model = trained["outcome"], trained["model"]
-    assert not outcome["timed_out"], outcome
+    outcome = trained["outcome"]
+    assert not outcome["timed_out"], outcome  # before reading the model: a timed-out round has none
+    model = trained["model"]
     assert outcome["new_version"] == "v0002" and model["promoted"], model["reason"]
     assert trained["version"] == "v0002"
     assert model["num_comparisons"] + model["num_ratings"] == 384

@@ -265,3 +265,46 @@ def test_a_finished_job_is_answered_before_another_versions_step(tiny_model_dir,
 
     asyncio.run(scenario())
     assert seen and seen[0] is True  # v0001's answer was out while v0002's next step waited
+
+
+@pytest.mark.parametrize("prefill_first", [True, False])
+def test_a_request_that_arrives_during_a_prefill_joins_before_the_step_with_prefill_first(lm, monkeypatch,
+                                                                                           prefill_first):
+    order, loop_box, queued = [], {}, threading.Event()
+    original_prefill, original_step = RowBatch.prefill, RowBatch.step
+    spec = SamplingSpec(max_new_tokens=6, temperature=0.0, stop=NEVER)
+    late = {}
+
+    def prefill(batch, rows):
+        name = "late" if rows[0].prompt_ids == prompt_ids(lm, PROMPTS[2]) else "first"
+        if name == "first" and "job" not in late:  # while this prefill runs, another request arrives
+            loop_box["loop"].call_soon_threadsafe(loop_box["submit"])
+            assert queued.wait(5.0)
+        order.append(f"prefill {name}")
+        return original_prefill(batch, rows)
+
+    def step(batch):
+        order.append("step")
+        return original_step(batch)
+    monkeypatch.setattr(RowBatch, "prefill", prefill)
+    monkeypatch.setattr(RowBatch, "step", step)
+
+    async def scenario():
+        engine = Engine(Metrics(), batch_wait_ms=0.0, prefill_first=prefill_first)
+        engine.start()
+        done = []
+
+        def submit_late():
+            late["job"] = Job(lm=lm, prompt_ids=prompt_ids(lm, PROMPTS[2]), specs=[spec])
+            done.append(engine.submit(late["job"]))
+            queued.set()
+        loop_box.update(loop=asyncio.get_running_loop(), submit=submit_late)
+        first = engine.submit(Job(lm=lm, prompt_ids=prompt_ids(lm, PROMPTS[0]), specs=[spec]))
+        await first
+        await asyncio.gather(*done)
+        await engine.stop(5)
+
+    asyncio.run(scenario())
+    expected = ["prefill first", "prefill late", "step"] if prefill_first else ["prefill first", "step", "prefill late"]
+    assert order[:3] == expected
+    assert late["job"].rows[0].finish == LENGTH and len(late["job"].rows[0].tokens) == 6
