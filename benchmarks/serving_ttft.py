@@ -12,7 +12,9 @@ randomly initialised GPT-2-small shape (12 x 768) of the serving benchmark. Vari
 - `switch1ms`: the server's interpreter switches threads every 1 ms instead of Python's 5 ms, so the
   event loop waits less for the GIL while the decode thread runs Python between kernels;
 - `prefill_first`: the engine's `prefill_first` (requests that arrive during a prefill are prefilled
-  before the step).
+  before the step);
+- `flush_per_iteration`: the hand-over of an earlier engine (chunks and answers once per iteration,
+  not after each prefill and each version's step): A/B of that change.
 
 Writes benchmarks/results/serving/ttft.json.
 """
@@ -51,8 +53,28 @@ def _engine_flag(name: str, value):
     return apply, lambda old: setattr(old[0], name, old[1])
 
 
+def _flush_per_iteration(srv):
+    """The engine as it was before its hand-overs after each prefill and each version's step: the decode
+    thread hands chunks and answers to the event loop once, at the end of each iteration."""
+    engine = srv.server.engine
+    real_flush, real_iteration = engine._flush, engine._iteration
+
+    def iteration() -> None:
+        try:
+            real_iteration()
+        finally:
+            real_flush()
+    engine._flush, engine._iteration = (lambda: None), iteration  # instance attributes shadow the methods
+    return engine
+
+
+def _restore_flush(engine) -> None:
+    del engine._flush, engine._iteration
+
+
 VARIANTS = {"base": (lambda _srv: None, lambda _old: None), "switch1ms": _switch_interval(0.001),
-            "prefill_first": _engine_flag("prefill_first", True)}
+            "prefill_first": _engine_flag("prefill_first", True),
+            "flush_per_iteration": (_flush_per_iteration, _restore_flush)}
 
 
 def phase(srv, clients: int, seconds: float) -> dict:

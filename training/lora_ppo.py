@@ -197,7 +197,8 @@ def run_lora_ppo(base_dir: str | Path, policy_dir: str | Path, reward_dir: str |
     ``norm_prompts``: the fixed prompt set of the reward normalisation, as in ``run_ppo`` (detail 6):
     the gain/bias come from the reference's samples on it, never from the adapter's rollouts.
     """
-    from training.ppo_trainer import KLBudget, fixed_reward_norm, next_prompts, rollout_stats, shaped_scores
+    from training.ppo_trainer import (END, RETRY, KLBudget, budget_verdict, fixed_reward_norm, next_prompts,
+                                      rollout_stats, shaped_scores)
     from transformers import AutoTokenizer
 
     device = resolve_device(cfg.device)
@@ -214,15 +215,18 @@ def run_lora_ppo(base_dir: str | Path, policy_dir: str | Path, reward_dir: str |
     with autocast(device):  # detail 6: the reference (base, adapter disabled) on the fixed prompt set
         gain, bias = fixed_reward_norm(AdapterDisabled(pv.model), reward, tokenizer, prompts, cfg, norm_prompts)
     history: list[dict[str, float]] = []
-    budget = KLBudget(cfg.kl_budget, pv)  # the adapter and value head: the only trainable weights
+    budget = KLBudget(cfg.kl_budget, pv, cfg.kl_budget_retries)  # the adapter and value head: the only trainable weights
     for step in range(cfg.steps):
         ro = lora_rollouts(pv, reward, tokenizer, next_prompts(prompts, order, rng, cfg.rollout_batch_size),
                            cfg, sample_gen)
         kl_coef = kl_ctl.value
         rewards, kl = kl_penalised_rewards(shaped_scores(ro, gain, bias, cfg), ro.logprobs, ro.ref_logprobs,
                                            ro.response_mask, kl_coef)  # (B, T) r_t, detail 8
-        if budget.ends_round(kl, step, history, log):
+        verdict = budget_verdict(budget, kl_ctl, kl, step, history, cfg, log)
+        if verdict == END:
             break
+        if verdict == RETRY:  # this batch came from the undone policy: sample again at the tighter beta
+            continue
         advantages, returns = gae(rewards, ro.values, ro.response_mask, cfg.gamma, cfg.lam)  # detail 10
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, ro.response_mask)  # detail 11

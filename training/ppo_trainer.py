@@ -146,33 +146,45 @@ def over_kl_budget(kl: Tensor, budget: float | None, start: float) -> bool:
     return budget is not None and float(kl.sum(-1).mean()) > max(budget, start)
 
 
-class KLBudget:
-    """Ends a round at the first rollout batch whose mean KL to the reference is over budget (detail 17):
-    the trainable weights of the last policy whose rollouts were within it are kept, and put back."""
+WITHIN, RETRY, END = "within", "retry", "end"
 
-    def __init__(self, budget: float | None, module: nn.Module):
-        self.budget, self.module = budget, module
+
+class KLBudget:
+    """Holds a round's rollouts within a KL budget (detail 17): at a rollout batch whose mean KL to the reference
+    is over budget, the trainable weights of the last policy whose rollouts were within it are put back; the
+    round then ends, or (``retries`` > 0) carries on at a tighter leash until that many batches in a row were over."""
+
+    def __init__(self, budget: float | None, module: nn.Module, retries: int = 0):
+        self.budget, self.module, self.retries = budget, module, retries
         self.start: float | None = None  # () the round's first batch's KL: the parent's
         self.saved: dict[str, Tensor] | None = None
+        self.misses = 0  # over-budget batches in a row
 
-    def ends_round(self, kl: Tensor, step: int, history: list, log: Callable[[str], Any]) -> bool:
-        """Call before updating on the batch with per-token KL ``kl`` (B, T); True: stop (weights restored,
-        the undone update's entry dropped from ``history``). The first batch sets ``start``, so it is never
-        over: weights are always saved before any batch can end the round."""
+    def verdict(self, kl: Tensor, step: int, history: list, log: Callable[[str], Any]) -> str:
+        """Call before updating on the batch with per-token KL ``kl`` (B, T). WITHIN: train on it. RETRY or END:
+        the weights were restored and the undone update's entry dropped from ``history``; skip the batch
+        (RETRY: the caller tightens beta) or stop (END). The first batch sets ``start``, so it is never over:
+        weights are always saved before any batch can be."""
         if self.budget is None:
-            return False
+            return WITHIN
         self.start = float(kl.sum(-1).mean()) if self.start is None else self.start
         trainable = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
         with torch.no_grad():
             if not over_kl_budget(kl, self.budget, self.start):
                 self._save(trainable)
-                return False
+                self.misses = 0
+                return WITHIN
             for n, p in trainable:  # undo the update that crossed the budget
                 p.copy_(self.saved[n])
-        history.pop()
-        log(f"step {step}: rollout KL {float(kl.sum(-1).mean()):.3g} > budget {self.budget:.3g}; "
-            f"round ends with the policy of step {step - 1}")
-        return True
+        if self.misses == 0:  # the entry of the update just undone (a retry's batch added none)
+            history.pop()
+        self.misses += 1
+        over = f"step {step}: rollout KL {float(kl.sum(-1).mean()):.3g} > budget {self.budget:.3g}"
+        if self.misses > self.retries:
+            log(f"{over}; round ends with the policy of step {step - self.misses}")
+            return END
+        log(f"{over}; back to the policy of step {step - self.misses}, retry {self.misses} of {self.retries}")
+        return RETRY
 
     def _save(self, trainable: list[tuple[str, Tensor]]) -> None:
         """One copy of the trainable weights, refreshed in place (no second copy while the old one lives)."""
@@ -181,6 +193,15 @@ class KLBudget:
         else:
             for n, p in trainable:
                 self.saved[n].copy_(p)
+
+
+def budget_verdict(budget: KLBudget, kl_ctl, kl: Tensor, step: int, history: list, cfg: PPOConfig,
+                   log: Callable[[str], Any]) -> str:
+    """``budget.verdict`` on this batch; on RETRY, beta is multiplied by ``cfg.kl_budget_backoff`` first."""
+    verdict = budget.verdict(kl, step, history, log)
+    if verdict == RETRY:
+        kl_ctl.value *= cfg.kl_budget_backoff  # (): beta of the steps left
+    return verdict
 
 
 def rollout_stats(ro: Rollout, kl: Tensor) -> dict[str, float]:
@@ -216,7 +237,7 @@ def run_ppo(policy_dir: str | Path, reference_dir: str | Path, reward_model: Rew
     with autocast(device):
         gain, bias = fixed_reward_norm(ref_policy, reward_model, tokenizer, prompts, cfg, norm_prompts)  # detail 6
     history: list[dict[str, float]] = []
-    budget = KLBudget(cfg.kl_budget, policy)
+    budget = KLBudget(cfg.kl_budget, policy, cfg.kl_budget_retries)
     for step in range(cfg.steps):
         batch_prompts = next_prompts(prompts, order, rng, cfg.rollout_batch_size)
         with autocast(device):  # bf16 on CUDA, fp32 on CPU (training/devices.py)
@@ -225,8 +246,11 @@ def run_ppo(policy_dir: str | Path, reference_dir: str | Path, reward_model: Rew
         kl_coef = kl_ctl.value
         rewards, kl = kl_penalised_rewards(shaped_scores(ro, gain, bias, cfg), ro.logprobs, ro.ref_logprobs,
                                            ro.response_mask, kl_coef)  # (B, T) r_t, detail 8
-        if budget.ends_round(kl, step, history, log):
+        verdict = budget_verdict(budget, kl_ctl, kl, step, history, cfg, log)
+        if verdict == END:
             break
+        if verdict == RETRY:  # this batch came from the undone policy: sample again at the tighter beta
+            continue
         advantages, returns = gae(rewards, ro.values, ro.response_mask, cfg.gamma, cfg.lam)  # detail 10
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, ro.response_mask)  # detail 11

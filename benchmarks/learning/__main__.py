@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gate-win-confidence", type=float, help="one-sided confidence of the gate's win-rate bound")
     g.add_argument("--gate-samples-per-prompt", type=int,
                    help="samples per held-out prompt and policy the gate's judge compares")
+    g.add_argument("--kl-budget-retries", type=int,
+                   help="PPO batches over the round's KL budget survived in a row at doubled beta (RLHF_PPO__KL_BUDGET_RETRIES)")
     g.add_argument("--round-kl-budget-share", type=float, help="PPO stops past this share of the KL bound; 0: off")
     p.set_defaults(**TUNED)
     return p

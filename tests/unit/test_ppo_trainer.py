@@ -108,6 +108,25 @@ def test_kl_budget_ends_the_round_before_the_policy_overshoots(setup):
         assert torch.equal(a, b), name
 
 
+def test_kl_budget_retries_go_on_at_a_tighter_beta_instead_of_ending_the_round(setup):
+    """The run above with 3 retries: at the first crossing the update is undone as before, but the round
+    samples again from the restored policy with beta doubled and keeps training; every batch it trained on
+    was within the budget."""
+    tok, policy_dir = setup
+    rm = VowelReward(tiny_gpt2(len(tok.get_vocab()), 1).transformer, tok, 64)
+    _, free = run_ppo(policy_dir, policy_dir, rm, PROMPTS, config(), log=lambda s: None)
+    budget = free[3]["kl"] - 1e-6
+    logs = []
+    _, retried = run_ppo(policy_dir, policy_dir, rm, PROMPTS, config(kl_budget=budget, kl_budget_retries=3),
+                         log=logs.append)
+    assert retried[:2] == free[:2]  # identical up to the update that the crossing undoes (step 2's)
+    assert "step 3: rollout KL" in "".join(logs) and "back to the policy of step 2, retry 1 of 3" in "".join(logs)
+    later = [h for h in retried if h["step"] > 3]
+    assert later, [h["step"] for h in retried]  # the round went on past its first crossing
+    assert all(h["kl_coef"] == 2 * 0.01 for h in later)  # beta x kl_budget_backoff (2) after one retry
+    assert all(h["kl"] <= budget for h in retried)
+
+
 def test_over_kl_budget_matches_a_naive_reference():
     from training.ppo_trainer import over_kl_budget
     kl = torch.tensor([[0.5, 0.25, 0.0], [1.0, 1.0, 1.0]])  # (B, T) per-token KL; responses sum to 0.75 and 3.0
