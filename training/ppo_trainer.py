@@ -200,7 +200,7 @@ def budget_verdict(budget: KLBudget, kl_ctl, kl: Tensor, step: int, history: lis
     """``budget.verdict`` on this batch; on RETRY, beta is multiplied by ``cfg.kl_budget_backoff`` first."""
     verdict = budget.verdict(kl, step, history, log)
     if verdict == RETRY:
-        kl_ctl.value *= cfg.kl_budget_backoff  # (): beta of the steps left
+        kl_ctl.value *= cfg.kl_budget_backoff  # beta for the steps left
     return verdict
 
 
