@@ -91,7 +91,7 @@ def test_kl_stop_adaptive_kl_and_real_reward_model(setup):
 
 
 def test_kl_budget_ends_the_round_before_the_policy_overshoots(setup):
-    """The same run as above with a KL budget: the first rollout batch past the budget ends the round,
+    """The same run as above with a KL budget and no retries: the first rollout batch past the budget ends the round,
     and the update that produced its sampler is undone: the round returns the last policy whose
     rollouts were within the budget (the policy after 2 updates, bit for bit)."""
     tok, policy_dir = setup
@@ -100,7 +100,8 @@ def test_kl_budget_ends_the_round_before_the_policy_overshoots(setup):
     budget = free[3]["kl"] - 1e-6  # the unconstrained run's KL at step 3 (> steps 0..2, as it grows)
     assert all(h["kl"] < budget for h in free[:3]), [h["kl"] for h in free]
     logs = []
-    capped_policy, capped = run_ppo(policy_dir, policy_dir, rm, PROMPTS, config(kl_budget=budget), log=logs.append)
+    capped_policy, capped = run_ppo(policy_dir, policy_dir, rm, PROMPTS, config(kl_budget=budget, kl_budget_retries=0),
+                                    log=logs.append)
     assert capped == free[:2]  # steps 0 and 1 kept; step 2's update (its policy sampled step 3) undone
     assert "round ends with the policy of step 2" in logs[-1]
     two_steps, _ = run_ppo(policy_dir, policy_dir, rm, PROMPTS, config(steps=2), log=lambda s: None)
