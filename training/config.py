@@ -126,7 +126,7 @@ class PPOConfig:
     rollouts were within the budget (one copy of the weights is kept for it). None: off. The
     workers set it to ``RLHF_ROUND_KL_BUDGET_SHARE`` x ``RLHF_KL_BOUND``, so a round stops near the
     promotion gate's KL bound instead of overshooting it and being refused."""
-    kl_budget_retries: int = 3
+    kl_budget_retries: int = 3  # 0 before: 0.786 -> 0.826 mean win rate, 15 rounds, 3 seeds (README)
     """On a rollout batch over ``kl_budget``: undo the update that produced it, multiply beta by
     ``kl_budget_backoff`` and carry on, up to this many batches in a row before the round ends (a dual-ascent
     step on the KL constraint: near the bound a round keeps improving reward at a tighter leash instead of

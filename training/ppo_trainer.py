@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from training.config import PPOConfig
-from training.kl_controller import make_kl_controller
+from training.kl_controller import AdaptiveKLController, FixedKLController, make_kl_controller
 from training.ppo import (clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_penalised_rewards,
                           logprobs_from_logits, masked_mean, masked_whiten)
 from training.devices import autocast, resolve_device
@@ -195,8 +195,8 @@ class KLBudget:
                 self.saved[n].copy_(p)
 
 
-def budget_verdict(budget: KLBudget, kl_ctl, kl: Tensor, step: int, history: list, cfg: PPOConfig,
-                   log: Callable[[str], Any]) -> str:
+def budget_verdict(budget: KLBudget, kl_ctl: FixedKLController | AdaptiveKLController, kl: Tensor, step: int,
+                   history: list, cfg: PPOConfig, log: Callable[[str], Any]) -> str:
     """``budget.verdict`` on this batch; on RETRY, beta is multiplied by ``cfg.kl_budget_backoff`` first."""
     verdict = budget.verdict(kl, step, history, log)
     if verdict == RETRY:

@@ -154,7 +154,6 @@ def run_one(args: argparse.Namespace, annotator: str, out_dir: Path, command: st
           flush=True)
     with Stack(stack_cfg, log=lambda s: print(s, flush=True)) as stack:
         cfg.target, cfg.sft_version = stack.target, stack.sft_version
-        digest = stack.model_digest
         stop_file = out_dir / "STOP"
         stop_file.unlink(missing_ok=True)
         result = run(cfg, log=lambda s: print(s, flush=True), on_poll=stack.check_worker,
@@ -165,7 +164,7 @@ def run_one(args: argparse.Namespace, annotator: str, out_dir: Path, command: st
     result.update(command=command, training=training, worker_settings=effective_training(training),
                   total_wall_s=time.monotonic() - started,
                   model=str(args.model_dir) if args.model_dir else f"built-in SFT (seed {args.seed})",
-                  model_sha256=digest)
+                  model_sha256=stack.model_digest)
     head = report.write(result, out_dir, args.time_budget)
     t = head["targets"]
     print(f"== {annotator} final {head['final_version']}: win rate {head['win_rate']:.3f} "
