@@ -238,6 +238,8 @@ class LearningConfig:
     """Prompts the simulated users ask; empty: the dataset's train split."""
     heldout_prompts: list[str] = field(default_factory=list)
     """Evaluation prompts; empty: the dataset's held-out split."""
+    until_promoted: bool = False
+    """End the run after the first round that promotes a version (a smoke test's "does one get through")."""
 
 
 def _eval_record(ev: dict[str, Any]) -> dict[str, Any]:
@@ -299,6 +301,10 @@ def run(cfg: LearningConfig, log: Callable[[str], None] = print, on_poll: Callab
                 break
             if r > 0 and interrupted():
                 stopped = f"stopped after round {r - 1} of {cfg.rounds}: interrupted (stop file)"
+                log(stopped)
+                break
+            if r > 1 and cfg.until_promoted and rounds[-1]["version"] != cfg.sft_version:
+                stopped = f"stopped after round {r - 1} of {cfg.rounds}: {rounds[-1]['version']} was promoted"
                 log(stopped)
                 break
             t0 = time.monotonic()

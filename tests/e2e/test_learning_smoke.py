@@ -1,6 +1,7 @@
 """Smoke version of the learning benchmark: the real stack (server + Celery worker on Redis), the
-simulated product-story (empathetic) annotator giving feedback through the public API, one
-training round, and the promoted version scoring higher than SFT under the annotator's gold score.
+simulated product-story (empathetic) annotator giving feedback through the public API, training
+rounds until one promotes (at most 3), and the promoted version scoring higher than SFT under the
+annotator's gold score.
 
 It runs on the built-in SFT model (built once, ~2-3 min on 2 cores, then cached in
 benchmarks/.cache): the tests' tiny model (2 layers, 120 SFT steps) mostly emits fragments whose
@@ -33,33 +34,44 @@ def builtin_model():
     return builtin_sft_dir(0, log=lambda _: None)
 
 
-# One short round is a coin flip per seed, and the SFT model's bytes depend on the CPU that built it (one thread
-# or not): on an earlier session's machine seeds 1 and 2 passed and 0 did not; on an AMD
-# EPYC build (weights sha256 456bc9bc...) seed 0 passes and seeds 1, 2, 3 do not (1: its judge's held-out
-# accuracy 0.533 is under the 0.55 floor, refused; 2, 3: promoted but the annotator scores them below SFT on
-# these 10 prompts, which the 15-round benchmark does not see). CI runs on the AMD kind: seed 0.
+# One short round is a coin flip per machine: the SFT model's bytes depend on the CPU that built it, and after
+# one round of 384 items the cross-fitted judge is near its accuracy floor and the win rate's bound near 0.5.
+# Seen: seed 0 passed in one round on an AMD EPYC build (sha256 456bc9bc...) and was refused on an Intel Xeon
+# build (judge win rate 0.526, bound 0.487; the annotator preferred the candidate 0.678). So the smoke gives the
+# loop up to 3 rounds and ends at the first promotion: what it checks is that feedback through the API gets a
+# version promoted that the annotator prefers to SFT, and that refused rounds change nothing that is served.
+SMOKE_ROUNDS = 3
+
+
 @pytest.mark.parametrize("seed", [0])
 def test_feedback_through_the_api_yields_a_better_promoted_version(redis_url, builtin_model, tmp_path, seed):
     stack_cfg = StackConfig(redis_url=redis_url, model_dir=builtin_model, seed=seed, device="cpu",
                             registry=tmp_path / "registry", log_dir=tmp_path, training=SMOKE_TRAINING,
                             max_new_tokens_default=48)
-    cfg = LearningConfig(annotator="empathetic", noise=0.1, rounds=1, feedback_per_round=384, rating_share=0.5,
-                         eval_samples=4, max_new_tokens=48, round_timeout_s=600, seed=seed,
-                         heldout_prompts=heldout_prompts()[:10])
+    cfg = LearningConfig(annotator="empathetic", noise=0.1, rounds=SMOKE_ROUNDS, feedback_per_round=384,
+                         rating_share=0.5, eval_samples=4, max_new_tokens=48, round_timeout_s=600, seed=seed,
+                         heldout_prompts=heldout_prompts()[:10], until_promoted=True)
     with Stack(stack_cfg, log=lambda _: None) as stack:
         cfg.target, cfg.sft_version = stack.target, stack.sft_version
         result = run(cfg, log=print, on_poll=stack.check_worker)
         stack.check_worker()
-    base, trained = result["rounds"]
+    base, *trained_rounds = result["rounds"]
     assert base["version"] == "v0001" and base["win_rate"] == pytest.approx(0.5, abs=0.05)
-    feedback = trained["feedback"]
-    assert feedback["submitted"] == 384 and feedback["duplicates"] == 0
-    outcome = trained["outcome"]
-    assert not outcome["timed_out"], outcome  # before reading the model: a timed-out round has none
-    model = trained["model"]
-    assert outcome["new_version"] == "v0002" and model["promoted"], model["reason"]
-    assert trained["version"] == "v0002"
-    assert model["num_comparisons"] + model["num_ratings"] == 384
+    for n, rec in enumerate(trained_rounds, start=1):
+        feedback = rec["feedback"]
+        assert feedback["submitted"] == 384 and feedback["duplicates"] == 0
+        outcome = rec["outcome"]
+        assert not outcome["timed_out"], outcome  # before reading the model: a timed-out round has none
+        assert rec["model"]["version"] == f"v{n + 1:04d}"  # one candidate per round, refused or not
+        assert rec["model"]["num_comparisons"] + rec["model"]["num_ratings"] == 384 * n  # every round's feedback
+        if n < len(trained_rounds):  # refused: the reason is recorded and SFT is still what is served
+            assert outcome["rejected"] and not rec["model"]["promoted"] and rec["model"]["reason"]
+            assert rec["version"] == "v0001"
+    trained = trained_rounds[-1]
+    outcome, model = trained["outcome"], trained["model"]
+    assert outcome["new_version"] == model["version"] and model["promoted"], [r["model"]["reason"]
+                                                                              for r in trained_rounds]
+    assert trained["version"] == model["version"]
     assert trained["score_served"] > trained["score_sft"], trained
     assert trained["win_rate"] > 0.5
     assert 0.0 <= trained["kl_to_sft"] <= model["kl_bound"]
@@ -67,9 +79,10 @@ def test_feedback_through_the_api_yields_a_better_promoted_version(redis_url, bu
     result.update(total_wall_s=result["wall_s"])
     head = report.write(result, tmp_path / "out")
     assert set(head["targets"]) == {"win_rate", "wall_time", "kl", "distinct_2"}
-    assert json.loads((tmp_path / "out" / "result.json").read_text())["headline"]["final_version"] == "v0002"
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["headline"]["final_version"] == model["version"]
     assert all((tmp_path / "out" / name).stat().st_size > 1000 for name in report.PLOTS)
-    assert "| 1 | v0002 | v0002 promoted |" in (tmp_path / "out" / "REPORT.md").read_text()
+    n, v = len(trained_rounds), model["version"]
+    assert f"| {n} | {v} | {v} promoted |" in (tmp_path / "out" / "REPORT.md").read_text()
 
 
 def test_thumbs_only_users_with_a_spammer_never_get_a_worse_version_served(redis_url, builtin_model, tmp_path):
