@@ -256,18 +256,6 @@ def publish(ctx: Context, state: RoundState) -> RoundState:
     return done
 
 
-def gate(candidate_reward: float, parent_reward: float, kl: float, kl_bound: float,
-         min_gain: float = 0.0) -> tuple[bool, str]:
-    """The reward-gain and KL checks alone (kept for callers of the old gate; rounds use the full gate)."""
-    from training.gate import GateFigures, GateThresholds, checks
-
-    figures = GateFigures(None, 0.5, 0.5, candidate_reward, parent_reward, kl, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
-    results = [c for c in checks(figures, GateThresholds(min_reward_gain=min_gain, kl_bound=kl_bound))
-               if c.name in ("reward_gain", "kl")]
-    failed = [c for c in results if not c.passed]
-    return (False, failed[0].message) if failed else (True, "; ".join(c.message for c in results))
-
-
 def gate_thresholds(s: Settings):
     """The gate's thresholds from their settings (rlhf_core.settings.GATE_THRESHOLD_SETTINGS)."""
     from rlhf_core.settings import GATE_THRESHOLD_SETTINGS

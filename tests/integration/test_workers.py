@@ -82,15 +82,6 @@ def test_round_lock_is_exclusive_and_lapses(settings, r):
     assert not lock.release("a") and lock.release("b")
 
 
-def test_gate():
-    assert rounds.gate(1.0, 0.5, kl=2.0, kl_bound=10.0)[0]
-    promoted, reason = rounds.gate(0.4, 0.5, kl=2.0, kl_bound=10.0)
-    assert not promoted and "not above" in reason
-    promoted, reason = rounds.gate(1.0, 0.5, kl=12.0, kl_bound=10.0)
-    assert not promoted and "exceeds the bound" in reason
-    assert not rounds.gate(0.6, 0.5, kl=1.0, kl_bound=10.0, min_gain=0.2)[0]
-
-
 def test_worker_metrics_endpoint():
     port = metrics.serve(0)
     metrics.observe_round({"promoted": True, "seconds": 42.0, "reward_model": {"train_loss": 0.6, "heldout_accuracy": 0.75},

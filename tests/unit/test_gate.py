@@ -138,6 +138,18 @@ def test_decide_refuses_and_names_the_first_failing_check(change, first):
     assert [c.name for c in results if not c.passed] == [first]
 
 
+def test_reward_gain_and_kl_reasons_and_the_reward_margin():
+    """(Was the test of workers.rounds.gate, the reward-and-KL-only gate kept for old callers, now removed.)"""
+    assert decide(replace(GOOD, candidate_reward=1.0, parent_reward=0.5, kl=2.0), GateThresholds(kl_bound=10.0))[0]
+    promoted, reason, _ = decide(replace(GOOD, candidate_reward=0.4, parent_reward=0.5), GateThresholds())
+    assert not promoted and reason.startswith("reward_gain:") and "not above" in reason
+    promoted, reason, _ = decide(replace(GOOD, kl=12.0), GateThresholds(kl_bound=10.0))
+    assert not promoted and reason.startswith("kl:") and "exceeds the bound" in reason
+    small_gain = replace(GOOD, candidate_reward=0.6, parent_reward=0.5, kl=1.0)
+    assert decide(small_gain, GateThresholds())[0]
+    assert not decide(small_gain, GateThresholds(min_reward_gain=0.2))[0]
+
+
 def test_a_zero_judge_floor_disables_the_judge_check():
     assert decide(replace(GOOD, judge_accuracy=None), GateThresholds(min_judge_accuracy=0.0))[0]
     assert decide(replace(GOOD, judge_accuracy=0.3), GateThresholds(min_judge_accuracy=0.0))[0]
