@@ -6,7 +6,9 @@ For each model, in one run: the naive baseline (Hugging Face `generate`, one req
 a real server (loopback gRPC, real Redis; the load generator in a child process) under closed-loop
 load with 1, 4, 16 and 32 streaming clients (32 new tokens each) and open-loop Poisson arrivals at several rates with max_new_tokens
 uniform in 16..256; and the bare batched forward loop at the same batch size (no server) as the
-roofline. Reports throughput, TTFT p50/p99, latency p50/p99 and the targets of issue 8, writes
+roofline. The 16 clients send 4 prompts in turn, so each prompt 4 times at once, and the server shares those
+prefills (RLHF_SHARE_PREFILL): the 16-client load is run again with 16 distinct prompts and with sharing off, so
+that the figures say what the sharing does and what a load with no prompt in common gets. Reports throughput, TTFT p50/p99, latency p50/p99 and the targets of issue 8, writes
 result.json and a throughput-vs-latency plot. Models: the built-in SFT model (cached under
 benchmarks/.cache) and a randomly initialised GPT-2-small shape (12 x 768, ~86M parameters) with
 the built-in tokenizer. Absolute figures depend on the machine's load; ratios within a run count.
@@ -64,7 +66,9 @@ def ttft_split(r: dict) -> str:
             f" + gRPC/transport {(r['ttft_mean_s'] - server) * 1e3:.0f}")
 
 
-def serve_phases(model_dir: Path, p: dict, log, **overrides) -> dict:
+def serve_phases(model_dir: Path, p: dict, log, prompts: str = "shared", **overrides) -> dict:
+    """The closed-loop phases (and, for the server as configured with shared prompts, the open-loop ones) on a
+    fresh server with these settings `overrides`."""
     with tempfile.TemporaryDirectory() as tmp:
         s = Settings(redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
                      key_prefix=unique_prefix("bench"), registry=Path(tmp) / "registry", port=0, metrics_port=0,
@@ -75,7 +79,8 @@ def serve_phases(model_dir: Path, p: dict, log, **overrides) -> dict:
             closed = []
             for clients in p["clients"]:
                 before = server_sums(srv)
-                r = in_client_process("closed_loop", srv.target, clients, p["closed_s"], MAX_NEW, p["calls_per_window"])
+                r = in_client_process("closed_loop", srv.target, clients, p["closed_s"], MAX_NEW, p["calls_per_window"],
+                                      prompts)
                 r.update(server_means(before, server_sums(srv)))
                 log(f"  closed {clients:3d} clients: {fmt(r)} | mean batch {r['mean_batch']:.1f} | {ttft_split(r)}")
                 closed.append(r)
@@ -85,7 +90,7 @@ def serve_phases(model_dir: Path, p: dict, log, **overrides) -> dict:
             per_call = ref["mean_tokens"] if ref["mean_tokens"] < 0.9 * MAX_NEW else 136.0
             capacity = ref["tokens_per_s"] / max(1.0, per_call)
             opened = []
-            for frac in p["open_fractions"] if not overrides else []:
+            for frac in p["open_fractions"] if not overrides and prompts == "shared" else []:
                 r = in_client_process("open_loop", srv.target, frac * capacity, max(p["open_s"], 3.0 / (frac * capacity)))
                 r["load_fraction"] = frac
                 log(f"  open {r['rate_per_s']:5.2f}/s: {fmt(r)}")
@@ -118,6 +123,11 @@ def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
     budget = serve_phases(model_dir, {**p, "clients": [min(16, max(p["clients"]))]}, log,
                           prefill_step_ratio=1.0)["closed_loop"][0]
     at16 = next((c for c in served["closed_loop"] if c["clients"] == 16), served["closed_loop"][-1])
+    only16 = {**p, "clients": [at16["clients"]]}
+    log("  the same load, every client's prompt distinct from the others' (no prompt to share):")
+    distinct = serve_phases(model_dir, only16, log, prompts="distinct")["closed_loop"][0]
+    log("  the same load without shared prefills (RLHF_SHARE_PREFILL=false; the 4 prompts, each 4 times at once):")
+    unshared = serve_phases(model_dir, only16, log, share_prefill=False)["closed_loop"][0]
     batch = max(1, round(at16["mean_batch"]))
     bare = in_thread(bare_loop, model_dir, batch, MAX_NEW, p["bare_rounds"])
     log(f"  bare batched loop (batch {batch}): {bare['tokens_per_s']:.1f} tok/s, step {bare['decode_step_s'] * 1e3:.1f}"
@@ -132,13 +142,21 @@ def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
         # prefill of the whole batch, which the bound above (one prompt's prefill) leaves out
         "ttft_bound_batch_prefill_plus_2_steps_s": bare["prefill_batch_s"] + 2 * bare["decode_step_s"],
         "engine_overhead_vs_bare": 1.0 - at16["tokens_per_s"] / bare["tokens_per_s"],
-        "errors": sum(r["errors"] for r in served["closed_loop"] + served["open_loop"]),
+        # the 16 clients send 4 prompts, 4 times each at once: their prefill is shared (RLHF_SHARE_PREFILL); the
+        # same load with 16 distinct prompts, and with sharing off, says what the sharing does
+        "speedup_vs_naive_at_16_distinct_prompts": distinct["tokens_per_s"] / naive["tokens_per_s"],
+        "ttft_p99_at_16_distinct_prompts_s": distinct["ttft_p99_s"],
+        "ttft_p99_at_16_unshared_prefill_s": unshared["ttft_p99_s"],
+        "errors": sum(r["errors"] for r in served["closed_loop"] + served["open_loop"] + [distinct, unshared]),
     }
     batch_bound = targets["ttft_bound_batch_prefill_plus_2_steps_s"]
     log(f"  => {targets['speedup_vs_naive_at_16']:.2f}x naive at 16 clients; TTFT p99 {at16['ttft_p99_s'] * 1e3:.0f} ms"
         f" vs bound {ttft_bound * 1e3:.0f} ms (with the batch's prefill {batch_bound * 1e3:.0f} ms);"
-        f" overhead vs bare {targets['engine_overhead_vs_bare'] * 100:.0f}%; {targets['errors']} errors")
+        f" overhead vs bare {targets['engine_overhead_vs_bare'] * 100:.0f}%; {targets['errors']} errors;"
+        f" distinct prompts: {targets['speedup_vs_naive_at_16_distinct_prompts']:.2f}x naive, TTFT p99"
+        f" {distinct['ttft_p99_s'] * 1e3:.0f} ms; unshared prefill: TTFT p99 {unshared['ttft_p99_s'] * 1e3:.0f} ms")
     return {"model_dir": str(model_dir), "naive": naive, **served, "closed_16_prefill_budget_1": budget,
+            "closed_16_distinct_prompts": distinct, "closed_16_unshared_prefill": unshared,
             "bare_loop": bare, "targets": targets}
 
 

@@ -68,9 +68,20 @@ def tokens_delivered(results: list[dict], lo: float, hi: float) -> float:
     return total
 
 
-def request(i: int, max_new: int) -> policy_pb2.GenerateRequest:
-    return policy_pb2.GenerateRequest(prompt=PROMPTS[i % len(PROMPTS)], sampling=policy_pb2.SamplingParams(
+def request(i: int, max_new: int, prompt: str | None = None) -> policy_pb2.GenerateRequest:
+    return policy_pb2.GenerateRequest(prompt=prompt or PROMPTS[i % len(PROMPTS)], sampling=policy_pb2.SamplingParams(
         max_new_tokens=max_new, temperature=1.0, seed=i))
+
+
+def client_prompt(prompts: str, client: int, call: int, clients: int) -> str | None:
+    """"shared": None (the 4 PROMPTS in turn, so 16 clients send each one 4 times at once); "distinct": a prompt
+    of the dataset's train split (80) that no other client sends at the same time, whatever call each is at
+    (client + clients x call mod 80: for up to 16 clients, equal only for the same client)."""
+    if prompts == "shared":
+        return None
+    from training.text_format import train_prompts
+    pool = train_prompts()
+    return pool[(client + clients * call) % len(pool)]
 
 
 def summarise(results: list[dict], window: tuple[float, float] | None = None) -> dict:
@@ -91,10 +102,11 @@ def summarise(results: list[dict], window: tuple[float, float] | None = None) ->
             "mean_tokens": statistics.fmean([r["tokens"] for r in ok]) if ok else 0.0}
 
 
-def closed_loop(target: str, clients: int, seconds: float, max_new: int, calls_per_window: float = 3.0) -> dict:
+def closed_loop(target: str, clients: int, seconds: float, max_new: int, calls_per_window: float = 3.0,
+                prompts: str = "shared") -> dict:
     """`clients` callers, each sending its next call as soon as the last one ends. Ramp-up (until
     every client has finished its first call) is not measured; the window after it lasts `seconds`
-    or `calls_per_window` times the ramp-up, whichever is longer."""
+    or `calls_per_window` times the ramp-up, whichever is longer. `prompts`: see client_prompt."""
     async def run():
         results: list[dict] = []
         window: dict[str, float] = {}
@@ -105,7 +117,8 @@ def closed_loop(target: str, clients: int, seconds: float, max_new: int, calls_p
             async def client(c: int):
                 i = 0
                 while "hi" not in window or time.perf_counter() < window["hi"]:
-                    await _call(stub, request(c * 100_000 + i, max_new), results)
+                    await _call(stub, request(c * 100_000 + i, max_new, client_prompt(prompts, c, i, clients)),
+                                results)
                     i += 1
                     firsts[0] += i == 1
                     if i == 1 and firsts[0] == clients:
@@ -113,7 +126,7 @@ def closed_loop(target: str, clients: int, seconds: float, max_new: int, calls_p
                         window["hi"] = lo + max(seconds, calls_per_window * (lo - t0))
             await asyncio.gather(*(client(c) for c in range(clients)))
             return {"ramp_s": window["lo"] - t0, **summarise(results, (window["lo"], window["hi"]))}
-    return {"clients": clients, "max_new_tokens": max_new, **asyncio.run(run())}
+    return {"clients": clients, "max_new_tokens": max_new, "prompts": prompts, **asyncio.run(run())}
 
 
 def open_loop(target: str, rate: float, seconds: float, lo: int = 16, hi: int = 256, seed: int = 0) -> dict:

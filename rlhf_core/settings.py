@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     """Most tokens (prompt + max_new_tokens, per candidate) the running batch may hold in its KV cache."""
     prefill_step_ratio: float = 0.0
     """If > 0: while candidates are decoding, prompts prefilled per step take at most about this many decoding steps' time (0: off; measured slower on CPU, see the serving benchmark)."""
+    share_prefill: bool = True
+    """Candidates with the same prompt (a call's n candidates, identical prompts joining in one step) share one
+    prefill forward pass, each with its own copy of the KV cache (compute shared, not memory)."""
     prefill_first: bool = False
     """Requests that arrive while others are prefilled are prefilled too before the running batch's next step
     (once per step, so running rows still advance every iteration); see the serving benchmark's TTFT A/B."""

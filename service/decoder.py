@@ -152,16 +152,29 @@ class RowBatch:
         return int(self.mask.sum()) - len(self.rows)
 
     @torch.inference_mode()
-    def prefill(self, rows: list[Row]) -> None:
-        """Runs the prompts of `rows` (a fresh batch) and samples each row's first token."""
-        ids, mask = left_pad([list(r.prompt_ids) for r in rows], self.lm.pad_id)  # (B, T0) ids, 1 = real token
+    def prefill(self, rows: list[Row], share: bool = True) -> int:
+        """Runs the prompts of `rows` (a fresh batch) and samples each row's first token; returns the prompt
+        tokens the model ran. With `share`, rows with the same prompt (one call's n candidates, identical
+        prompts joining in one step) share one forward pass: each gets a copy of its logits and KV cache."""
+        prompts = [tuple(r.prompt_ids) for r in rows]
+        distinct = list(dict.fromkeys(prompts)) if share else prompts  # (U,) prompts the model runs, U <= B
+        ids, mask = left_pad([list(p) for p in distinct], self.lm.pad_id)  # (U, T0) ids, 1 = real token
         for r in rows:
             r.generator = make_generator(r.spec.seed, torch.device("cpu"))  # logits are sampled on the CPU
         ids, mask = ids.to(self.lm.device), mask.to(self.lm.device)
-        positions = position_ids(mask)  # (B, T0) pads at 0
-        logits, self.cache = _forward(self.lm, ids, mask, positions, None)
+        positions = position_ids(mask)  # (U, T0) pads at 0
+        logits, self.cache = _forward(self.lm, ids, mask, positions, None)  # (U, V) next-token logits
+        ran = int(mask.sum())
+        if len(distinct) < len(rows):
+            where = {p: i for i, p in enumerate(distinct)}
+            src = torch.tensor([where[p] for p in prompts], dtype=torch.long)  # (B,) row -> its prompt's index
+            logits = logits.index_select(0, src)  # (B, V)
+            src = src.to(self.lm.device)
+            self.cache.batch_select_indices(src)  # per layer (B, H, T0, D): each row its own copy
+            mask, positions = mask.index_select(0, src), positions.index_select(0, src)  # (B, T0)
         self.rows = list(rows)
         self._advance(logits, mask, positions[:, -1:] + 1)
+        return ran
 
     @torch.inference_mode()
     def step(self) -> None:

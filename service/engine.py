@@ -16,6 +16,9 @@ measured worse (single-prompt prefills cost nearly as much as batched ones; see 
 With `prefill_first`, the jobs that arrived while an iteration's joiners were prefilled are admitted and
 prefilled too before that iteration's step (once: running rows still step every iteration), so that a
 burst split by its arrival times does not wait a step between its halves.
+A call's n candidates share their prompt's prefill (one forward pass, the KV cache copied to each row), and
+so do identical prompts joining in one step (`share_prefill`, on by default; `rlhf_prefill_tokens_total` against
+`rlhf_prompt_tokens_total` shows what it saves).
 A job joins while the batch has room (`max_batch_size` rows) and while the tokens its rows may come
 to hold (prompt + max_new_tokens each) fit in `max_tokens_in_flight`; a job larger than the caps
 runs alone. Jobs waiting beyond `max_queue` are refused (QueueFull -> RESOURCE_EXHAUSTED).
@@ -81,7 +84,7 @@ def _deliver(outbox: list[tuple]) -> None:
 class Engine:
     def __init__(self, metrics: Metrics, max_batch_size: int = 16, batch_wait_ms: float = 5.0,
                  max_queue: int = 256, max_tokens_in_flight: int = 65536, prefill_step_ratio: float = 0.0,
-                 prefill_first: bool = False):
+                 prefill_first: bool = False, share_prefill: bool = True):
         self.metrics = metrics
         self.max_batch_size = max(1, max_batch_size)
         self.batch_wait = batch_wait_ms / 1000.0
@@ -89,6 +92,7 @@ class Engine:
         self.max_tokens_in_flight = max_tokens_in_flight
         self.prefill_step_ratio = prefill_step_ratio
         self.prefill_first = prefill_first
+        self.share_prefill = share_prefill
         self._step_s = 0.0  # running mean of a decoding step's duration
         self._prefill_token_s = 0.0  # running mean of prefill time per prompt token
         self._waiting: collections.deque[Job] = collections.deque()
@@ -221,7 +225,7 @@ class Engine:
                 if not (fits or empty):
                     break  # the head waits for room; nobody overtakes it
                 if budget is not None:
-                    cost = len(job.prompt_ids) * len(job.rows)
+                    cost = len(job.prompt_ids) * (1 if self.share_prefill else len(job.rows))
                     if joining and cost > budget:
                         break  # this iteration's prefill is full: it joins at the next step
                     budget -= cost
@@ -251,9 +255,9 @@ class Engine:
         fresh = RowBatch(batch.lm)
         started = time.perf_counter()
         try:
-            fresh.prefill([r for job in jobs for r in job.rows])
-            tokens = sum(len(job.prompt_ids) * len(job.rows) for job in jobs)
-            self._prefill_token_s = self._mean(self._prefill_token_s, (time.perf_counter() - started) / tokens)
+            tokens = fresh.prefill([r for job in jobs for r in job.rows], self.share_prefill)
+            self._prefill_token_s = self._mean(self._prefill_token_s, (time.perf_counter() - started) / max(tokens, 1))
+            self.metrics.prefill_tokens.labels(batch.lm.version).inc(tokens)
         except Exception:
             log.exception("prefill failed on %s", batch.lm.version)
             fresh.fail("the model failed on this prompt; retry, or report it if it persists")

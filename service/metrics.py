@@ -34,6 +34,9 @@ class Metrics:
         self.queue_time = Histogram("rlhf_queue_time_seconds", "Time a request waited to join the running batch.", v,
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.generation_tokens = Counter("rlhf_generation_tokens_total", "Generated tokens.", v, registry=r)
+        self.prefill_tokens = Counter("rlhf_prefill_tokens_total",
+                                      "Prompt tokens run through the model in prefill (a prompt shared by several "
+                                      "candidates runs once).", v, registry=r)
         self.prompt_tokens = Counter("rlhf_prompt_tokens_total", "Prompt tokens processed (per candidate).", v,
                                      registry=r)
         self.requests_finished = Counter("rlhf_request_success_total", "Finished candidates by finish reason.",

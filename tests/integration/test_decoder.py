@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from service.decoder import Row, decode_batch
+from service.decoder import Row, RowBatch, decode_batch
 from service.model_pool import load_model_dir
 from service.sampling import SamplingSpec
 from training.text_format import render_prompt
@@ -40,3 +40,38 @@ def test_seeded_rows_do_not_depend_on_their_batch(tiny_model_dir):
     mixed, _ = make_rows(lm, [SamplingSpec(max_new_tokens=3, seed=1), spec, SamplingSpec(max_new_tokens=24, seed=9)])
     decode_batch(lm, mixed)
     assert mixed[1].text == solo[0].text
+
+
+def rows_for(lm, plan):
+    """plan: (prompt, spec) per row."""
+    def ids(prompt):
+        return lm.tokenizer(render_prompt(lm.tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    return [Row(prompt_ids=ids(p), spec=s, on_delta=lambda d: None, is_cancelled=lambda: False) for p, s in plan]
+
+
+def test_rows_with_one_prompt_share_its_prefill_and_decode_as_if_alone(tiny_model_dir):
+    """A call's n candidates (and identical prompts joining together) run their prompt once: the model sees
+    each distinct prompt once, every row gets its own copy of the cache, and the texts are the unshared ones."""
+    lm = load_model_dir(tiny_model_dir, "v0001", torch.device("cpu"))
+    a, b = "My order hasn't arrived. What should I do?", "Hi"
+    plan = [(a, SamplingSpec(max_new_tokens=20, temperature=1.0, seed=s)) for s in (1, 2)]
+    plan += [(b, SamplingSpec(max_new_tokens=20, temperature=1.0, seed=3)),
+             (a, SamplingSpec(max_new_tokens=20, temperature=0.0, stop=("\u2603",)))]
+    shared, unshared = RowBatch(lm), RowBatch(lm)
+    shared_rows, unshared_rows = rows_for(lm, plan), rows_for(lm, plan)
+    ran_shared, ran_unshared = shared.prefill(shared_rows), unshared.prefill(unshared_rows, share=False)
+    len_a, len_b = len(shared_rows[0].prompt_ids), len(shared_rows[2].prompt_ids)
+    assert (ran_shared, ran_unshared) == (len_a + len_b, 3 * len_a + len_b)
+    for mine, theirs in zip(shared.cache.layers, unshared.cache.layers):
+        assert mine.keys.shape == theirs.keys.shape and torch.allclose(mine.keys, theirs.keys, atol=1e-5)
+    assert torch.equal(shared.mask, unshared.mask) and torch.equal(shared.pos, unshared.pos)
+    for batch in (shared, unshared):
+        batch.release()
+        while batch.rows:
+            batch.step()
+            batch.release()
+    assert [r.text for r in shared_rows] == [r.text for r in unshared_rows]
+    assert shared_rows[0].tokens != shared_rows[1].tokens  # two seeds, two continuations: the copies are apart
+    greedy_alone = rows_for(lm, plan[3:])
+    decode_batch(lm, greedy_alone)
+    assert shared_rows[3].text == greedy_alone[0].text

@@ -129,6 +129,27 @@ def test_caps_and_fifo(lm):
     assert all(b[0] > a[1] for a, b in zip(times, times[1:]))
 
 
+@pytest.mark.parametrize("share", [True, False])
+def test_a_calls_candidates_share_their_prompts_prefill(lm, share):
+    """n candidates of one call run their prompt once (rlhf_prefill_tokens_total vs rlhf_prompt_tokens_total)."""
+    specs = [SamplingSpec(max_new_tokens=6, temperature=1.0, seed=s, stop=NEVER) for s in range(3)]
+
+    async def scenario():
+        metrics = Metrics()
+        engine = Engine(metrics, batch_wait_ms=0.0, share_prefill=share)
+        engine.start()
+        rows = await engine.submit(Job(lm=lm, prompt_ids=prompt_ids(lm, PROMPTS[0]), specs=specs))
+        await engine.stop(5)
+        return metrics, rows
+
+    metrics, rows = asyncio.run(scenario())
+    sample = lambda name: metrics.registry.get_sample_value(name, {"model_version": "v0001"})  # noqa: E731
+    n_prompt = len(prompt_ids(lm, PROMPTS[0]))
+    assert sample("rlhf_prompt_tokens_total") == 3 * n_prompt
+    assert sample("rlhf_prefill_tokens_total") == (n_prompt if share else 3 * n_prompt)
+    assert all(len(r.tokens) == 6 for r in rows) and len({tuple(r.tokens) for r in rows}) > 1
+
+
 def test_a_failing_row_fails_only_its_own_call(lm):
     bad = SamplingSpec(max_new_tokens=8, temperature=1.0, top_k="many")  # sampling raises TypeError on this row
     normal = [SamplingSpec(max_new_tokens=12, temperature=1.0, seed=s, stop=NEVER) for s in range(3)]

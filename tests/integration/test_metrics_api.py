@@ -74,6 +74,7 @@ def test_token_counters_and_ttft(stack):
     delta = lambda name: metric_value(after, name, **v) - metric_value(before, name, **v)
     assert delta("rlhf_generation_tokens_total") == sum(c.num_tokens for c in resp.candidates)
     assert delta("rlhf_prompt_tokens_total") == 3 * resp.prompt_tokens
+    assert delta("rlhf_prefill_tokens_total") == resp.prompt_tokens  # the 3 candidates share one prefill
     assert delta("rlhf_time_to_first_token_seconds_count") == 1  # one per request
     assert delta("rlhf_e2e_request_latency_seconds_count") == 1
     assert delta("rlhf_request_success_total") == 3

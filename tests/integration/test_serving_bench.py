@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from benchmarks import serving
+from benchmarks.serving_load import PROMPTS, client_prompt, request
 
 
 def test_serving_benchmark_smoke(redis_url, tiny_model_dir, tmp_path, monkeypatch):
@@ -19,6 +20,9 @@ def test_serving_benchmark_smoke(redis_url, tiny_model_dir, tmp_path, monkeypatc
     for c in r["closed_loop"]:  # the TTFT split: engine-side queue wait within engine-side TTFT, both measured
         assert 0.0 < c["queue_time_mean_s"] <= c["server_ttft_mean_s"] and c["ttft_mean_s"] > 0.0
     assert r["naive"]["tokens_per_s"] > 0 and r["bare_loop"]["tokens_per_s"] > 0
+    distinct, unshared = r["closed_16_distinct_prompts"], r["closed_16_unshared_prefill"]  # at 4 clients here
+    assert distinct["prompts"] == "distinct" and distinct["clients"] == 4 and distinct["requests"] > 0
+    assert unshared["prompts"] == "shared" and unshared["requests"] > 0
     assert json.loads((tmp_path / "result-quick.json").read_text())["models"]["tiny"]["targets"]
     assert (tmp_path / "result-quick.png").stat().st_size > 0
 
@@ -37,3 +41,12 @@ def test_ttft_ab_smoke(redis_url, tiny_model_dir, tmp_path, monkeypatch):
         assert r["errors"] == 0 and r["requests"] > 0
         assert 0.0 < r["queue_time_mean_s"] <= r["server_ttft_mean_s"]
     assert json.loads((tmp_path / "ttft.json").read_text())["clients"] == 4
+
+
+def test_distinct_prompts_never_coincide_between_clients():
+    """16 clients at any calls (their offsets drift) never send the same prompt at once; "shared" sends PROMPTS."""
+    for offsets in ([0] * 16, list(range(16)), [3 * c % 7 for c in range(16)]):
+        for call in range(12):
+            sent = [client_prompt("distinct", c, call + offsets[c], 16) for c in range(16)]
+            assert len(set(sent)) == 16 and not set(sent) & {None}
+    assert client_prompt("shared", 5, 2, 16) is None and request(5, 8).prompt == PROMPTS[1]
