@@ -4,12 +4,13 @@
 
 For each model, in one run: the naive baseline (Hugging Face `generate`, one request at a time);
 a real server (loopback gRPC, real Redis; the load generator in a child process) under closed-loop
-load with 1, 4, 16 and 32 streaming clients (32 new tokens each) and open-loop Poisson arrivals at several rates with max_new_tokens
-uniform in 16..256; and the bare batched forward loop at the same batch size (no server) as the
-roofline. The 16 clients send 4 prompts in turn, so each prompt 4 times at once, and the server shares those
-prefills (RLHF_SHARE_PREFILL): the 16-client load is run again with 16 distinct prompts and with sharing off, so
-that the figures say what the sharing does and what a load with no prompt in common gets. Reports throughput, TTFT p50/p99, latency p50/p99 and the targets of issue 8, writes
-result.json and a throughput-vs-latency plot. Models: the built-in SFT model (cached under
+load with 1, 4, 16 and 32 streaming clients (32 new tokens each) and open-loop Poisson arrivals at
+several rates with max_new_tokens uniform in 16..256; and the bare batched forward loop at the same
+batch size (no server) as the roofline. The 16 clients send 4 prompts in turn, so each prompt 4 times
+at once, and the server shares those prefills (RLHF_SHARE_PREFILL): the 16-client load runs again
+with 16 distinct prompts and with sharing off, to show what the sharing does and what a load with no
+prompt in common gets. Reports throughput, TTFT p50/p99, latency p50/p99 and the targets of issue 8,
+writes result.json and a throughput-vs-latency plot. Models: the built-in SFT model (cached under
 benchmarks/.cache) and a randomly initialised GPT-2-small shape (12 x 768, ~86M parameters) with
 the built-in tokenizer. Absolute figures depend on the machine's load; ratios within a run count.
 `--quick` runs a short version (the test suite's smoke test uses it on the tiny model).
