@@ -173,6 +173,10 @@ def plot(results: dict, path: Path) -> None:
         for c in closed:
             ax.annotate(f"{c['clients']}", (c["tokens_per_s"], c["latency_p50_s"]))
         ax.plot([o["tokens_per_s"] for o in opened], [o["latency_p50_s"] for o in opened], "s-", label="open loop p50")
+        for key, marker, label in (("closed_16_distinct_prompts", "D", "16 clients, distinct prompts (p50)"),
+                                   ("closed_16_unshared_prefill", "x", "16 clients, prefill not shared (p50)")):
+            if key in r:
+                ax.plot([r[key]["tokens_per_s"]], [r[key]["latency_p50_s"]], marker, label=label)
         ax.plot([r["naive"]["tokens_per_s"]], [r["naive"]["latency_p50_s"]], "k^", label="naive HF generate")
         ax.axvline(r["bare_loop"]["tokens_per_s"], color="grey", linestyle=":", label="bare batched loop")
         ax.set(title=name, xlabel="throughput (generated tokens/s)", ylabel="latency per call (s)", yscale="log")
