@@ -37,9 +37,10 @@ def builtin_model():
 # One short round is a coin flip per machine: the SFT model's bytes depend on the CPU that built it, and after
 # one round of 384 items the cross-fitted judge is near its accuracy floor and the win rate's bound near 0.5.
 # Seen: seed 0 passed in one round on an AMD EPYC build (sha256 456bc9bc...) and was refused on an Intel Xeon
-# build (judge win rate 0.526, bound 0.487; the annotator preferred the candidate 0.678). So the smoke gives the
-# loop up to 3 rounds and ends at the first promotion: what it checks is that feedback through the API gets a
-# version promoted that the annotator prefers to SFT, and that refused rounds change nothing that is served.
+# build (cf8f10ed..., as on the first machine: judge win rate 0.526, bound 0.487; the annotator preferred the
+# candidate 0.678), then promoted in round 2. So the smoke gives the loop up to 3 rounds and ends at the first
+# promotion: it checks that feedback through the API gets a version promoted that the annotator prefers to
+# SFT, and that refused rounds change nothing that is served.
 SMOKE_ROUNDS = 3
 
 
