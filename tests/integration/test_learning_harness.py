@@ -120,3 +120,16 @@ def test_feedback_temperature_applies_to_the_users_generates_only(server, settin
     assert fb["generations"] == 4 and fb["identical_pairs"] == 4 and fb["comparisons"] == 0
     samples = [t for g in base["eval"]["served"]["scores"] for t in g]
     assert len(samples) == 2 * 4 and len(set(samples)) > 2  # sampled, not greedy: the scores differ
+
+
+def test_until_promoted_runs_every_round_while_nothing_is_promoted(server, settings):
+    # no worker: each forced round times out, SFT stays served, so no round ends the run early (the e2e
+    # smoke sees the other side: it ends at the first promotion)
+    cfg = LearningConfig(target=server.target, rounds=2, feedback_per_round=2, rating_share=1.0, eval_prompts=1,
+                         eval_samples=2, max_new_tokens=8, round_timeout_s=1.0, until_promoted=True)
+    result = run(cfg, log=lambda _: None)
+    for rec in result["rounds"][1:]:
+        _drop_queued_task(settings.redis_url, [settings.key_prefix + "celery:default", "default"],
+                          rec["outcome"]["task_id"])
+    assert [r["round"] for r in result["rounds"]] == [0, 1, 2] and not result["notes"]
+    assert all(r["version"] == "v0001" and r["outcome"]["timed_out"] for r in result["rounds"][1:])
