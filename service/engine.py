@@ -253,13 +253,15 @@ class Engine:
             batch = self._batches[key] = RowBatch(jobs[0].lm)
         self._release(batch.release())
         fresh = RowBatch(batch.lm)
+        rows = [r for job in jobs for r in job.rows]
         started = time.perf_counter()
         try:
-            tokens = fresh.prefill([r for job in jobs for r in job.rows], self.share_prefill)
+            tokens = fresh.prefill(rows, self.share_prefill)
             self._prefill_token_s = self._mean(self._prefill_token_s, (time.perf_counter() - started) / max(tokens, 1))
             self.metrics.prefill_tokens.labels(batch.lm.version).inc(tokens)
         except Exception:
             log.exception("prefill failed on %s", batch.lm.version)
+            fresh.rows = rows  # a forward pass that failed before the batch took its rows: they are answered too
             fresh.fail("the model failed on this prompt; retry, or report it if it persists")
         self._release(fresh.release())
         batch.merge(fresh)

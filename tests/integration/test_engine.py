@@ -12,7 +12,7 @@ import torch
 
 from service.decoder import EOS, LENGTH, STOP, RowBatch
 from service.engine import Engine, Job
-from service.errors import InvalidArgument
+from service.errors import ApiError, InvalidArgument
 from service.metrics import Metrics
 from service.model_pool import load_model_dir
 from service.sampling import SamplingSpec
@@ -159,6 +159,26 @@ def test_a_failing_row_fails_only_its_own_call(lm):
     assert [len(r.tokens) for r in outcomes[0]] == [12, 12] and len(outcomes[2][0].tokens) == 12
 
 
+@pytest.mark.timeout(120)
+def test_a_prefill_that_fails_answers_its_call_and_spares_the_running_batch(lm, monkeypatch):
+    """The forward pass of a joining prompt fails (say, out of memory) before the batch takes its rows: that call
+    is answered with an error (it used to wait forever), the running row carries on to its end."""
+    original = RowBatch.prefill
+    failing = prompt_ids(lm, PROMPTS[1])
+
+    def prefill(batch, rows, *args):
+        if any(r.prompt_ids == failing for r in rows):
+            raise RuntimeError("out of memory")
+        return original(batch, rows, *args)
+    monkeypatch.setattr(RowBatch, "prefill", prefill)
+    long_spec = SamplingSpec(max_new_tokens=100, temperature=0.0, stop=NEVER)  # the tiny model's context: 128
+    _, outcomes = asyncio.run(run_jobs(lm, [(0, PROMPTS[0], [long_spec]),
+                                            (0.02, PROMPTS[1], [SamplingSpec(max_new_tokens=4)] * 2)]))
+    assert isinstance(outcomes[1], ApiError) and not isinstance(outcomes[1], InvalidArgument)
+    assert "the model failed on this prompt" in outcomes[1].message
+    assert len(outcomes[0][0].tokens) == 100 and outcomes[0][0].finish == LENGTH
+
+
 def test_tiny_temperature_beside_normal_requests(lm):
     tiny = SamplingSpec(max_new_tokens=10, temperature=1e-40, stop=NEVER)
     normal = SamplingSpec(max_new_tokens=10, temperature=1.0, seed=5, stop=NEVER)
@@ -296,13 +316,13 @@ def test_a_request_that_arrives_during_a_prefill_joins_before_the_step_with_pref
     spec = SamplingSpec(max_new_tokens=6, temperature=0.0, stop=NEVER)
     late = {}
 
-    def prefill(batch, rows):
+    def prefill(batch, rows, *args):
         name = "late" if rows[0].prompt_ids == prompt_ids(lm, PROMPTS[2]) else "first"
         if name == "first" and "job" not in late:  # while this prefill runs, another request arrives
             loop_box["loop"].call_soon_threadsafe(loop_box["submit"])
             assert queued.wait(5.0)
         order.append(f"prefill {name}")
-        return original_prefill(batch, rows)
+        return original_prefill(batch, rows, *args)
 
     def step(batch):
         order.append("step")
