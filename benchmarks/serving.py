@@ -6,8 +6,8 @@ For each model, in one run: the naive baseline (Hugging Face `generate`, one req
 a real server (loopback gRPC, real Redis; the load generator in a child process) under closed-loop
 load with 1, 4, 16 and 32 streaming clients (32 new tokens each) and open-loop Poisson arrivals at
 several rates with max_new_tokens uniform in 16..256; and the bare batched forward loop at the same
-batch size (no server) as the roofline. The 16 clients send 4 prompts in turn, so each prompt 4 times
-at once, and the server shares those prefills (RLHF_SHARE_PREFILL): the 16-client load runs again
+batch size (no server) as the roofline. Every client's k-th call sends PROMPTS[k % 4], so clients in
+lockstep send one prompt together, and the server shares that prefill (RLHF_SHARE_PREFILL): the 16-client load runs again
 with 16 distinct prompts and with sharing off, to show what the sharing does and what a load with no
 prompt in common gets. Reports throughput, TTFT p50/p99, latency p50/p99 and the targets of issue 8,
 writes result.json and a throughput-vs-latency plot. Models: the built-in SFT model (cached under
@@ -127,7 +127,7 @@ def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
     only16 = {**p, "clients": [at16["clients"]]}
     log("  the same load, every client's prompt distinct from the others' (no prompt to share):")
     distinct = serve_phases(model_dir, only16, log, prompts="distinct")["closed_loop"][0]
-    log("  the same load without shared prefills (RLHF_SHARE_PREFILL=false; the 4 prompts, each 4 times at once):")
+    log("  the same load without shared prefills (RLHF_SHARE_PREFILL=false; the same prompts):")
     unshared = serve_phases(model_dir, only16, log, share_prefill=False)["closed_loop"][0]
     batch = max(1, round(at16["mean_batch"]))
     bare = in_thread(bare_loop, model_dir, batch, MAX_NEW, p["bare_rounds"])
@@ -143,8 +143,9 @@ def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
         # prefill of the whole batch, which the bound above (one prompt's prefill) leaves out
         "ttft_bound_batch_prefill_plus_2_steps_s": bare["prefill_batch_s"] + 2 * bare["decode_step_s"],
         "engine_overhead_vs_bare": 1.0 - at16["tokens_per_s"] / bare["tokens_per_s"],
-        # the 16 clients send 4 prompts, 4 times each at once: their prefill is shared (RLHF_SHARE_PREFILL); the
-        # same load with 16 distinct prompts, and with sharing off, says what the sharing does
+        # clients in lockstep send one prompt together (the k-th call of each: PROMPTS[k % 4]), and its prefill is
+        # shared (RLHF_SHARE_PREFILL); the same load with 16 distinct prompts, and with sharing off, says what
+        # the sharing does
         "speedup_vs_naive_at_16_distinct_prompts": distinct["tokens_per_s"] / naive["tokens_per_s"],
         "ttft_p99_at_16_distinct_prompts_s": distinct["ttft_p99_s"],
         "ttft_p99_at_16_unshared_prefill_s": unshared["ttft_p99_s"],

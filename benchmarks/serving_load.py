@@ -74,8 +74,8 @@ def request(i: int, max_new: int, prompt: str | None = None) -> policy_pb2.Gener
 
 
 def client_prompt(prompts: str, client: int, call: int, clients: int) -> str | None:
-    """"shared": None (the 4 PROMPTS in turn, so 16 clients send each one 4 times at once); "distinct": a prompt
-    of the dataset's train split (80) that no other client sends at the same time, whatever call each is at
+    """"shared": None (request() sends PROMPTS[call % 4]: clients at the same call send the same one);
+    "distinct": a prompt of the dataset's train split (80) that no other client sends at the same time, whatever call each is at
     (client + clients x call mod 80: for up to 16 clients, equal only for the same client)."""
     if prompts == "shared":
         return None

@@ -50,3 +50,5 @@ def test_distinct_prompts_never_coincide_between_clients():
             sent = [client_prompt("distinct", c, call + offsets[c], 16) for c in range(16)]
             assert len(set(sent)) == 16 and not set(sent) & {None}
     assert client_prompt("shared", 5, 2, 16) is None and request(5, 8).prompt == PROMPTS[1]
+    for k in range(4):  # "shared", as closed_loop numbers its calls: every client's k-th call, one prompt
+        assert {request(c * 100_000 + k, 8).prompt for c in range(16)} == {PROMPTS[k]}
