@@ -58,26 +58,30 @@ def publish(registry, src: Path, base: str = "") -> str:
 
 
 def decode_tokens_per_s(model, tokenizer, new_tokens: int = 32, batch: int = 4, repeats: int = 2) -> float:
-    ids = tokenizer(["Hello, I need help with my order"] * batch, return_tensors="pt")
+    device = next(model.parameters()).device
+    ids = tokenizer(["Hello, I need help with my order"] * batch, return_tensors="pt").to(device)
     best = float("inf")
     with torch.no_grad():
         for _ in range(repeats):
             started = time.perf_counter()
             model.generate(**ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                            pad_token_id=tokenizer.eos_token_id)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             best = min(best, time.perf_counter() - started)
     return batch * new_tokens / best
 
 
-def decode_speeds(registry, base: str, adapter: str) -> dict:
+def decode_speeds(registry, base: str, adapter: str, device: str = "cpu") -> dict:
     from service.model_pool import ModelPool
+    from training.devices import resolve_device
 
-    pool = ModelPool(registry, torch.device("cpu"))
+    pool = ModelPool(registry, resolve_device(device))
     base_lm = pool.load(base)
     started = time.perf_counter()
     merged = pool.load(adapter, merged=True)
     merged_s = time.perf_counter() - started
-    unmerged = ModelPool(registry, torch.device("cpu"))
+    unmerged = ModelPool(registry, resolve_device(device))
     unmerged.adapters.bases[base] = base_lm  # same resident base
     started = time.perf_counter()
     un = unmerged.load(adapter, merged=False)
@@ -146,7 +150,7 @@ def request_view(requests: list[dict], pointer_set: float, served_new: float, se
 
 
 def swap_under_load(registry_root: Path, base: str, adapter: str, clients: int = 2, max_new_tokens: int = 8,
-                    control_s: float | None = None) -> dict:
+                    control_s: float | None = None, device: str = "cpu") -> dict:
     """One swap from ``base`` to ``adapter`` under load, seen by the clients. ``control_s``: no swap
     (the noise floor): the same figures over a window of that many seconds with the pointer left alone."""
     from rlhf.v1 import policy_pb2
@@ -158,7 +162,7 @@ def swap_under_load(registry_root: Path, base: str, adapter: str, clients: int =
     import redis
 
     s = Settings(redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), key_prefix=unique_prefix("bench"),
-                 registry=registry_root, port=0, metrics_port=0, host="127.0.0.1", device="cpu")
+                 registry=registry_root, port=0, metrics_port=0, host="127.0.0.1", device=device)
     r = redis.Redis.from_url(s.redis_url)
     set_current(r, Keys(s.key_prefix), Registry(registry_root), base, "bench")
     server = LocalServer(s).start()
@@ -205,11 +209,12 @@ def swap_under_load(registry_root: Path, base: str, adapter: str, clients: int =
 
 
 def measure_swap(model_dir: Path, clients: int = 2, decode: bool = True, repeats: int = 1,
-                 control: bool = False) -> dict:
+                 control: bool = False, device: str = "cpu") -> dict:
     """The result JSON; with ``repeats`` > 1, ``under_load`` is the run with the median stall and
     ``under_load_runs`` holds every run (each a fresh server swapping to a fresh adapter version).
     ``control``: as many runs without a swap (window: the swaps' median pointer-to-served time), the
-    noise floor of the stall figure, in ``control`` / ``control_runs``."""
+    noise floor of the stall figure, in ``control`` / ``control_runs``. The server and the decode-speed
+    models run on ``device`` (auto: CUDA when present)."""
     from registry import Registry
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -218,12 +223,12 @@ def measure_swap(model_dir: Path, clients: int = 2, decode: bool = True, repeats
         adapters = [publish(registry, random_adapter(model_dir, Path(tmp) / f"a{i}", i + 1), base)
                     for i in range(max(1, repeats))]
         base_bytes = sum(f.size for f in registry.manifest(base).files)
-        out = {"base_bytes": base_bytes, **(decode_speeds(registry, base, adapters[0]) if decode else {})}
-        runs = [swap_under_load(registry.root, base, adapter, clients) for adapter in adapters]
+        out = {"base_bytes": base_bytes, **(decode_speeds(registry, base, adapters[0], device) if decode else {})}
+        runs = [swap_under_load(registry.root, base, adapter, clients, device=device) for adapter in adapters]
         out["under_load"], out["under_load_runs"] = _median_run(runs), runs
         if control:
             window = _median([run["pointer_to_served_s"] for run in runs])
-            controls = [swap_under_load(registry.root, base, adapter, clients, control_s=window)
+            controls = [swap_under_load(registry.root, base, adapter, clients, control_s=window, device=device)
                         for adapter in adapters]
             out["control"], out["control_runs"] = _median_run(controls), controls
     return out
@@ -243,9 +248,10 @@ def main() -> None:
     parser.add_argument("--control", action="store_true",
                         help="also as many runs without a swap: the stall figure's noise floor")
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
+    parser.add_argument("--device", default="cpu", help="cpu, auto (CUDA when present), cuda, cuda:N")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    result = measure_swap(args.model_dir, args.clients, args.decode, args.repeats, args.control)
+    result = measure_swap(args.model_dir, args.clients, args.decode, args.repeats, args.control, args.device)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -111,7 +111,12 @@ def run_ours(spec: dict) -> dict:
     return {"side": f"ours-{spec['mode']}", "steps": steps, "samples": samples, "seconds": timed,
             "total_seconds": total, "samples_per_s": samples / timed, "tokens_per_s": samples * mean_len / timed,
             "mean_response_len": mean_len, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "device": "cuda" if torch.cuda.is_available() else "cpu"}
+            **peak_gpu(torch), "device": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+def peak_gpu(torch) -> dict:
+    """The process's peak CUDA memory held by tensors (torch's allocator), where it ran on CUDA."""
+    return {"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20} if torch.cuda.is_available() else {}
 
 
 def prepare_reward(spec: dict) -> None:
@@ -171,8 +176,9 @@ def ratios(sides: dict[str, dict]) -> dict[str, float]:
         if "samples_per_s" in ours and "samples_per_s" in trl:
             out[f"{name}_over_trl_samples_per_s"] = ours["samples_per_s"] / trl["samples_per_s"]
             out[f"{name}_over_trl_tokens_per_s"] = ours["tokens_per_s"] / trl["tokens_per_s"]
-    if "peak_rss_mb" in sides.get("ours-lora", {}) and "peak_rss_mb" in sides.get("ours-full", {}):
-        out["lora_over_full_peak_rss"] = sides["ours-lora"]["peak_rss_mb"] / sides["ours-full"]["peak_rss_mb"]
+    for key in ("peak_rss_mb", "peak_gpu_mb"):
+        if key in sides.get("ours-lora", {}) and key in sides.get("ours-full", {}):
+            out[f"lora_over_full_{key[:-3]}"] = sides["ours-lora"][key] / sides["ours-full"][key]
     return out
 
 
@@ -183,7 +189,9 @@ def plot(result: dict, path: Path) -> None:
 
     models = list(result["models"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, key, label in ((axes[0], "samples_per_s", "samples / s"), (axes[1], "peak_rss_mb", "peak RSS (MB)")):
+    memory = (("peak_gpu_mb", "peak CUDA memory (MB)") if result["device"].startswith("cuda")
+              else ("peak_rss_mb", "peak RSS (MB)"))
+    for ax, (key, label) in zip(axes, (("samples_per_s", "samples / s"), memory)):
         width = 0.8 / len(SIDES)
         for i, side in enumerate(SIDES):
             vals = [result["models"][m]["sides"].get(side, {}).get(key, 0.0) for m in models]
@@ -217,7 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
     trl_python = ensure_trl_venv(args.trl_venv) if "trl" in sides else None
     import torch
     result = {"config": {k: getattr(args, k) for k in ("episodes", "batch", "tokens", "epochs", "threads")},
-              "device": "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, shared)",
+              "device": (f"cuda ({torch.cuda.get_device_name()}, bf16)" if torch.cuda.is_available()
+                         else f"cpu ({os.cpu_count()} cores, shared)"),
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, model_dir in model_dirs(args.models.split(","), args.builtin_dir).items():
@@ -232,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.swap and "gpt2-86m" in result["models"]:
         from benchmarks.lora_swap import measure_swap
         torch.set_num_threads(args.threads)
-        result["swap"] = measure_swap(Path(result["models"]["gpt2-86m"]["dir"]))
+        result["swap"] = measure_swap(Path(result["models"]["gpt2-86m"]["dir"]), device="auto")
         print("swap", json.dumps(result["swap"]))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "result.json").write_text(json.dumps(result, indent=2))

@@ -32,17 +32,19 @@ from benchmarks.learning.stack import CACHE, builtin_sft_dir, register_sft
 from benchmarks.serving_load import bare_loop, in_client_process, naive_generate, random_gpt2_dir
 from rlhf_serve.local import LocalServer, delete_prefix, metric_value, unique_prefix
 from rlhf_core.settings import Settings
+from training.devices import resolve_device, serving_dtype
 
 MAX_NEW = 32
 
 
-def plan(quick: bool) -> dict:
-    """Phase lengths; a closed-loop window is at least `calls_per_window` call durations long."""
+def plan(quick: bool, device: str = "cpu") -> dict:
+    """Phase lengths; a closed-loop window is at least `calls_per_window` call durations long. Every phase runs
+    the model on `device`."""
     if quick:
         return {"clients": [1, 16], "closed_s": 3.0, "calls_per_window": 1.5, "open_fractions": [0.5], "open_s": 5.0,
-                "naive_requests": 3, "bare_rounds": 1}
+                "naive_requests": 3, "bare_rounds": 1, "device": device}
     return {"clients": [1, 4, 16, 32], "closed_s": 15.0, "calls_per_window": 3.0, "open_fractions": [0.3, 0.6, 0.9],
-            "open_s": 30.0, "naive_requests": 6, "bare_rounds": 2}
+            "open_s": 30.0, "naive_requests": 6, "bare_rounds": 2, "device": device}
 
 
 SERVER_MEANS = {"mean_batch": "rlhf_batch_size", "server_ttft_mean_s": "rlhf_time_to_first_token_seconds",
@@ -73,7 +75,7 @@ def serve_phases(model_dir: Path, p: dict, log, prompts: str = "shared", **overr
     with tempfile.TemporaryDirectory() as tmp:
         s = Settings(redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
                      key_prefix=unique_prefix("bench"), registry=Path(tmp) / "registry", port=0, metrics_port=0,
-                     host="127.0.0.1", device="auto", max_batch_size=32, max_queue=4096, **overrides)
+                     host="127.0.0.1", device=p["device"], max_batch_size=32, max_queue=4096, **overrides)
         register_sft(s, model_dir, str(model_dir))
         srv = LocalServer(s).start()
         try:
@@ -117,7 +119,7 @@ def fmt(r: dict) -> str:
 
 def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
     log(f"[{name}] {model_dir}")
-    naive = in_thread(naive_generate, model_dir, p["naive_requests"], MAX_NEW)
+    naive = in_thread(naive_generate, model_dir, p["naive_requests"], MAX_NEW, p["device"])
     log(f"  naive HF generate: {naive['tokens_per_s']:.1f} tok/s, latency p50 {naive['latency_p50_s'] * 1e3:.0f} ms")
     served = serve_phases(model_dir, p, log)
     log("  the same load with a prefill budget of one step (RLHF_PREFILL_STEP_RATIO=1):")
@@ -130,7 +132,7 @@ def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
     log("  the same load without shared prefills (RLHF_SHARE_PREFILL=false; the same prompts):")
     unshared = serve_phases(model_dir, only16, log, share_prefill=False)["closed_loop"][0]
     batch = max(1, round(at16["mean_batch"]))
-    bare = in_thread(bare_loop, model_dir, batch, MAX_NEW, p["bare_rounds"])
+    bare = in_thread(bare_loop, model_dir, batch, MAX_NEW, p["bare_rounds"], p["device"])
     log(f"  bare batched loop (batch {batch}): {bare['tokens_per_s']:.1f} tok/s, step {bare['decode_step_s'] * 1e3:.1f}"
         f" ms, prefill(1) {bare['prefill_one_s'] * 1e3:.1f} ms")
     ttft_bound = bare["prefill_one_s"] + 2 * bare["decode_step_s"]
@@ -186,6 +188,10 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+
+
 def model_dirs(names: list[str], tiny: Path | None) -> dict[str, Path]:
     if tiny is not None:
         return {"tiny": tiny}
@@ -200,14 +206,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--models", default="builtin,gpt2-small")
     parser.add_argument("--model-dir", type=Path, help="benchmark this Hugging Face directory only")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving"))
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present, bf16), cpu, cuda, cuda:N: the"
+                        " server, the naive baseline and the bare loop all run there")
+    parser.add_argument("--closed-s", type=float, help="seconds per closed-loop phase (default: the plan's)")
+    parser.add_argument("--open-s", type=float, help="seconds per open-loop phase (default: the plan's)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for every phase (default 1: on a small shared machine more only contend)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    p = plan(args.quick)
+    device = resolve_device(args.device)
+    p = plan(args.quick, str(device))
+    p.update({k: v for k, v in (("closed_s", args.closed_s), ("open_s", args.open_s)) if v is not None})
     started = time.time()
     results = {name: bench_model(name, d, p) for name, d in model_dirs(args.models.split(","), args.model_dir).items()}
-    out = {"cpu_count": os.cpu_count(), "torch_threads": args.threads, "load_avg": os.getloadavg(), "quick": args.quick, "plan": p, "seconds": time.time() - started,
+    out = {"device": str(device), "device_name": device_name(device), "dtype": str(serving_dtype(device)),
+           "cpu_count": os.cpu_count(), "torch_threads": args.threads, "load_avg": os.getloadavg(), "quick": args.quick, "plan": p, "seconds": time.time() - started,
            "models": results}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "result-quick" if args.quick else "result"

@@ -172,22 +172,34 @@ def _prompt_ids(tokenizer) -> list[list[int]]:
     return [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in PROMPTS]
 
 
+def _sync(device: torch.device) -> None:
+    """Waits for the device's queued work (CUDA runs asynchronously: a timer needs it done)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @torch.inference_mode()
-def naive_generate(model_dir: Path, requests: int, max_new: int) -> dict:
-    """Hugging Face generate, one request at a time (what a first server would do)."""
+def naive_generate(model_dir: Path, requests: int, max_new: int, device: str = "cpu") -> dict:
+    """Hugging Face generate, one request at a time (what a first server would do), on `device` in the
+    dtype the server uses there (bf16 on CUDA)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.devices import resolve_device, serving_dtype
+    dev = resolve_device(device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=serving_dtype(dev)).to(dev).eval()
     prompts = _prompt_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    model.generate(torch.tensor([prompts[0]]), max_new_tokens=2, pad_token_id=pad)  # warm-up
+    model.generate(torch.tensor([prompts[0]], device=dev), max_new_tokens=2, pad_token_id=pad)  # warm-up
+    _sync(dev)
     tokens, latencies, started = 0, [], time.perf_counter()
     for i in range(requests):
-        ids = torch.tensor([prompts[i % len(prompts)]])
+        ids = torch.tensor([prompts[i % len(prompts)]], device=dev)
         torch.manual_seed(i)
         t0 = time.perf_counter()
         out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
                              max_new_tokens=max_new, pad_token_id=pad)
+        _sync(dev)
         latencies.append(time.perf_counter() - t0)
         tokens += out.shape[1] - ids.shape[1]
     wall = time.perf_counter() - started
@@ -196,10 +208,13 @@ def naive_generate(model_dir: Path, requests: int, max_new: int) -> dict:
 
 
 @torch.inference_mode()
-def bare_loop(model_dir: Path, batch: int, max_new: int, rounds: int) -> dict:
-    """Roofline: prefill `batch` prompts, then `max_new` batched decoding steps (greedy), no server."""
+def bare_loop(model_dir: Path, batch: int, max_new: int, rounds: int, device: str = "cpu") -> dict:
+    """Roofline: prefill `batch` prompts, then `max_new` batched decoding steps (greedy), no server; on
+    `device` as the server loads it (bf16 on CUDA)."""
     from service.model_pool import load_model_dir
-    lm = load_model_dir(model_dir, "bare", torch.device("cpu"))
+    from training.devices import resolve_device
+    dev = resolve_device(device)
+    lm = load_model_dir(model_dir, "bare", dev)
     prompts = _prompt_ids(lm.tokenizer)
     width = max(len(p) for p in prompts)
     ids = torch.full((batch, width), lm.pad_id, dtype=torch.long)  # (B, T0)
@@ -207,26 +222,33 @@ def bare_loop(model_dir: Path, batch: int, max_new: int, rounds: int) -> dict:
     for i in range(batch):
         p = prompts[i % len(prompts)]
         ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
+    ids, mask = ids.to(dev), mask.to(dev)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    lm.model(input_ids=ids, attention_mask=mask, position_ids=positions)  # warm-up (CUDA kernels, allocator)
+    _sync(dev)
     prefill_s, step_s, started = [], [], time.perf_counter()
     for _ in range(rounds):
         t0 = time.perf_counter()
         out = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        _sync(dev)
         prefill_s.append(time.perf_counter() - t0)
         cache, m, pos = getattr(out, lm.cache_arg), mask, positions[:, -1:]
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
         for _ in range(max_new - 1):
             t0 = time.perf_counter()
-            m, pos = torch.cat([m, torch.ones((batch, 1), dtype=m.dtype)], 1), pos + 1
+            m, pos = torch.cat([m, m.new_ones((batch, 1))], 1), pos + 1
             out = lm.model(input_ids=nxt, attention_mask=m, position_ids=pos, use_cache=True,
                            **{lm.cache_arg: cache})
             cache, nxt = getattr(out, lm.cache_arg), out.logits[:, -1].argmax(-1, keepdim=True)
+            _sync(dev)
             step_s.append(time.perf_counter() - t0)
     wall = time.perf_counter() - started
     one = lm.model(input_ids=ids[:1], attention_mask=mask[:1], position_ids=positions[:1])  # warm single prefill
+    _sync(dev)
     t0 = time.perf_counter()
     for _ in range(3):
         one = lm.model(input_ids=ids[:1], attention_mask=mask[:1], position_ids=positions[:1])
+    _sync(dev)
     del one
     return {"batch": batch, "max_new_tokens": max_new, "tokens_per_s": batch * max_new * rounds / wall,
             "prefill_batch_s": statistics.median(prefill_s), "prefill_one_s": (time.perf_counter() - t0) / 3,

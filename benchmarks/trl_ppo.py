@@ -72,6 +72,7 @@ def main(spec_path: str, out_path: str) -> None:
               "samples_per_s": samples / timed, "tokens_per_s": samples * spec["response_length"] / timed,
               "mean_response_len": float(spec["response_length"]),
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              **({"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20} if torch.cuda.is_available() else {}),
               "device": "cuda" if torch.cuda.is_available() else "cpu"}
     with open(out_path, "w") as f:
         json.dump(result, f, indent=2)

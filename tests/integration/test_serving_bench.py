@@ -11,8 +11,9 @@ from benchmarks.serving_load import PROMPTS, client_prompt, request
 def test_serving_benchmark_smoke(redis_url, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("REDIS_URL", redis_url)
     small = {**serving.plan(True), "clients": [1, 4], "closed_s": 1.5, "open_s": 2.0, "naive_requests": 2}
-    monkeypatch.setattr(serving, "plan", lambda quick: small)
-    out = serving.main(["--quick", "--model-dir", str(tiny_model_dir), "--out", str(tmp_path)])
+    monkeypatch.setattr(serving, "plan", lambda quick, device: {**small, "device": device})
+    out = serving.main(["--quick", "--model-dir", str(tiny_model_dir), "--out", str(tmp_path), "--device", "cpu"])
+    assert (out["device"], out["dtype"], out["plan"]["device"]) == ("cpu", "torch.float32", "cpu")
     r = out["models"]["tiny"]
     assert r["targets"]["errors"] == 0
     assert [c["clients"] for c in r["closed_loop"]] == [1, 4]
