@@ -81,7 +81,11 @@ def run_ours(spec: dict) -> dict:
     from training.lora import FinetuneConfig
     from training.text_format import train_prompts
 
+    from rlhf_core.settings import Settings
+    from training.devices import allow_cudnn_attention
+
     torch.set_num_threads(spec["threads"])
+    allow_cudnn_attention(Settings().cudnn_attention)  # as a worker process sets it
     prompts = train_prompts()[: spec["episodes"]]
     B = spec["batch_size"]
     cfg = PPOConfig(steps=spec["episodes"] // B, rollout_batch_size=B, mini_batch_size=B, ppo_epochs=spec["epochs"],

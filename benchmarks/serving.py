@@ -32,7 +32,7 @@ from benchmarks.learning.stack import CACHE, builtin_sft_dir, register_sft
 from benchmarks.serving_load import bare_loop, in_client_process, naive_generate, random_gpt2_dir
 from rlhf_serve.local import LocalServer, delete_prefix, metric_value, unique_prefix
 from rlhf_core.settings import Settings
-from training.devices import resolve_device, serving_dtype
+from training.devices import allow_cudnn_attention, resolve_device, serving_dtype
 
 MAX_NEW = 32
 
@@ -75,7 +75,8 @@ def serve_phases(model_dir: Path, p: dict, log, prompts: str = "shared", **overr
     with tempfile.TemporaryDirectory() as tmp:
         s = Settings(redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
                      key_prefix=unique_prefix("bench"), registry=Path(tmp) / "registry", port=0, metrics_port=0,
-                     host="127.0.0.1", device=p["device"], max_batch_size=32, max_queue=4096, **overrides)
+                     host="127.0.0.1", device=p["device"], cudnn_attention=p.get("cudnn_attention", False),
+                     max_batch_size=32, max_queue=4096, **overrides)
         register_sft(s, model_dir, str(model_dir))
         srv = LocalServer(s).start()
         try:
@@ -208,6 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving"))
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, bf16), cpu, cuda, cuda:N: the"
                         " server, the naive baseline and the bare loop all run there")
+    parser.add_argument("--cudnn-attention", action="store_true", help="let attention use cuDNN on CUDA"
+                        " (RLHF_CUDNN_ATTENTION; off as the server's default): every phase, the baselines too")
     parser.add_argument("--closed-s", type=float, help="seconds per closed-loop phase (default: the plan's)")
     parser.add_argument("--open-s", type=float, help="seconds per open-loop phase (default: the plan's)")
     parser.add_argument("--threads", type=int, default=1,
@@ -215,7 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    p = plan(args.quick, str(device))
+    p = {**plan(args.quick, str(device)), "cudnn_attention": args.cudnn_attention}
+    allow_cudnn_attention(args.cudnn_attention)  # the naive baseline and the bare loop run as the server does
     p.update({k: v for k, v in (("closed_s", args.closed_s), ("open_s", args.open_s)) if v is not None})
     started = time.time()
     results = {name: bench_model(name, d, p) for name, d in model_dirs(args.models.split(","), args.model_dir).items()}

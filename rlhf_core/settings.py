@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     built-in model (used by `bootstrap` only when the registry is empty)."""
     device: str = "auto"
     """Torch device for serving and training: auto (cuda when present, else cpu), cpu, cuda, cuda:N."""
+    cudnn_attention: bool = False
+    """Let torch's attention use cuDNN's kernels on CUDA (servers and workers; no effect on CPU). Off: torch
+    2.11 routes masked attention to cuDNN first on Hopper and newer GPUs, and cuDNN builds an execution plan
+    per new shape, which a decoding step's growing key/value length is at every step."""
     model_poll_s: float = 2.0
     """How often a server re-reads the current-version pointer (besides on every model event)."""
     model_retry_max_s: float = 300.0

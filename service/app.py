@@ -32,7 +32,7 @@ from service.model_pool import ModelPool
 from service.model_watcher import ModelWatcher
 from service.policy import PolicyCore
 from service.servicer import PolicyServicer
-from training.devices import resolve_device
+from training.devices import allow_cudnn_attention, resolve_device
 
 log = logging.getLogger("rlhf_serve.server")
 SERVICES = ("rlhf.v1.PolicyService", "rlhf.v1.AdminService")
@@ -44,6 +44,7 @@ CURRENT_MODEL_HEALTH = "rlhf.v1.CurrentModel"
 class Server:
     def __init__(self, settings: Settings):
         quiet_transformers()
+        allow_cudnn_attention(settings.cudnn_attention)  # process-wide: this server's process runs its model
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.registry = Registry(settings.registry)

@@ -16,6 +16,16 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
     return torch.device(name)
 
 
+def allow_cudnn_attention(allowed: bool) -> None:
+    """Whether torch's scaled_dot_product_attention may pick cuDNN's kernels: a process-wide switch that
+    matters on CUDA only, set once at each process's edge from `RLHF_CUDNN_ATTENTION` (off by default).
+    torch 2.11 sends attention with an explicit mask (a left-padded batch: every serving step, PPO's
+    rollouts) to cuDNN first on Hopper and newer GPUs, and cuDNN builds an execution plan for every shape
+    it has not seen, while a decoding step's key/value length is new at every step. The other backends
+    (flash, memory-efficient, math) build no per-shape plan."""
+    torch.backends.cuda.enable_cudnn_sdp(allowed)
+
+
 def serving_dtype(device: torch.device) -> torch.dtype:
     """bfloat16 on a CUDA device that supports it (half the memory, tensor cores), else float32."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():

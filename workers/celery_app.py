@@ -18,9 +18,11 @@ from kombu import Queue
 from rlhf_core import quiet_transformers
 from rlhf_core.settings import load_settings
 from rlhf_core.tasks import DEFAULT_QUEUE, GPU_QUEUE, REAP_TASK, ROUND_TASK, celery_connection_conf
+from training.devices import allow_cudnn_attention
 
 quiet_transformers()
 settings = load_settings()
+allow_cudnn_attention(settings.cudnn_attention)  # every worker process imports this module (forked ones inherit it)
 app = Celery("rlhf", include=["workers.tasks", "workers.maintenance"])
 app.conf.update(celery_connection_conf(settings))
 app.conf.update(

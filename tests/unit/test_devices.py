@@ -51,3 +51,43 @@ def test_autocast_picks_bf16_on_a_cuda_device(monkeypatch):
     assert isinstance(ctx, torch.autocast) and ctx.device == "cuda" and ctx.fast_dtype is torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert autocast_dtype(cuda) is None  # a GPU without bf16 stays fp32 (no fp16 loss scaling here)
+
+
+def test_cudnn_attention_is_a_process_wide_switch():
+    from training.devices import allow_cudnn_attention
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        allow_cudnn_attention(False)
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        allow_cudnn_attention(True)
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+def test_servers_and_workers_keep_attention_off_cudnn_unless_told():
+    """The setting (default RLHF_CUDNN_ATTENTION=false) is applied where each process starts: a server, and the
+    Celery app module that every worker process imports (checked in a fresh interpreter)."""
+    import os
+    import subprocess
+    import sys
+
+    from rlhf_core.settings import Settings
+    from service.app import Server
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        Server(Settings(device="cpu"))
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        Server(Settings(device="cpu", cudnn_attention=True))
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
+    code = ("import torch; torch.backends.cuda.enable_cudnn_sdp(True); import workers.celery_app; "
+            "print(torch.backends.cuda.cudnn_sdp_enabled())")
+    for env, expected in (({}, "False"), ({"RLHF_CUDNN_ATTENTION": "true"}, "True")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, **env})
+        assert out.stdout.strip().splitlines()[-1] == expected
