@@ -1,6 +1,7 @@
 """Serving benchmark: continuous batching against the naive baseline and the bare forward loop.
 
     .venv/bin/python -m benchmarks.serving [--quick] [--models builtin,gpt2-small] [--out benchmarks/results/serving]
+        [--device auto|cpu|cuda] [--cudnn-attention] [--closed-s S] [--open-s S]
 
 For each model, in one run: the naive baseline (Hugging Face `generate`, one request at a time);
 a real server (loopback gRPC, real Redis; the load generator in a child process) under closed-loop
