@@ -58,6 +58,8 @@ def publish(registry, src: Path, base: str = "") -> str:
 
 
 def decode_tokens_per_s(model, tokenizer, new_tokens: int = 32, batch: int = 4, repeats: int = 2) -> float:
+    from training.devices import synchronize
+
     device = next(model.parameters()).device
     ids = tokenizer(["Hello, I need help with my order"] * batch, return_tensors="pt").to(device)
     best = float("inf")
@@ -66,8 +68,7 @@ def decode_tokens_per_s(model, tokenizer, new_tokens: int = 32, batch: int = 4, 
             started = time.perf_counter()
             model.generate(**ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                            pad_token_id=tokenizer.eos_token_id)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            synchronize(device)
             best = min(best, time.perf_counter() - started)
     return batch * new_tokens / best
 

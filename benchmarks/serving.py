@@ -76,7 +76,7 @@ def serve_phases(model_dir: Path, p: dict, log, prompts: str = "shared", **overr
     with tempfile.TemporaryDirectory() as tmp:
         s = Settings(redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
                      key_prefix=unique_prefix("bench"), registry=Path(tmp) / "registry", port=0, metrics_port=0,
-                     host="127.0.0.1", device=p["device"], cudnn_attention=p.get("cudnn_attention", False),
+                     host="127.0.0.1", device=p["device"], cudnn_attention=p["cudnn_attention"],
                      max_batch_size=32, max_queue=4096, **overrides)
         register_sft(s, model_dir, str(model_dir))
         srv = LocalServer(s).start()
@@ -219,14 +219,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    p = {**plan(args.quick, str(device)), "cudnn_attention": args.cudnn_attention}
+    lengths = {k: v for k, v in (("closed_s", args.closed_s), ("open_s", args.open_s)) if v is not None}
+    p = {**plan(args.quick, str(device)), **lengths, "cudnn_attention": args.cudnn_attention}
     allow_cudnn_attention(args.cudnn_attention)  # the naive baseline and the bare loop run as the server does
-    p.update({k: v for k, v in (("closed_s", args.closed_s), ("open_s", args.open_s)) if v is not None})
     started = time.time()
     results = {name: bench_model(name, d, p) for name, d in model_dirs(args.models.split(","), args.model_dir).items()}
     out = {"device": str(device), "device_name": device_name(device), "dtype": str(serving_dtype(device)),
-           "cpu_count": os.cpu_count(), "torch_threads": args.threads, "load_avg": os.getloadavg(), "quick": args.quick, "plan": p, "seconds": time.time() - started,
-           "models": results}
+           "cpu_count": os.cpu_count(), "torch_threads": args.threads, "load_avg": os.getloadavg(), "quick": args.quick,
+           "plan": p, "seconds": time.time() - started, "models": results}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "result-quick" if args.quick else "result"
     (args.out / f"{stem}.json").write_text(json.dumps(out, indent=1))

@@ -172,26 +172,20 @@ def _prompt_ids(tokenizer) -> list[list[int]]:
     return [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in PROMPTS]
 
 
-def _sync(device: torch.device) -> None:
-    """Waits for the device's queued work (CUDA runs asynchronously: a timer needs it done)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.inference_mode()
 def naive_generate(model_dir: Path, requests: int, max_new: int, device: str = "cpu") -> dict:
     """Hugging Face generate, one request at a time (what a first server would do), on `device` in the
     dtype the server uses there (bf16 on CUDA)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.devices import resolve_device, serving_dtype
+    from training.devices import resolve_device, serving_dtype, synchronize
     dev = resolve_device(device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=serving_dtype(dev)).to(dev).eval()
     prompts = _prompt_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.generate(torch.tensor([prompts[0]], device=dev), max_new_tokens=2, pad_token_id=pad)  # warm-up
-    _sync(dev)
+    synchronize(dev)
     tokens, latencies, started = 0, [], time.perf_counter()
     for i in range(requests):
         ids = torch.tensor([prompts[i % len(prompts)]], device=dev)
@@ -199,7 +193,7 @@ def naive_generate(model_dir: Path, requests: int, max_new: int, device: str = "
         t0 = time.perf_counter()
         out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
                              max_new_tokens=max_new, pad_token_id=pad)
-        _sync(dev)
+        synchronize(dev)
         latencies.append(time.perf_counter() - t0)
         tokens += out.shape[1] - ids.shape[1]
     wall = time.perf_counter() - started
@@ -212,7 +206,7 @@ def bare_loop(model_dir: Path, batch: int, max_new: int, rounds: int, device: st
     """Roofline: prefill `batch` prompts, then `max_new` batched decoding steps (greedy), no server; on
     `device` as the server loads it (bf16 on CUDA)."""
     from service.model_pool import load_model_dir
-    from training.devices import resolve_device
+    from training.devices import resolve_device, synchronize
     dev = resolve_device(device)
     lm = load_model_dir(model_dir, "bare", dev)
     prompts = _prompt_ids(lm.tokenizer)
@@ -225,12 +219,12 @@ def bare_loop(model_dir: Path, batch: int, max_new: int, rounds: int, device: st
     ids, mask = ids.to(dev), mask.to(dev)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     lm.model(input_ids=ids, attention_mask=mask, position_ids=positions)  # warm-up (CUDA kernels, allocator)
-    _sync(dev)
+    synchronize(dev)
     prefill_s, step_s, started = [], [], time.perf_counter()
     for _ in range(rounds):
         t0 = time.perf_counter()
         out = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        _sync(dev)
+        synchronize(dev)
         prefill_s.append(time.perf_counter() - t0)
         cache, m, pos = getattr(out, lm.cache_arg), mask, positions[:, -1:]
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
@@ -240,15 +234,15 @@ def bare_loop(model_dir: Path, batch: int, max_new: int, rounds: int, device: st
             out = lm.model(input_ids=nxt, attention_mask=m, position_ids=pos, use_cache=True,
                            **{lm.cache_arg: cache})
             cache, nxt = getattr(out, lm.cache_arg), out.logits[:, -1].argmax(-1, keepdim=True)
-            _sync(dev)
+            synchronize(dev)
             step_s.append(time.perf_counter() - t0)
     wall = time.perf_counter() - started
     one = lm.model(input_ids=ids[:1], attention_mask=mask[:1], position_ids=positions[:1])  # warm single prefill
-    _sync(dev)
+    synchronize(dev)
     t0 = time.perf_counter()
     for _ in range(3):
         one = lm.model(input_ids=ids[:1], attention_mask=mask[:1], position_ids=positions[:1])
-    _sync(dev)
+    synchronize(dev)
     del one
     return {"batch": batch, "max_new_tokens": max_new, "tokens_per_s": batch * max_new * rounds / wall,
             "prefill_batch_s": statistics.median(prefill_s), "prefill_one_s": (time.perf_counter() - t0) / 3,

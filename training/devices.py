@@ -26,6 +26,12 @@ def allow_cudnn_attention(allowed: bool) -> None:
     torch.backends.cuda.enable_cudnn_sdp(allowed)
 
 
+def synchronize(device: torch.device) -> None:
+    """Waits for the work queued on `device` (CUDA runs asynchronously: a timer needs it done); a no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def serving_dtype(device: torch.device) -> torch.dtype:
     """bfloat16 on a CUDA device that supports it (half the memory, tensor cores), else float32."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():

@@ -91,3 +91,14 @@ def test_servers_and_workers_keep_attention_off_cudnn_unless_told():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env={**os.environ, **env})
         assert out.stdout.strip().splitlines()[-1] == expected
+
+
+def test_synchronize_waits_on_cuda_only(monkeypatch):
+    from training.devices import synchronize
+
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    synchronize(torch.device("cpu"))
+    assert waited == []
+    synchronize(torch.device("cuda", 1))
+    assert waited == [torch.device("cuda", 1)]
