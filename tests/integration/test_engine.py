@@ -7,6 +7,7 @@ import dataclasses
 import threading
 import time
 
+import grpc
 import pytest
 import torch
 
@@ -175,6 +176,7 @@ def test_a_prefill_that_fails_answers_its_call_and_spares_the_running_batch(lm, 
     _, outcomes = asyncio.run(run_jobs(lm, [(0, PROMPTS[0], [long_spec]),
                                             (0.02, PROMPTS[1], [SamplingSpec(max_new_tokens=4)] * 2)]))
     assert isinstance(outcomes[1], ApiError) and not isinstance(outcomes[1], InvalidArgument)
+    assert outcomes[1].code == grpc.StatusCode.INTERNAL  # what the client sees: INTERNAL, with a retry hint
     assert "the model failed on this prompt" in outcomes[1].message
     assert len(outcomes[0][0].tokens) == 100 and outcomes[0][0].finish == LENGTH
 
