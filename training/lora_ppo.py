@@ -17,7 +17,6 @@ quantities come from, so that one base serves four roles and no forward is done 
 from __future__ import annotations
 
 import contextlib
-import random
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,11 +25,10 @@ from torch import Tensor, nn
 
 from training.config import PPOConfig
 from training.devices import autocast, resolve_device
-from training.kl_controller import make_kl_controller
 from training.lora import (POLICY_ADAPTER, AdapterDisabled, AdapterRewardModel, FinetuneConfig, PolicyValue,
                            adapter_active, attach_policy_adapter, attach_reward, is_adapter_dir, load_base)
-from training.ppo import (clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_penalised_rewards,
-                          logprobs_from_logits, masked_mean, masked_whiten)
+from training.ppo import (clipped_policy_loss, clipped_value_loss, entropy_from_logits, logprobs_from_logits,
+                          masked_mean)
 from training.rollout import Rollout, encode_prompt, generate, left_pad, pad_id_of, position_ids
 
 
@@ -197,8 +195,7 @@ def run_lora_ppo(base_dir: str | Path, policy_dir: str | Path, reward_dir: str |
     ``norm_prompts``: the fixed prompt set of the reward normalisation, as in ``run_ppo`` (detail 6):
     the gain/bias come from the reference's samples on it, never from the adapter's rollouts.
     """
-    from training.ppo_trainer import (END, RETRY, KLBudget, budget_verdict, fixed_reward_norm, next_prompts,
-                                      rollout_stats, shaped_scores)
+    from training.ppo_trainer import fixed_reward_norm, ppo_iterations
     from transformers import AutoTokenizer
 
     device = resolve_device(cfg.device)
@@ -208,34 +205,19 @@ def run_lora_ppo(base_dir: str | Path, policy_dir: str | Path, reward_dir: str |
     reward = attach_reward(pv.model, reward_dir, tokenizer)
     params = [p for p in pv.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)  # detail 19: adapter + value head only
-    kl_ctl = make_kl_controller(cfg.init_kl_coef, cfg.adaptive_kl, cfg.kl_target, cfg.kl_horizon)
     sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)
     perm_gen = torch.Generator().manual_seed(cfg.seed)
-    rng, order = random.Random(cfg.seed), []
     with autocast(device):  # detail 6: the reference (base, adapter disabled) on the fixed prompt set
-        gain, bias = fixed_reward_norm(AdapterDisabled(pv.model), reward, tokenizer, prompts, cfg, norm_prompts)
-    history: list[dict[str, float]] = []
-    budget = KLBudget(cfg.kl_budget, pv, cfg.kl_budget_retries)  # the adapter and value head: the only trainable weights
-    for step in range(cfg.steps):
-        ro = lora_rollouts(pv, reward, tokenizer, next_prompts(prompts, order, rng, cfg.rollout_batch_size),
-                           cfg, sample_gen)
-        kl_coef = kl_ctl.value
-        rewards, kl = kl_penalised_rewards(shaped_scores(ro, gain, bias, cfg), ro.logprobs, ro.ref_logprobs,
-                                           ro.response_mask, kl_coef)  # (B, T) r_t, detail 8
-        verdict = budget_verdict(budget, kl_ctl, kl, step, history, cfg, log)
-        if verdict == END:
-            break
-        if verdict == RETRY:  # this batch came from the undone policy: sample again at the tighter beta
-            continue
-        advantages, returns = gae(rewards, ro.values, ro.response_mask, cfg.gamma, cfg.lam)  # detail 10
-        if cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, ro.response_mask)  # detail 11
-        update = lora_update(pv, optimizer, params, ro, advantages, returns, cfg, ft, perm_gen)
-        stats = rollout_stats(ro, kl)
-        kl_ctl.update(stats["kl"], cfg.rollout_batch_size)  # detail 9
-        metrics = {"step": float(step), **stats, **update, "kl_coef": kl_coef, "reward_gain": gain, "reward_bias": bias}
-        history.append(metrics)
-        log(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        norm = fixed_reward_norm(AdapterDisabled(pv.model), reward, tokenizer, prompts, cfg, norm_prompts)
+
+    def sample(batch_prompts: list[str]) -> Rollout:
+        return lora_rollouts(pv, reward, tokenizer, batch_prompts, cfg, sample_gen)
+
+    def update(ro: Rollout, advantages: Tensor, returns: Tensor) -> dict[str, float]:
+        return lora_update(pv, optimizer, params, ro, advantages, returns, cfg, ft, perm_gen)
+
+    # the KL budget restores the adapter and value head: the only trainable weights
+    history = ppo_iterations(sample, update, pv, prompts, cfg, norm, log)
     return pv.eval(), history
 
 

@@ -211,6 +211,41 @@ def rollout_stats(ro: Rollout, kl: Tensor) -> dict[str, float]:
             "eos_fraction": float(ro.has_eos.float().mean())}
 
 
+def ppo_iterations(sample: Callable[[list[str]], Rollout],
+                   update: Callable[[Rollout, Tensor, Tensor], dict[str, float]], trainable: nn.Module,
+                   prompts: list[str], cfg: PPOConfig, norm: tuple[float, float],
+                   log: Callable[[str], Any]) -> list[dict[str, float]]:
+    """The iterations of one PPO round, whatever form the policy takes (full weights or a LoRA adapter):
+    sample a batch, shape its rewards with the KL penalty (detail 8), hold the round within its KL budget
+    (detail 17, on ``trainable``'s weights), GAE and whitening (details 10-11), ``update`` (the PPO epochs),
+    adapt beta (detail 9). ``norm``: the fixed (gain, bias) of the reward normalisation (detail 6).
+    Returns the per-step metrics."""
+    gain, bias = norm
+    kl_ctl = make_kl_controller(cfg.init_kl_coef, cfg.adaptive_kl, cfg.kl_target, cfg.kl_horizon)
+    budget = KLBudget(cfg.kl_budget, trainable, cfg.kl_budget_retries)
+    rng, order = random.Random(cfg.seed), []
+    history: list[dict[str, float]] = []
+    for step in range(cfg.steps):
+        ro = sample(next_prompts(prompts, order, rng, cfg.rollout_batch_size))
+        kl_coef = kl_ctl.value
+        rewards, kl = kl_penalised_rewards(shaped_scores(ro, gain, bias, cfg), ro.logprobs, ro.ref_logprobs,
+                                           ro.response_mask, kl_coef)  # (B, T) r_t, detail 8
+        verdict = budget_verdict(budget, kl_ctl, kl, step, history, cfg, log)
+        if verdict == END:
+            break
+        if verdict == RETRY:  # this batch came from the undone policy: sample again at the tighter beta
+            continue
+        advantages, returns = gae(rewards, ro.values, ro.response_mask, cfg.gamma, cfg.lam)  # (B, T) detail 10
+        if cfg.whiten_advantages:
+            advantages = masked_whiten(advantages, ro.response_mask)  # detail 11
+        stats = {**rollout_stats(ro, kl), **update(ro, advantages, returns)}
+        kl_ctl.update(stats["kl"], cfg.rollout_batch_size)  # detail 9
+        metrics = {"step": float(step), **stats, "kl_coef": kl_coef, "reward_gain": gain, "reward_bias": bias}
+        history.append(metrics)
+        log(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return history
+
+
 def run_ppo(policy_dir: str | Path, reference_dir: str | Path, reward_model: RewardModel, prompts: list[str],
             cfg: PPOConfig, log: Callable[[str], Any] = print,
             norm_prompts: list[str] | None = None) -> tuple[nn.Module, list[dict[str, float]]]:
@@ -230,36 +265,20 @@ def run_ppo(policy_dir: str | Path, reference_dir: str | Path, reward_model: Rew
     value_model = value_model_from(reward_model)  # V(s_t): RM trunk + zero head (detail 20)
     params = list(policy.parameters()) + list(value_model.parameters())
     optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)  # detail 19
-    kl_ctl = make_kl_controller(cfg.init_kl_coef, cfg.adaptive_kl, cfg.kl_target, cfg.kl_horizon)
     sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)
     perm_gen = torch.Generator().manual_seed(cfg.seed)
-    rng, order = random.Random(cfg.seed), []
     with autocast(device):
         gain, bias = fixed_reward_norm(ref_policy, reward_model, tokenizer, prompts, cfg, norm_prompts)  # detail 6
-    history: list[dict[str, float]] = []
-    budget = KLBudget(cfg.kl_budget, policy, cfg.kl_budget_retries)
-    for step in range(cfg.steps):
-        batch_prompts = next_prompts(prompts, order, rng, cfg.rollout_batch_size)
+
+    def sample(batch_prompts: list[str]) -> Rollout:
         with autocast(device):  # bf16 on CUDA, fp32 on CPU (training/devices.py)
-            ro = sample_rollouts(policy, ref_policy, value_model, reward_model, tokenizer, batch_prompts, cfg,
-                                 sample_gen)
-        kl_coef = kl_ctl.value
-        rewards, kl = kl_penalised_rewards(shaped_scores(ro, gain, bias, cfg), ro.logprobs, ro.ref_logprobs,
-                                           ro.response_mask, kl_coef)  # (B, T) r_t, detail 8
-        verdict = budget_verdict(budget, kl_ctl, kl, step, history, cfg, log)
-        if verdict == END:
-            break
-        if verdict == RETRY:  # this batch came from the undone policy: sample again at the tighter beta
-            continue
-        advantages, returns = gae(rewards, ro.values, ro.response_mask, cfg.gamma, cfg.lam)  # detail 10
-        if cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, ro.response_mask)  # detail 11
-        update = ppo_update(policy, value_model, optimizer, ro, advantages, returns, cfg, perm_gen)
-        stats = rollout_stats(ro, kl)
-        kl_ctl.update(stats["kl"], cfg.rollout_batch_size)  # detail 9
-        metrics = {"step": float(step), **stats, **update, "kl_coef": kl_coef, "reward_gain": gain, "reward_bias": bias}
-        history.append(metrics)
-        log(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            return sample_rollouts(policy, ref_policy, value_model, reward_model, tokenizer, batch_prompts, cfg,
+                                   sample_gen)
+
+    def update(ro: Rollout, advantages: Tensor, returns: Tensor) -> dict[str, float]:
+        return ppo_update(policy, value_model, optimizer, ro, advantages, returns, cfg, perm_gen)
+
+    history = ppo_iterations(sample, update, policy, prompts, cfg, (gain, bias), log)
     return policy.eval(), history
 
 
