@@ -4,7 +4,6 @@ a registry holding it, and a real gRPC server on a loopback port."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest

@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spam-votes", type=int, default=300)
     p.add_argument("--eval-prompts", type=int, default=0, help="held-out prompts to evaluate on; 0 = all")
     p.add_argument("--eval-samples", type=int, default=4, help="samples per prompt and side")
+    p.add_argument("--no-fresh-eval", dest="fresh_eval", action="store_false",
+                   help="skip the second evaluation on prompts no part of the loop sees (fresh_prompts.py)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="token cap of every Generate")
     p.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature of feedback and evaluation Generates (default: server's, 1.0)")
@@ -143,7 +145,8 @@ def run_one(args: argparse.Namespace, annotator: str, out_dir: Path, command: st
     cfg = LearningConfig(annotator=annotator, noise=args.noise, temperature=args.annotator_temperature,
                          rounds=args.rounds, feedback_per_round=args.feedback_per_round,
                          rating_share=args.rating_share, eval_prompts=args.eval_prompts,
-                         eval_samples=args.eval_samples, max_new_tokens=args.max_new_tokens,
+                         eval_samples=args.eval_samples, fresh_eval=args.fresh_eval,
+                         max_new_tokens=args.max_new_tokens,
                          sampling_temperature=args.temperature, feedback_temperature=args.feedback_temperature,
                          round_timeout_s=args.round_timeout,
                          seed=args.seed, user_id=f"sim-{annotator}", users=args.users,

@@ -213,6 +213,9 @@ class LearningConfig:
     eval_prompts: int = 0
     """How many held-out prompts to evaluate on; 0: all of them."""
     eval_samples: int = 4
+    fresh_eval: bool = True
+    """Also evaluate every served version on the fresh prompts (fresh_prompts.py, as many as ``eval_prompts``),
+    which the gate never judges on: the held-out figure is measured on the prompts the gate selected on."""
     max_new_tokens: int = 0
     """Per-response token cap for every Generate; 0: the server default."""
     sampling_temperature: float | None = None
@@ -249,6 +252,24 @@ def _eval_record(ev: dict[str, Any]) -> dict[str, Any]:
             "score_served": s["mean_score"], "score_sft": b["mean_score"],
             "distinct_1": s["distinct_1"], "distinct_2": s["distinct_2"], "mean_length": s["mean_length"],
             "sft_distinct_2": b["distinct_2"], "sft_mean_length": b["mean_length"]}
+
+
+def evaluate_fresh(policy_stub: policy_pb2_grpc.PolicyServiceStub, annotator: Annotator, version: str,
+                   cfg: "LearningConfig", sampling: policy_pb2.SamplingParams | None, metadata: Metadata,
+                   cache: dict[str, Any]) -> dict[str, Any]:
+    """``version`` against SFT on the fresh prompts (the first ``cfg.eval_prompts`` of them, when set), once per
+    version (the sampling is seeded, so a version that stays served scores the same): win rate with its CI,
+    gold score, distinct-2."""
+    from benchmarks.learning.fresh_prompts import fresh_prompts
+    if version not in cache:
+        prompts = fresh_prompts()[: cfg.eval_prompts or None]
+        ev = evaluate(policy_stub, prompts, annotator, version, cfg.sft_version, cfg.eval_samples,
+                      seed=cfg.seed, sampling=sampling, metadata=metadata, sft_cache=cache.setdefault("_sft", {}))
+        cache[version] = {"win_rate_fresh": ev["win_rate"], "win_rate_fresh_lo": ev["win_rate_lo"],
+                          "win_rate_fresh_hi": ev["win_rate_hi"], "score_fresh": ev["served"]["mean_score"],
+                          "distinct_2_fresh": ev["served"]["distinct_2"],
+                          "sft_distinct_2_fresh": ev["sft"]["distinct_2"]}
+    return cache[version]
 
 
 def _round_note(rec: dict[str, Any]) -> str:
@@ -293,7 +314,7 @@ def run(cfg: LearningConfig, log: Callable[[str], None] = print, on_poll: Callab
         policy = policy_pb2_grpc.PolicyServiceStub(channel)
         admin = admin_pb2_grpc.AdminServiceStub(channel)
         rounds: list[dict[str, Any]] = []
-        served_kl, sft_cache, stopped = 0.0, {}, ""
+        served_kl, sft_cache, fresh_cache, stopped = 0.0, {}, {}, ""
         for r in range(cfg.rounds + 1):
             if r > 0 and deadline_s is not None and time.monotonic() - start > deadline_s:
                 stopped = f"stopped after round {r - 1} of {cfg.rounds}: the {deadline_s:.0f}s budget is spent"
@@ -331,10 +352,13 @@ def run(cfg: LearningConfig, log: Callable[[str], None] = print, on_poll: Callab
             if rec.get("model") and rec["outcome"]["rejected"]:
                 rec["refused_gold"] = refused_by_gold(policy, heldout, annotator, rec["model"]["version"], ev,
                                                       cfg.seed, sampling, md)
+            if cfg.fresh_eval:
+                rec.update(evaluate_fresh(policy, annotator, version, cfg, sampling, md, fresh_cache))
             rec.update(version=version, **_eval_record(ev), kl_to_sft=served_kl, eval=ev,
                        wall_s=time.monotonic() - t0, elapsed_s=time.monotonic() - start)
             rounds.append(rec)
-            log(f"round {r}: {version} win={ev['win_rate']:.3f} [{ev['win_rate_lo']:.3f}, {ev['win_rate_hi']:.3f}] "
+            fresh = f"(fresh {rec['win_rate_fresh']:.3f}) " if "win_rate_fresh" in rec else ""
+            log(f"round {r}: {version} win={ev['win_rate']:.3f} [{ev['win_rate_lo']:.3f}, {ev['win_rate_hi']:.3f}] {fresh}"
                 f"score {rec['score_served']:.2f} vs sft {rec['score_sft']:.2f} KL {served_kl:.2f} "
                 f"distinct-2 {rec['distinct_2']:.3f} vs {rec['sft_distinct_2']:.3f} len {rec['mean_length']:.1f} "
                 f"({rec['wall_s']:.0f}s, total {rec['elapsed_s']:.0f}s)" + _round_note(rec))

@@ -76,6 +76,8 @@ def headline(result: dict[str, Any], time_budget_s: float = TIME_BUDGET_S) -> di
         "promoted_rounds": sum(1 for r in trained if r["outcome"]["new_version"]),
         "win_rate": final["win_rate"], "win_rate_lo": final["win_rate_lo"], "win_rate_hi": final["win_rate_hi"],
         "baseline_win_rate": base["win_rate"],
+        "win_rate_fresh": final.get("win_rate_fresh"), "win_rate_fresh_lo": final.get("win_rate_fresh_lo"),
+        "win_rate_fresh_hi": final.get("win_rate_fresh_hi"),
         "score_final": final["score_served"], "score_sft": final["score_sft"], "kl_to_sft": final["kl_to_sft"],
         "distinct_2": final["distinct_2"], "sft_distinct_2": final["sft_distinct_2"], "distinct_2_ratio": ratio,
         "mean_length": final["mean_length"], "sft_mean_length": final["sft_mean_length"],
@@ -200,6 +202,9 @@ def markdown(result: dict[str, Any], head: dict[str, Any]) -> str:
              f"| win rate vs SFT (final, {h['final_version']}) | **{h['win_rate']:.3f}** "
              f"[{h['win_rate_lo']:.3f}, {h['win_rate_hi']:.3f}] | {t['win_rate']['op']} {t['win_rate']['threshold']:g} "
              f"| {_mark(t['win_rate']['met'])} |",
+             *(["| win rate vs SFT on fresh prompts (never seen by the gate) | "
+                f"{h['win_rate_fresh']:.3f} [{h['win_rate_fresh_lo']:.3f}, {h['win_rate_fresh_hi']:.3f}] | | |"]
+               if h.get("win_rate_fresh") is not None else []),
              f"| time to reach the win-rate target | {_f(h['time_to_target_s'], '.0f')} s | <= "
              f"{t['wall_time']['threshold']:.0f} s | {_mark(t['wall_time']['met'])} |",
              f"| KL to SFT (nats / response) | {h['kl_to_sft']:.2f} | < {t['kl']['threshold']:g} | {_mark(t['kl']['met'])} |",
@@ -213,9 +218,9 @@ def markdown(result: dict[str, Any], head: dict[str, Any]) -> str:
              "Style mix (classify_style) final: " + ", ".join(f"{k} {v:.0%}" for k, v in h["styles_final"].items())
              + "; SFT: " + ", ".join(f"{k} {v:.0%}" for k, v in h["styles_sft"].items()) + ".", "",
              "## Per round", "",
-             "| round | version | outcome | win rate [95% CI] | gold served / SFT | RM acc | proxy cand / parent "
-             "| KL to SFT | distinct-2 | length | round s | elapsed s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| round | version | outcome | win rate [95% CI] | fresh prompts | gold served / SFT | RM acc "
+             "| proxy cand / parent | KL to SFT | distinct-2 | length | round s | elapsed s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rounds"]:
         m, o = r.get("model"), r.get("outcome")
         outcome = "baseline" if o is None else ("timed out" if o["timed_out"] else
@@ -223,7 +228,8 @@ def markdown(result: dict[str, Any], head: dict[str, Any]) -> str:
                                                f"{o['candidate_version']} promoted")
         lines.append(
             f"| {r['round']} | {r['version']} | {outcome} | {r['win_rate']:.3f} [{r['win_rate_lo']:.3f}, "
-            f"{r['win_rate_hi']:.3f}] | {r['score_served']:.2f} / {r['score_sft']:.2f} | "
+            f"{r['win_rate_hi']:.3f}] | {_f(r.get('win_rate_fresh'), '.3f')} | "
+            f"{r['score_served']:.2f} / {r['score_sft']:.2f} | "
             f"{_f(m['reward_model_accuracy'], '.2f') if m else '-'} | "
             f"{(_f(m['candidate_reward']) + ' / ' + _f(m['parent_reward'])) if m else '-'} | {r['kl_to_sft']:.2f} | "
             f"{r['distinct_2']:.3f} | {r['mean_length']:.1f} | {r['wall_s']:.0f} | {r['elapsed_s']:.0f} |")

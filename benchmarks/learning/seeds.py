@@ -17,7 +17,7 @@ from typing import Any
 
 from benchmarks.learning import report
 
-FIGURES = ("win_rate", "win_rate_lo", "win_rate_hi", "kl_to_sft", "distinct_2_ratio", "length_ratio",
+FIGURES = ("win_rate", "win_rate_lo", "win_rate_hi", "win_rate_fresh", "kl_to_sft", "distinct_2_ratio", "length_ratio",
            "time_to_target_s", "score_final", "promoted_rounds", "rounds_run", "total_wall_s")
 
 
@@ -99,6 +99,8 @@ def markdown(agg: dict[str, Any]) -> str:
              f"| win rate vs SFT (final) | **{_ms(f['win_rate'])}** | {t['win_rate']['op']} {t['win_rate']['threshold']:g} "
              f"| {met('win_rate')} |",
              f"| its 95% CI, lower / upper end | {_ms(f['win_rate_lo'])} / {_ms(f['win_rate_hi'])} | | |",
+             *([f"| win rate vs SFT on fresh prompts (never seen by the gate) | {_ms(f['win_rate_fresh'])} | | |"]
+               if f["win_rate_fresh"]["n"] else []),
              f"| KL to SFT (nats / response) | {_ms(f['kl_to_sft'], '.2f')} | < {t['kl']['threshold']:g} | {met('kl')} |",
              f"| distinct-2 / SFT's | {_ms(f['distinct_2_ratio'], '.2f')} | >= {t['distinct_2']['threshold']:g} "
              f"| {met('distinct_2')} |",
@@ -107,12 +109,14 @@ def markdown(agg: dict[str, Any]) -> str:
              f"| {met('wall_time')} |",
              f"| rounds promoted / run | {_ms(f['promoted_rounds'], '.1f')} / {_ms(f['rounds_run'], '.1f')} | | |",
              "", f"All targets met on every seed: **{'yes' if agg['all_targets_met_every_seed'] else 'no'}**.", "",
-             "| seed | final | win rate [95% CI] | KL | distinct-2 ratio | length ratio | time to target s | all met |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| seed | final | win rate [95% CI] | fresh prompts | KL | distinct-2 ratio | length ratio "
+             "| time to target s | all met |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for h in agg["per_seed"]:
         tt = "-" if h["time_to_target_s"] is None else f"{h['time_to_target_s']:.0f}"
         lines.append(f"| [{h['seed']}](seed-{h['seed']}/REPORT.md) | {h['final_version']} | {h['win_rate']:.3f} "
-                     f"[{h['win_rate_lo']:.3f}, {h['win_rate_hi']:.3f}] | {h['kl_to_sft']:.2f} | "
+                     f"[{h['win_rate_lo']:.3f}, {h['win_rate_hi']:.3f}] | {report._f(h.get('win_rate_fresh'))} | "
+                     f"{h['kl_to_sft']:.2f} | "
                      f"{h['distinct_2_ratio']:.2f} | {h['length_ratio']:.2f} | {tt} | "
                      f"{'yes' if h['all_targets_met'] else 'no'} |")
     lines += ["", "![per-seed curves](seeds.png)", "", "Runs:", ""]

@@ -51,7 +51,7 @@ def test_feedback_through_the_api_yields_a_better_promoted_version(redis_url, bu
                             max_new_tokens_default=48)
     cfg = LearningConfig(annotator="empathetic", noise=0.1, rounds=SMOKE_ROUNDS, feedback_per_round=384,
                          rating_share=0.5, eval_samples=4, max_new_tokens=48, round_timeout_s=600, seed=seed,
-                         heldout_prompts=heldout_prompts()[:10], until_promoted=True)
+                         heldout_prompts=heldout_prompts()[:10], eval_prompts=10, until_promoted=True)
     with Stack(stack_cfg, log=lambda _: None) as stack:
         cfg.target, cfg.sft_version = stack.target, stack.sft_version
         result = run(cfg, log=print, on_poll=stack.check_worker)
@@ -76,6 +76,8 @@ def test_feedback_through_the_api_yields_a_better_promoted_version(redis_url, bu
     assert trained["score_served"] > trained["score_sft"], trained
     assert trained["win_rate"] > 0.5
     assert 0.0 <= trained["kl_to_sft"] <= model["kl_bound"]
+    # the second evaluation, on 10 prompts no part of the loop saw: a figure of its own (no target)
+    assert base["win_rate_fresh"] == 0.5 and 0.0 <= trained["win_rate_fresh"] <= 1.0
 
     result.update(total_wall_s=result["wall_s"])
     head = report.write(result, tmp_path / "out")
@@ -83,7 +85,9 @@ def test_feedback_through_the_api_yields_a_better_promoted_version(redis_url, bu
     assert json.loads((tmp_path / "out" / "result.json").read_text())["headline"]["final_version"] == model["version"]
     assert all((tmp_path / "out" / name).stat().st_size > 1000 for name in report.PLOTS)
     n, v = len(trained_rounds), model["version"]
-    assert f"| {n} | {v} | {v} promoted |" in (tmp_path / "out" / "REPORT.md").read_text()
+    text = (tmp_path / "out" / "REPORT.md").read_text()
+    assert f"| {n} | {v} | {v} promoted |" in text
+    assert f"fresh prompts (never seen by the gate) | {trained['win_rate_fresh']:.3f}" in text
 
 
 def test_thumbs_only_users_with_a_spammer_never_get_a_worse_version_served(redis_url, builtin_model, tmp_path):
@@ -98,7 +102,7 @@ def test_thumbs_only_users_with_a_spammer_never_get_a_worse_version_served(redis
                             max_new_tokens_default=48)
     cfg = LearningConfig(annotator="empathetic", noise=0.1, rounds=1, feedback_per_round=256, eval_samples=4,
                          max_new_tokens=48, round_timeout_s=600, seed=0, heldout_prompts=heldout_prompts()[:10],
-                         users=8, thumbs_only=True, spam_votes=50, user_id="sim-smoke")
+                         users=8, thumbs_only=True, spam_votes=50, user_id="sim-smoke", fresh_eval=False)
     with Stack(stack_cfg, log=lambda _: None) as stack:
         cfg.target, cfg.sft_version = stack.target, stack.sft_version
         result = run(cfg, log=print, on_poll=stack.check_worker)

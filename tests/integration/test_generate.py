@@ -10,7 +10,7 @@ import pytest
 
 from rlhf.v1 import policy_pb2, records_pb2
 from rlhf_core.keys import Keys
-from tests.helpers import ServerThread, ServingStack, make_settings, metric_value, publish_model
+from tests.helpers import ServingStack, metric_value, publish_model
 
 PROMPT = "How do I make a cup of tea?"
 

@@ -87,6 +87,10 @@ def test_run_with_zero_rounds_evaluates_the_baseline(server):
     assert base["round"] == 0 and base["version"] == "v0001"
     # served == SFT here, and both sides use the same seeds
     assert base["eval"]["sft_version"] == "v0001" and 0.0 <= base["win_rate"] <= 1.0
+    # the second evaluation, on prompts the gate never sees: the same version with the same seeds, so every
+    # sample is matched by an identical one and the win rate is exactly even
+    assert base["win_rate_fresh"] == 0.5 and base["win_rate_fresh_lo"] <= 0.5 <= base["win_rate_fresh_hi"]
+    assert base["sft_distinct_2_fresh"] == base["distinct_2_fresh"]
 
 
 def test_thumbs_only_crowd_and_spammer_send_their_own_user_ids(server, settings):
@@ -133,3 +137,4 @@ def test_until_promoted_runs_every_round_while_nothing_is_promoted(server, setti
                           rec["outcome"]["task_id"])
     assert [r["round"] for r in result["rounds"]] == [0, 1, 2] and not result["notes"]
     assert all(r["version"] == "v0001" and r["outcome"]["timed_out"] for r in result["rounds"][1:])
+    assert len({r["score_fresh"] for r in result["rounds"]}) == 1  # one served version: one fresh evaluation
