@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, FilePath, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from training.config import GateSampling, GateThresholds, PPOConfig, RewardConfig
@@ -228,6 +228,9 @@ class Settings(BaseSettings):
     """Seed of training rounds (a round's seed is seed + round number)."""
     eval_prompts: int = 48
     """Held-out prompts scored at the promotion gate."""
+    reserved_prompts_file: FilePath | None = None
+    """A file of prompts, one per line, that PPO's rollouts never sample, as they never sample the shipped
+    held-out prompts, though users may send them: an evaluation set kept out of online training."""
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     """PPO of each round: the fields of `training.config.PPOConfig` (its defaults are the truth), each
     set by `RLHF_PPO__<FIELD>`; `seed`, `norm_seed` and `device` come from `RLHF_SEED` and `RLHF_DEVICE`."""

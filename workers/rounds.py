@@ -294,12 +294,19 @@ def finish(ctx: Context, round_id: str, summary: dict) -> None:
     ctx.lock.release(round_id)
 
 
+def reserved_prompts(path: Path | None) -> set[str]:
+    """The prompts of ``RLHF_RESERVED_PROMPTS_FILE``: one per line, surrounding blanks ignored."""
+    if path is None:
+        return set()
+    return {line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()}
+
+
 def training_prompts(ctx: Context, seed: int) -> list[str]:
-    """Recent real prompts mixed with the shipped training prompts (never the held-out ones)."""
+    """Recent real prompts mixed with the shipped training prompts (never the held-out or reserved ones)."""
     from training.text_format import heldout_prompts, train_prompts
-    held = set(heldout_prompts())
+    held = set(heldout_prompts()) | reserved_prompts(ctx.settings.reserved_prompts_file)
     recent = [p.decode() for p in ctx.redis.lrange(ctx.keys.recent_prompts, 0, ctx.settings.recent_prompts - 1)]
-    real = [p for p in dict.fromkeys(recent) if p not in held]
+    real = [p for p in dict.fromkeys(recent) if p.strip() not in held]
     shipped = train_prompts()
     rng = random.Random(seed)
     mix = real + rng.sample(shipped, min(len(shipped), max(len(real), 32)))

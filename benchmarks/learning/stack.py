@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from benchmarks.learning.fresh_prompts import fresh_prompts
+
 if TYPE_CHECKING:  # imported where the server starts (service.app pulls in torch and grpc)
     from service.app import BackgroundServer
 
@@ -153,6 +155,9 @@ class StackConfig:
     """Where worker.log goes; None: next to the registry."""
     max_new_tokens_default: int = 64
     """Server default for a Generate that leaves max_new_tokens 0."""
+    reserved_prompts: list[str] = field(default_factory=fresh_prompts)
+    """Prompts the worker's rounds never train on (RLHF_RESERVED_PROMPTS_FILE): the harness's fresh evaluation
+    prompts, which its evaluation sends through Generate like any user."""
     cache: Path = CACHE
 
 
@@ -216,10 +221,15 @@ class Stack:
                              f"(`bash scripts/ensure_redis.sh`) or set REDIS_URL") from None
 
     def worker_environment(self) -> dict[str, str]:
-        """What the worker's environment sets beyond the stack's Redis, key prefix and registry."""
+        """What the worker's environment sets beyond the stack's Redis, key prefix and registry (and the file of
+        reserved prompts it names, written beside the registry)."""
         s = self.settings
         env = dict(RLHF_DEVICE=s.device, RLHF_SEED=str(self.cfg.seed), RLHF_MIN_NEW_FEEDBACK="1",
                    RLHF_WORKER_METRICS_PORT="-1")
+        if self.cfg.reserved_prompts:
+            reserved = s.registry.parent / "reserved_prompts.txt"
+            reserved.write_text("".join(p + "\n" for p in self.cfg.reserved_prompts), encoding="utf-8")
+            env["RLHF_RESERVED_PROMPTS_FILE"] = str(reserved)
         env.update(worker_env(self.cfg.training))
         return env
 

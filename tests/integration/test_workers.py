@@ -109,3 +109,21 @@ def test_a_round_loads_its_training_set_once(settings, registry_v1, r, monkeypat
     assert len(loads) == 1
     assert state.reward_model["n_pairs"] + state.judge["n_pairs"] == 12
     rounds.finish(ctx, state.round_id, state.record())
+
+
+def test_reserved_prompts_are_never_ppo_prompts(settings, tmp_path):
+    """A prompt users sent that is listed in RLHF_RESERVED_PROMPTS_FILE (an evaluation set) stays out of PPO's
+    rollouts, like the shipped held-out prompts; other recent prompts are used."""
+    from workers.rounds import Context, training_prompts
+    from training.text_format import heldout_prompts
+    reserved = tmp_path / "reserved.txt"
+    reserved.write_text("Where is my evaluation parcel?\n\n  How do I keep this out?  \n", encoding="utf-8")
+    ctx = Context(settings.model_copy(update={"reserved_prompts_file": reserved}))
+    sent = ["Where is my evaluation parcel?", "How do I keep this out?", heldout_prompts()[0], "A real user prompt."]
+    ctx.redis.lpush(ctx.keys.recent_prompts, *sent)
+    prompts = training_prompts(ctx, seed=0)
+    assert "A real user prompt." in prompts
+    assert not set(sent[:3]) & set(prompts)
+    assert "A real user prompt." in training_prompts(Context(settings), seed=0)
+    assert "Where is my evaluation parcel?" in training_prompts(Context(settings), seed=0)  # not reserved there
+

@@ -91,3 +91,9 @@ def test_every_gate_threshold_is_one_setting_whose_default_is_the_gates(monkeypa
     assert (sampling.samples_per_prompt, sampling.confidence, sampling.seed) == (8, 0.8, 3)
     assert set(GATE_SAMPLING_SETTINGS) <= {f.name for f in fields(GateSampling)}
     assert "| `RLHF_GATE_SAMPLES_PER_PROMPT` | `16` |" in settings_table()
+
+
+def test_a_missing_reserved_prompts_file_is_refused_at_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLHF_RESERVED_PROMPTS_FILE", str(tmp_path / "nope.txt"))
+    with pytest.raises(ValidationError, match="reserved_prompts_file"):
+        Settings()
