@@ -32,7 +32,8 @@ from typing import Any
 
 from benchmarks.learning import report, seeds
 from benchmarks.learning.annotators import ANNOTATORS, make_annotator
-from benchmarks.learning.harness import LearningConfig, run, sample_responses
+from benchmarks.learning.evaluation import sample_responses
+from benchmarks.learning.harness import LearningConfig, run
 from benchmarks.learning.stack import TRAINING_KNOBS, Stack, StackConfig, effective_training
 
 STORY_PROMPT = "My order hasn't arrived. What should I do?"

@@ -1,7 +1,7 @@
 """Plays simulated end users against a running rlhf-serve through its public gRPC API only.
 
 - :func:`collect_feedback`: users ask, the annotator compares two candidates (or rates one);
-- :func:`evaluate`: the served version against the SFT version on held-out prompts;
+- :func:`evaluate` (evaluation.py): the served version against the SFT version on held-out prompts;
 - :func:`trigger_and_wait` (trigger.py): an operator forces a training round and waits for its outcome;
 - :func:`run`: R rounds of the above, one record per round.
 """
@@ -15,14 +15,12 @@ from typing import Any, Callable, Sequence
 
 import grpc
 
-from benchmarks.learning import metrics
-from benchmarks.learning.annotators import Annotator, classify_style, make_annotator
+from benchmarks.learning.annotators import Annotator, make_annotator
+from benchmarks.learning.evaluation import evaluate, refused_by_gold
 from benchmarks.learning.rpc import Metadata, bearer, call
 from benchmarks.learning.trigger import current_version, model_summary, trigger_and_wait
 from benchmarks.learning.users import Crowd, spam
 from rlhf.v1 import admin_pb2_grpc, policy_pb2, policy_pb2_grpc
-
-MAX_CANDIDATES = 8
 
 
 @dataclass
@@ -101,102 +99,6 @@ def collect_feedback(policy_stub: policy_pb2_grpc.PolicyServiceStub, prompts: Se
         seen.add(user)
     counts.users = len(seen)
     return counts
-
-
-def sample_responses(policy_stub: policy_pb2_grpc.PolicyServiceStub, prompt: str, version: str, n: int,
-                     seed: int, sampling: policy_pb2.SamplingParams | None = None, user_id: str = "sim-eval",
-                     metadata: Metadata = None) -> tuple[list[str], str]:
-    """``n`` responses to ``prompt`` from ``version`` ("" = current), in requests of at most 8
-    candidates; returns the texts and the version that produced them."""
-    texts: list[str] = []
-    served = version
-    while len(texts) < n:
-        params = policy_pb2.SamplingParams()
-        if sampling is not None:
-            params.CopyFrom(sampling)
-        params.seed = seed + len(texts)
-        k = min(MAX_CANDIDATES, n - len(texts))
-        resp = call(policy_stub.Generate, policy_pb2.GenerateRequest(
-            prompt=prompt, sampling=params, num_candidates=k, model_version=version, user_id=user_id), metadata)
-        texts.extend(c.text for c in resp.candidates)
-        served = resp.model_version
-    return texts, served
-
-
-def _side_summary(prompts: Sequence[str], groups: list[list[str]], scores: list[list[float]]) -> dict[str, Any]:
-    """Gold score, diversity, length and style mix of one side of an evaluation."""
-    flat = [t for g in groups for t in g]
-    m, lo, hi = metrics.mean_ci([s for g in scores for s in g])
-    return {"mean_score": m, "score_lo": lo, "score_hi": hi, **metrics.summarize_responses(flat),
-            "styles": metrics.shares([classify_style(t) for t in flat]),
-            "examples": [{"prompt": p, "response": g[0]} for p, g in list(zip(prompts, groups))[:3]],
-            "scores": scores}
-
-
-def sample_and_score(policy_stub: policy_pb2_grpc.PolicyServiceStub, prompts: Sequence[str], annotator: Annotator,
-                     version: str, samples_per_prompt: int, seed: int, sampling: policy_pb2.SamplingParams | None,
-                     metadata: Metadata) -> tuple[list[list[str]], list[list[float]], str]:
-    """``version``'s samples and their gold scores, grouped by prompt (prompt i samples with seeds from
-    seed + 1000 i), and the version that produced them."""
-    groups, scores, served = [], [], version
-    for i, prompt in enumerate(prompts):
-        texts, served = sample_responses(policy_stub, prompt, version, samples_per_prompt, seed + 1000 * i,
-                                         sampling, metadata=metadata)
-        groups.append(texts)
-        scores.append([annotator.score(prompt, t) for t in texts])
-    return groups, scores, served
-
-
-def refused_by_gold(policy_stub: policy_pb2_grpc.PolicyServiceStub, prompts: Sequence[str], annotator: Annotator,
-                    candidate: str, ev: dict[str, Any], seed: int, sampling: policy_pb2.SamplingParams | None,
-                    metadata: Metadata) -> dict[str, Any]:
-    """The gold annotator's view of a candidate the gate refused (pinned by ``model_version``): its win
-    rate against SFT and against the parent it would have replaced, whose samples ``ev`` (this round's
-    evaluation, same prompts and seeds) holds. Tells a gate that refuses better candidates from one
-    that refuses worse ones; the service never sees these numbers."""
-    try:
-        _, scores, _ = sample_and_score(policy_stub, prompts, annotator, candidate, ev["samples_per_prompt"],
-                                        seed, sampling, metadata)
-    except grpc.RpcError as e:  # e.g. pruned from the registry: reported, not fatal
-        return {"version": candidate, "error": f"{e.code().name}: {e.details()}"}
-    vs_sft = metrics.grouped_win_rate(scores, ev["sft"]["scores"], seed=seed)
-    vs_parent = metrics.grouped_win_rate(scores, ev["served"]["scores"], seed=seed)
-    return {"version": candidate, "win_rate_vs_sft": vs_sft.rate, "win_rate_vs_parent": vs_parent.rate,
-            "win_rate_vs_parent_lo": vs_parent.lo, "win_rate_vs_parent_hi": vs_parent.hi}
-
-
-def evaluate(policy_stub: policy_pb2_grpc.PolicyServiceStub, prompts: Sequence[str], annotator: Annotator,
-             version: str = "", sft_version: str = "v0001", samples_per_prompt: int = 4, seed: int = 0,
-             sampling: policy_pb2.SamplingParams | None = None, metadata: Metadata = None,
-             sft_cache: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Served ``version`` ("" = current) against the SFT version under the annotator's gold score.
-
-    Both sides sample ``samples_per_prompt`` responses per prompt with the same seeds; the win
-    rate compares every served sample with every SFT sample of the same prompt (ties half) and
-    its 95% CI bootstraps over prompts. Pass the same ``sft_cache`` dict to repeated calls (same
-    prompts, seed and sampling) to sample the SFT side only once.
-    """
-    sides: dict[str, dict[str, Any]] = {}
-    served_version = version
-    for name, ver in (("served", version), ("sft", sft_version)):
-        if name == "sft" and sft_cache is not None and sft_cache.get("version") == sft_version:
-            sides[name] = sft_cache["side"]
-            continue
-        groups, scores, produced = sample_and_score(policy_stub, prompts, annotator, ver, samples_per_prompt,
-                                                    seed, sampling, metadata)
-        if name == "served":
-            served_version = produced
-        sides[name] = {"groups": groups, "scores": scores}
-        if name == "sft" and sft_cache is not None:
-            sft_cache.update(version=sft_version, side=sides[name])
-    win = metrics.grouped_win_rate(sides["served"]["scores"], sides["sft"]["scores"], seed=seed)
-    return {
-        "version": served_version, "sft_version": sft_version, "annotator": annotator.name,
-        "n_prompts": len(prompts), "samples_per_prompt": samples_per_prompt,
-        "win_rate": win.rate, "win_rate_lo": win.lo, "win_rate_hi": win.hi,
-        "served": _side_summary(prompts, sides["served"]["groups"], sides["served"]["scores"]),
-        "sft": _side_summary(prompts, sides["sft"]["groups"], sides["sft"]["scores"]),
-    }
 
 
 @dataclass
@@ -288,6 +190,58 @@ def _round_note(rec: dict[str, Any]) -> str:
     return note
 
 
+def _samplings(cfg: LearningConfig) -> tuple[policy_pb2.SamplingParams, policy_pb2.SamplingParams]:
+    """Sampling of the evaluation's Generates, and of the users' (``feedback_temperature`` may differ)."""
+    sampling = policy_pb2.SamplingParams(max_new_tokens=cfg.max_new_tokens)
+    if cfg.sampling_temperature is not None:
+        sampling.temperature = cfg.sampling_temperature
+    feedback_sampling = policy_pb2.SamplingParams()
+    feedback_sampling.CopyFrom(sampling)
+    if cfg.feedback_temperature is not None:
+        feedback_sampling.temperature = cfg.feedback_temperature
+    return sampling, feedback_sampling
+
+
+def _stop_reason(r: int, cfg: LearningConfig, rounds: list[dict[str, Any]], elapsed_s: float,
+                 deadline_s: float | None, interrupted: Callable[[], bool]) -> str:
+    """Why no round ``r`` starts ("" when it does)."""
+    done = f"stopped after round {r - 1} of {cfg.rounds}"
+    if r > 0 and deadline_s is not None and elapsed_s > deadline_s:
+        return f"{done}: the {deadline_s:.0f}s budget is spent"
+    if r > 0 and interrupted():
+        return f"{done}: interrupted (stop file)"
+    if r > 1 and cfg.until_promoted and rounds[-1]["version"] != cfg.sft_version:
+        return f"{done}: {rounds[-1]['version']} was promoted"
+    return ""
+
+
+def _train_round(policy: policy_pb2_grpc.PolicyServiceStub, admin: admin_pb2_grpc.AdminServiceStub,
+                 cfg: LearningConfig, annotator: Annotator, rng: random.Random, train: Sequence[str], crowd: Crowd,
+                 sampling: policy_pb2.SamplingParams, md: Metadata, admin_md: Metadata,
+                 on_poll: Callable[[], None] | None) -> dict[str, Any]:
+    """One round's feedback through the API, the forced round and its candidate's summary."""
+    prompts = [rng.choice(train) for _ in range(cfg.feedback_per_round)]
+    rec: dict[str, Any] = {"feedback": collect_feedback(policy, prompts, annotator, rng, cfg.rating_share,
+                                                        cfg.user_id, sampling, md, crowd).as_dict()}
+    if cfg.spam_votes > 0:
+        rec["spam"] = spam(policy, rng.choice(train), annotator, crowd, cfg.spam_votes, rng, sampling, md)
+    outcome = trigger_and_wait(admin, policy, cfg.round_timeout_s, admin_metadata=admin_md, metadata=md,
+                               on_poll=on_poll)
+    rec["outcome"] = outcome.as_dict()
+    if outcome.candidate_version:
+        info = call(policy.GetModel, policy_pb2.GetModelRequest(model_version=outcome.candidate_version), md)
+        rec["model"] = model_summary(info)
+    return rec
+
+
+def _log_line(rec: dict[str, Any], ev: dict[str, Any]) -> str:
+    fresh = f"(fresh {rec['win_rate_fresh']:.3f}) " if "win_rate_fresh" in rec else ""
+    return (f"round {rec['round']}: {rec['version']} win={ev['win_rate']:.3f} [{ev['win_rate_lo']:.3f}, "
+            f"{ev['win_rate_hi']:.3f}] {fresh}score {rec['score_served']:.2f} vs sft {rec['score_sft']:.2f} "
+            f"KL {rec['kl_to_sft']:.2f} distinct-2 {rec['distinct_2']:.3f} vs {rec['sft_distinct_2']:.3f} "
+            f"len {rec['mean_length']:.1f} ({rec['wall_s']:.0f}s, total {rec['elapsed_s']:.0f}s)" + _round_note(rec))
+
+
 def run(cfg: LearningConfig, log: Callable[[str], None] = print, on_poll: Callable[[], None] | None = None,
         deadline_s: float | None = None, interrupted: Callable[[], bool] = lambda: False) -> dict[str, Any]:
     """R rounds of: users give feedback, a round is forced, the served version is evaluated vs SFT.
@@ -301,54 +255,31 @@ def run(cfg: LearningConfig, log: Callable[[str], None] = print, on_poll: Callab
     heldout = cfg.heldout_prompts or heldout_prompts()
     heldout = heldout[:cfg.eval_prompts] if cfg.eval_prompts else heldout
     md, admin_md = bearer(cfg.api_token), bearer(cfg.admin_token)
-    sampling = policy_pb2.SamplingParams(max_new_tokens=cfg.max_new_tokens)
-    if cfg.sampling_temperature is not None:
-        sampling.temperature = cfg.sampling_temperature
-    feedback_sampling = policy_pb2.SamplingParams()
-    feedback_sampling.CopyFrom(sampling)
-    if cfg.feedback_temperature is not None:
-        feedback_sampling.temperature = cfg.feedback_temperature
+    sampling, feedback_sampling = _samplings(cfg)
     crowd = Crowd(cfg.user_id, cfg.users, cfg.adversarial_fraction, cfg.thumbs_only)
     with grpc.insecure_channel(cfg.target) as channel:
         grpc.channel_ready_future(channel).result(timeout=120)
         policy = policy_pb2_grpc.PolicyServiceStub(channel)
         admin = admin_pb2_grpc.AdminServiceStub(channel)
         rounds: list[dict[str, Any]] = []
-        served_kl, sft_cache, fresh_cache, stopped = 0.0, {}, {}, ""
+        served_kl, sft_cache, held_cache, fresh_cache, stopped = 0.0, {}, {}, {}, ""
         for r in range(cfg.rounds + 1):
-            if r > 0 and deadline_s is not None and time.monotonic() - start > deadline_s:
-                stopped = f"stopped after round {r - 1} of {cfg.rounds}: the {deadline_s:.0f}s budget is spent"
-                log(stopped)
-                break
-            if r > 0 and interrupted():
-                stopped = f"stopped after round {r - 1} of {cfg.rounds}: interrupted (stop file)"
-                log(stopped)
-                break
-            if r > 1 and cfg.until_promoted and rounds[-1]["version"] != cfg.sft_version:
-                stopped = f"stopped after round {r - 1} of {cfg.rounds}: {rounds[-1]['version']} was promoted"
+            stopped = _stop_reason(r, cfg, rounds, time.monotonic() - start, deadline_s, interrupted)
+            if stopped:
                 log(stopped)
                 break
             t0 = time.monotonic()
             rec: dict[str, Any] = {"round": r}
             if r > 0:
-                prompts = [rng.choice(train) for _ in range(cfg.feedback_per_round)]
-                rec["feedback"] = collect_feedback(policy, prompts, annotator, rng, cfg.rating_share,
-                                                   cfg.user_id, feedback_sampling, md, crowd).as_dict()
-                if cfg.spam_votes > 0:
-                    rec["spam"] = spam(policy, rng.choice(train), annotator, crowd, cfg.spam_votes, rng,
-                                       feedback_sampling, md)
-                outcome = trigger_and_wait(admin, policy, cfg.round_timeout_s, admin_metadata=admin_md, metadata=md,
-                                           on_poll=on_poll)
-                rec["outcome"] = outcome.as_dict()
-                if outcome.candidate_version:
-                    info = call(policy.GetModel, policy_pb2.GetModelRequest(
-                        model_version=outcome.candidate_version), md)
-                    rec["model"] = model_summary(info)
-                    if outcome.new_version:
-                        served_kl = rec["model"]["kl_to_reference"]
+                rec.update(_train_round(policy, admin, cfg, annotator, rng, train, crowd, feedback_sampling, md,
+                                        admin_md, on_poll))
+                if rec.get("model") and rec["outcome"]["new_version"]:
+                    served_kl = rec["model"]["kl_to_reference"]
             version = current_version(policy, md)
-            ev = evaluate(policy, heldout, annotator, version, cfg.sft_version, cfg.eval_samples,
-                          seed=cfg.seed, sampling=sampling, metadata=md, sft_cache=sft_cache)
+            if version not in held_cache:  # seeded sampling: a version still served scores the same
+                held_cache[version] = evaluate(policy, heldout, annotator, version, cfg.sft_version, cfg.eval_samples,
+                                               seed=cfg.seed, sampling=sampling, metadata=md, sft_cache=sft_cache)
+            ev = held_cache[version]
             if rec.get("model") and rec["outcome"]["rejected"]:
                 rec["refused_gold"] = refused_by_gold(policy, heldout, annotator, rec["model"]["version"], ev,
                                                       cfg.seed, sampling, md)
@@ -357,10 +288,6 @@ def run(cfg: LearningConfig, log: Callable[[str], None] = print, on_poll: Callab
             rec.update(version=version, **_eval_record(ev), kl_to_sft=served_kl, eval=ev,
                        wall_s=time.monotonic() - t0, elapsed_s=time.monotonic() - start)
             rounds.append(rec)
-            fresh = f"(fresh {rec['win_rate_fresh']:.3f}) " if "win_rate_fresh" in rec else ""
-            log(f"round {r}: {version} win={ev['win_rate']:.3f} [{ev['win_rate_lo']:.3f}, {ev['win_rate_hi']:.3f}] {fresh}"
-                f"score {rec['score_served']:.2f} vs sft {rec['score_sft']:.2f} KL {served_kl:.2f} "
-                f"distinct-2 {rec['distinct_2']:.3f} vs {rec['sft_distinct_2']:.3f} len {rec['mean_length']:.1f} "
-                f"({rec['wall_s']:.0f}s, total {rec['elapsed_s']:.0f}s)" + _round_note(rec))
+            log(_log_line(rec, ev))
     return {"config": asdict(cfg), "annotator": annotator.name, "rounds": rounds,
             "wall_s": time.monotonic() - start, "notes": [stopped] if stopped else []}

@@ -9,7 +9,8 @@ import random
 import redis
 
 from benchmarks.learning.annotators import EmpatheticAnnotator
-from benchmarks.learning.harness import LearningConfig, collect_feedback, evaluate, refused_by_gold, run
+from benchmarks.learning.evaluation import evaluate, refused_by_gold
+from benchmarks.learning.harness import LearningConfig, collect_feedback, run
 from benchmarks.learning.trigger import model_summary, trigger_and_wait
 from benchmarks.learning.users import Crowd, spam
 from rlhf.v1 import policy_pb2, records_pb2
