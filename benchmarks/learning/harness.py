@@ -17,6 +17,7 @@ import grpc
 
 from benchmarks.learning.annotators import Annotator, make_annotator
 from benchmarks.learning.evaluation import evaluate, refused_by_gold
+from benchmarks.learning.fresh_prompts import fresh_prompts
 from benchmarks.learning.rpc import Metadata, bearer, call
 from benchmarks.learning.trigger import current_version, model_summary, trigger_and_wait
 from benchmarks.learning.users import Crowd, spam
@@ -157,12 +158,11 @@ def _eval_record(ev: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate_fresh(policy_stub: policy_pb2_grpc.PolicyServiceStub, annotator: Annotator, version: str,
-                   cfg: "LearningConfig", sampling: policy_pb2.SamplingParams | None, metadata: Metadata,
+                   cfg: LearningConfig, sampling: policy_pb2.SamplingParams | None, metadata: Metadata,
                    cache: dict[str, Any]) -> dict[str, Any]:
     """``version`` against SFT on the fresh prompts (the first ``cfg.eval_prompts`` of them, when set), once per
     version (the sampling is seeded, so a version that stays served scores the same): win rate with its CI,
     gold score, distinct-2."""
-    from benchmarks.learning.fresh_prompts import fresh_prompts
     if version not in cache:
         prompts = fresh_prompts()[: cfg.eval_prompts or None]
         ev = evaluate(policy_stub, prompts, annotator, version, cfg.sft_version, cfg.eval_samples,
