@@ -99,36 +99,32 @@ def _plt():
     return plt
 
 
-def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
-    """The four per-round plots of a run; returns their paths."""
-    plt = _plt()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rounds = result["rounds"]
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _plot_win_rate(plt, rounds: list[dict[str, Any]], name: str, target: float):
+    """Win rate vs SFT with its 95% CI, per round."""
     xs = [r["round"] for r in rounds]
-    name = result["annotator"]
-    paths = []
-
-    def save(fig, fname: str) -> None:
-        fig.tight_layout()
-        path = out_dir / fname
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        paths.append(path)
-
-    # 1. win rate vs SFT with its 95% CI
     fig, ax = plt.subplots(figsize=(6, 4))
     win = [r["win_rate"] for r in rounds]
     err = [[w - r["win_rate_lo"] for w, r in zip(win, rounds)], [r["win_rate_hi"] - w for w, r in zip(win, rounds)]]
     ax.errorbar(xs, win, yerr=err, marker="o", capsize=4, label="served version vs SFT (95% CI)")
-    ax.axhline(win_target(name, result.get("config", {}))[0], color="tab:green", ls="--", label="target")
+    ax.axhline(target, color="tab:green", ls="--", label="target")
     ax.axhline(0.5, color="grey", ls=":", label="parity")
     ax.set(xlabel="round", ylabel="win rate (held-out prompts)", ylim=(0, 1.02),
            title=f"Win rate vs SFT ({name} annotator)")
     ax.set_xticks(xs)
     ax.legend(loc="lower right", fontsize=8)
-    save(fig, "win_rate.png")
+    return fig
 
-    # 2. gold (annotator) score vs proxy (reward model) score
+
+def _plot_gold_vs_proxy(plt, rounds: list[dict[str, Any]]):
+    """Gold (annotator) score of the served version and SFT beside the round reward model's scores."""
+    xs = [r["round"] for r in rounds]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(xs, [r["score_served"] for r in rounds], marker="o", color="tab:blue", label="gold: served version")
     ax.plot(xs, [r["score_sft"] for r in rounds], ls="--", color="tab:blue", alpha=0.6, label="gold: SFT")
@@ -145,11 +141,15 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=7)
-    save(fig, "gold_vs_proxy.png")
+    return fig
 
-    # 3. KL to SFT
+
+def _plot_kl(plt, rounds: list[dict[str, Any]]):
+    """KL to SFT of the served version and of each round's candidate."""
+    xs = [r["round"] for r in rounds]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(xs, [r["kl_to_sft"] for r in rounds], marker="o", label="served version")
+    tr = [r for r in rounds if r.get("model")]
     if tr:
         ax.plot([r["round"] for r in tr], [r["model"]["kl_to_reference"] for r in tr], marker="s", ls=":",
                 label="round candidate")
@@ -157,9 +157,12 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set(xlabel="round", ylabel="KL to SFT (nats / response)", title="KL divergence to the SFT reference")
     ax.set_xticks(xs)
     ax.legend(fontsize=8)
-    save(fig, "kl.png")
+    return fig
 
-    # 4. distinct-2 and length
+
+def _plot_diversity(plt, rounds: list[dict[str, Any]]):
+    """Distinct-2 (with the collapse floor) and mean length of the served version and SFT."""
+    xs = [r["round"] for r in rounds]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
     a1.plot(xs, [r["distinct_2"] for r in rounds], marker="o", label="served")
     a1.plot(xs, [r["sft_distinct_2"] for r in rounds], ls="--", label="SFT")
@@ -173,8 +176,17 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
     a2.set(xlabel="round", ylabel="mean words / response", title="Length", ylim=(0, None))
     a2.set_xticks(xs)
     a2.legend(fontsize=8)
-    save(fig, "diversity.png")
-    return paths
+    return fig
+
+
+def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
+    """The four per-round plots of a run (``PLOTS``); returns their paths."""
+    plt = _plt()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rounds, name = result["rounds"], result["annotator"]
+    figures = (_plot_win_rate(plt, rounds, name, win_target(name, result.get("config", {}))[0]),
+               _plot_gold_vs_proxy(plt, rounds), _plot_kl(plt, rounds), _plot_diversity(plt, rounds))
+    return [_save(plt, fig, out_dir / fname) for fig, fname in zip(figures, PLOTS)]
 
 
 # --- Markdown ---------------------------------------------------------------------------------
@@ -188,40 +200,51 @@ def _mark(ok: bool) -> str:
 
 
 def markdown(result: dict[str, Any], head: dict[str, Any]) -> str:
+    """REPORT.md of a run: headline, per-round table, refused rounds, product story, plots, notes."""
+    lines = (_headline_lines(result, head) + _round_lines(result["rounds"]) + _refused_lines(result["rounds"])
+             + _story_lines(result.get("example")) + ["", "## Plots", ""] + [f"![{p}]({p})" for p in PLOTS]
+             + _note_lines(result))
+    return "\n".join(lines) + "\n"
+
+
+def _headline_lines(result: dict[str, Any], head: dict[str, Any]) -> list[str]:
     cfg = result["config"]
     h, t = head, head["targets"]
-    lines = [f"# Learning benchmark: {h['annotator']} annotator", "",
-             f"`{result.get('command', 'python -m benchmarks.learning')}`", "",
-             f"Annotator **{h['annotator']}**, label noise {cfg['noise']:g}, {h['rounds_run']} round(s) of "
-             f"{cfg['feedback_per_round']} feedback items, evaluated on {result['rounds'][0]['eval']['n_prompts']} "
-             f"held-out prompts x {cfg['eval_samples']} samples per side. Model: {result.get('model', '?')}"
-             f"{' (weights sha256 ' + result['model_sha256'][:12] + '…)' if result.get('model_sha256') else ''}. "
-             f"Feedback: {feedback_mode(cfg)}.",
-             "", "## Headline", "",
-             "| figure | value | target | |", "|---|---|---|---|",
-             f"| win rate vs SFT (final, {h['final_version']}) | **{h['win_rate']:.3f}** "
-             f"[{h['win_rate_lo']:.3f}, {h['win_rate_hi']:.3f}] | {t['win_rate']['op']} {t['win_rate']['threshold']:g} "
-             f"| {_mark(t['win_rate']['met'])} |",
-             *(["| win rate vs SFT on fresh prompts (never seen by the gate) | "
-                f"{h['win_rate_fresh']:.3f} [{h['win_rate_fresh_lo']:.3f}, {h['win_rate_fresh_hi']:.3f}] | | |"]
-               if h.get("win_rate_fresh") is not None else []),
-             f"| time to reach the win-rate target | {_f(h['time_to_target_s'], '.0f')} s | <= "
-             f"{t['wall_time']['threshold']:.0f} s | {_mark(t['wall_time']['met'])} |",
-             f"| KL to SFT (nats / response) | {h['kl_to_sft']:.2f} | < {t['kl']['threshold']:g} | {_mark(t['kl']['met'])} |",
-             f"| distinct-2 final / SFT | {h['distinct_2']:.3f} / {h['sft_distinct_2']:.3f} = {h['distinct_2_ratio']:.2f} "
-             f"| >= {t['distinct_2']['threshold']:g} | {_mark(t['distinct_2']['met'])} |",
-             f"| gold score final / SFT | {h['score_final']:.2f} / {h['score_sft']:.2f} | | |",
-             f"| mean length (words) final / SFT | {h['mean_length']:.1f} / {h['sft_mean_length']:.1f} | | |",
-             f"| rounds promoted / run | {h['promoted_rounds']} / {h['rounds_run']} | | |",
-             f"| wall time (harness / total incl. stack start) | {h['harness_wall_s']:.0f} s / {h['total_wall_s']:.0f} s | | |",
-             "", f"All targets met: **{'yes' if h['all_targets_met'] else 'no'}**.", "",
-             "Style mix (classify_style) final: " + ", ".join(f"{k} {v:.0%}" for k, v in h["styles_final"].items())
-             + "; SFT: " + ", ".join(f"{k} {v:.0%}" for k, v in h["styles_sft"].items()) + ".", "",
-             "## Per round", "",
+    return [f"# Learning benchmark: {h['annotator']} annotator", "",
+            f"`{result.get('command', 'python -m benchmarks.learning')}`", "",
+            f"Annotator **{h['annotator']}**, label noise {cfg['noise']:g}, {h['rounds_run']} round(s) of "
+            f"{cfg['feedback_per_round']} feedback items, evaluated on {result['rounds'][0]['eval']['n_prompts']} "
+            f"held-out prompts x {cfg['eval_samples']} samples per side. Model: {result.get('model', '?')}"
+            f"{' (weights sha256 ' + result['model_sha256'][:12] + '…)' if result.get('model_sha256') else ''}. "
+            f"Feedback: {feedback_mode(cfg)}.",
+            "", "## Headline", "",
+            "| figure | value | target | |", "|---|---|---|---|",
+            f"| win rate vs SFT (final, {h['final_version']}) | **{h['win_rate']:.3f}** "
+            f"[{h['win_rate_lo']:.3f}, {h['win_rate_hi']:.3f}] | {t['win_rate']['op']} {t['win_rate']['threshold']:g} "
+            f"| {_mark(t['win_rate']['met'])} |",
+            *(["| win rate vs SFT on fresh prompts (never seen by the gate) | "
+               f"{h['win_rate_fresh']:.3f} [{h['win_rate_fresh_lo']:.3f}, {h['win_rate_fresh_hi']:.3f}] | | |"]
+              if h.get("win_rate_fresh") is not None else []),
+            f"| time to reach the win-rate target | {_f(h['time_to_target_s'], '.0f')} s | <= "
+            f"{t['wall_time']['threshold']:.0f} s | {_mark(t['wall_time']['met'])} |",
+            f"| KL to SFT (nats / response) | {h['kl_to_sft']:.2f} | < {t['kl']['threshold']:g} | {_mark(t['kl']['met'])} |",
+            f"| distinct-2 final / SFT | {h['distinct_2']:.3f} / {h['sft_distinct_2']:.3f} = {h['distinct_2_ratio']:.2f} "
+            f"| >= {t['distinct_2']['threshold']:g} | {_mark(t['distinct_2']['met'])} |",
+            f"| gold score final / SFT | {h['score_final']:.2f} / {h['score_sft']:.2f} | | |",
+            f"| mean length (words) final / SFT | {h['mean_length']:.1f} / {h['sft_mean_length']:.1f} | | |",
+            f"| rounds promoted / run | {h['promoted_rounds']} / {h['rounds_run']} | | |",
+            f"| wall time (harness / total incl. stack start) | {h['harness_wall_s']:.0f} s / {h['total_wall_s']:.0f} s | | |",
+            "", f"All targets met: **{'yes' if h['all_targets_met'] else 'no'}**.", "",
+            "Style mix (classify_style) final: " + ", ".join(f"{k} {v:.0%}" for k, v in h["styles_final"].items())
+            + "; SFT: " + ", ".join(f"{k} {v:.0%}" for k, v in h["styles_sft"].items()) + "."]
+
+
+def _round_lines(rounds: list[dict[str, Any]]) -> list[str]:
+    lines = ["", "## Per round", "",
              "| round | version | outcome | win rate [95% CI] | fresh prompts | gold served / SFT | RM acc "
              "| proxy cand / parent | KL to SFT | distinct-2 | length | round s | elapsed s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in result["rounds"]:
+    for r in rounds:
         m, o = r.get("model"), r.get("outcome")
         outcome = "baseline" if o is None else ("timed out" if o["timed_out"] else
                                                f"{o['candidate_version']} rejected" if o["rejected"] else
@@ -233,7 +256,13 @@ def markdown(result: dict[str, Any], head: dict[str, Any]) -> str:
             f"{_f(m['reward_model_accuracy'], '.2f') if m else '-'} | "
             f"{(_f(m['candidate_reward']) + ' / ' + _f(m['parent_reward'])) if m else '-'} | {r['kl_to_sft']:.2f} | "
             f"{r['distinct_2']:.3f} | {r['mean_length']:.1f} | {r['wall_s']:.0f} | {r['elapsed_s']:.0f} |")
-    rejected = [r for r in result["rounds"] if r.get("model") and not r["model"]["promoted"]]
+    return lines
+
+
+def _refused_lines(rounds: list[dict[str, Any]]) -> list[str]:
+    """The gate's reason for every refused round, and what the gold annotator says of those candidates."""
+    lines: list[str] = []
+    rejected = [r for r in rounds if r.get("model") and not r["model"]["promoted"]]
     if rejected:
         lines += ["", "Gate decisions of rejected rounds:", ""]
         lines += [f"- round {r['round']} ({r['model']['version']}): {r['model']['reason']}{_gold_note(r)}"
@@ -246,15 +275,23 @@ def markdown(result: dict[str, Any], head: dict[str, Any]) -> str:
                           f"the served version's evaluation), {better} of {len(judged)} refused candidates beat "
                           f"the parent they would have replaced on the point estimate, {clearly} with the 95% "
                           "CI's lower end above 0.5."]
-    ex = result.get("example")
+    return lines
+
+
+def _story_lines(ex: dict[str, Any] | None) -> list[str]:
+    """The product-story prompt answered by SFT and by the final version."""
+    lines: list[str] = []
     if ex:
         lines += ["", "## Product story", "", f"Prompt: **{ex['prompt']}**", "",
                   f"| | {ex['sft_version']} (SFT) | {ex['final_version']} (final) |", "|---|---|---|"]
         for i, (a, b) in enumerate(zip(ex["sft"], ex["final"])):
             lines.append(f"| sample {i + 1} | {_cell(a['text'])} (score {a['score']:.2f}) | "
                          f"{_cell(b['text'])} (score {b['score']:.2f}) |")
-    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in PLOTS]
-    lines += ["", "## Notes", "",
+    return lines
+
+
+def _note_lines(result: dict[str, Any]) -> list[str]:
+    lines = ["", "## Notes", "",
               "- Win rate: every served sample against every SFT sample of the same held-out prompt under the "
               "annotator's gold score (ties half), averaged over prompts; the 95% CI bootstraps prompts.",
               "- KL to SFT: the promotion gate's KL(policy || SFT) of the served version, summed over response "
@@ -268,7 +305,7 @@ def markdown(result: dict[str, Any], head: dict[str, Any]) -> str:
     if result.get("worker_settings"):
         lines.append("- Effective worker round settings (defaults included): "
                      + ", ".join(f"`{k}={v}`" for k, v in result["worker_settings"].items()) + ".")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _gold_note(r: dict[str, Any]) -> str:
