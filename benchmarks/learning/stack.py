@@ -47,7 +47,7 @@ KNOB_SETTINGS = {
     "gate_win_confidence": (None, "gate_win_confidence"), "gate_win_margin": (None, "gate_win_margin"),
     "round_kl_budget_share": (None, "round_kl_budget_share"),
     "gate_samples_per_prompt": (None, "gate_samples_per_prompt"),
-    "kl_budget_retries": ("ppo", "kl_budget_retries"),
+    "kl_budget_retries": ("ppo", "kl_budget_retries"), "kl_budget_backoff": ("ppo", "kl_budget_backoff"),
 }
 TRAINING_KNOBS = tuple(KNOB_SETTINGS)
 
