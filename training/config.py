@@ -133,6 +133,11 @@ class PPOConfig:
     ending at its first noisy crossing). 0: the round ends at the first crossing."""
     kl_budget_backoff: float = 2.0
     """Factor on beta after each over-budget batch that ``kl_budget_retries`` lets the round survive."""
+    kl_budget_z: float = 0.0
+    """Standard errors of evidence before a rollout batch counts as over the budget: its mean KL must clear the
+    budget by ``z`` x its standard error (sd over the batch's responses / sqrt(B)) and the round's first batch
+    by ``z`` standard errors of the difference. Per-batch means of 32 responses scatter by nats around a fixed
+    policy's KL, so at 0 (a bare comparison of means) many crossings, and the retries' beta backoff, are noise."""
     seed: int = 0
     """Seed of prompt order, sampling and minibatch permutations."""
     device: str | None = None

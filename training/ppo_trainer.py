@@ -139,11 +139,25 @@ def next_prompts(prompts: list[str], order: list[int], rng: random.Random, n: in
     return batch
 
 
-def over_kl_budget(kl: Tensor, budget: float | None, start: float) -> bool:
+def kl_mean_se(kl: Tensor) -> tuple[float, float]:
+    """The rollouts' mean KL to the reference per response (kl: (B, T) per-token) and its standard error."""
+    k = kl.sum(-1)  # (B,) sum_t KL_t
+    se = k.std() / k.numel() ** 0.5 if k.numel() > 1 else torch.zeros(())  # () sd / sqrt(B)
+    return float(k.mean()), float(se)
+
+
+def over_kl_budget(kl: Tensor, budget: float | None, start: float, z: float = 0.0, start_se: float = 0.0) -> bool:
     """Whether the rollouts' mean KL to the reference, sum_t KL_t per response (kl: (B, T)), exceeds both
     ``budget`` and ``start`` (the round's first batch: a parent already past the budget may still train
-    while its KL does not grow)."""
-    return budget is not None and float(kl.sum(-1).mean()) > max(budget, start)
+    while its KL does not grow). ``z`` > 0 asks for evidence: the batch's mean must clear ``budget`` by z
+    standard errors and the start (whose own standard error is ``start_se``) by z standard errors of the
+    difference; z = 0 compares the means alone."""
+    if budget is None:
+        return False
+    mean, se = kl_mean_se(kl)
+    above_budget = mean - budget > z * se
+    above_start = mean - start > z * (se ** 2 + start_se ** 2) ** 0.5
+    return above_budget and above_start
 
 
 WITHIN, RETRY, END = "within", "retry", "end"
@@ -154,9 +168,10 @@ class KLBudget:
     is over budget, the trainable weights of the last policy whose rollouts were within it are put back; the
     round then ends, or (``retries`` > 0) carries on at a tighter leash until that many batches in a row were over."""
 
-    def __init__(self, budget: float | None, module: nn.Module, retries: int = 0):
-        self.budget, self.module, self.retries = budget, module, retries
+    def __init__(self, budget: float | None, module: nn.Module, retries: int = 0, z: float = 0.0):
+        self.budget, self.module, self.retries, self.z = budget, module, retries, z
         self.start: float | None = None  # () the round's first batch's KL: the parent's
+        self.start_se = 0.0  # () its standard error
         self.saved: dict[str, Tensor] | None = None
         self.misses = 0  # over-budget batches in a row
 
@@ -167,10 +182,11 @@ class KLBudget:
         weights are always saved before any batch can be."""
         if self.budget is None:
             return WITHIN
-        self.start = float(kl.sum(-1).mean()) if self.start is None else self.start
+        if self.start is None:
+            self.start, self.start_se = kl_mean_se(kl)
         trainable = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
         with torch.no_grad():
-            if not over_kl_budget(kl, self.budget, self.start):
+            if not over_kl_budget(kl, self.budget, self.start, self.z, self.start_se):
                 self._save(trainable)
                 self.misses = 0
                 return WITHIN
@@ -222,7 +238,7 @@ def ppo_iterations(sample: Callable[[list[str]], Rollout],
     Returns the per-step metrics."""
     gain, bias = norm
     kl_ctl = make_kl_controller(cfg.init_kl_coef, cfg.adaptive_kl, cfg.kl_target, cfg.kl_horizon)
-    budget = KLBudget(cfg.kl_budget, trainable, cfg.kl_budget_retries)
+    budget = KLBudget(cfg.kl_budget, trainable, cfg.kl_budget_retries, cfg.kl_budget_z)
     rng, order = random.Random(cfg.seed), []
     history: list[dict[str, float]] = []
     for step in range(cfg.steps):

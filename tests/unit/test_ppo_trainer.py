@@ -138,6 +138,30 @@ def test_over_kl_budget_matches_a_naive_reference():
         assert over_kl_budget(kl, budget, start) == want
 
 
+def test_kl_budget_with_evidence_matches_a_naive_two_sample_test():
+    """z > 0: over only when the batch clears the budget by z standard errors and the start by z standard
+    errors of the difference (the start's own error included); z = 0 is the bare comparison of means."""
+    import math
+
+    from training.ppo_trainer import kl_mean_se, over_kl_budget
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        B = int(torch.randint(2, 40, (1,), generator=g))
+        kl = torch.rand(B, 5, generator=g) * float(torch.rand((), generator=g) * 4)  # (B, T) per-token KL
+        sums = [float(x) for x in kl.sum(-1)]  # sum_t KL_t per response, naively
+        mean = sum(sums) / B
+        se = math.sqrt(sum((x - mean) ** 2 for x in sums) / (B - 1) / B)
+        assert kl_mean_se(kl) == pytest.approx((mean, se), rel=1e-5)
+        budget, start, start_se = (float(torch.rand((), generator=g) * 12) for _ in range(3))
+        z = 1.64
+        want = mean - budget > z * se and mean - start > z * math.sqrt(se ** 2 + start_se ** 2)
+        assert over_kl_budget(kl, budget, start, z, start_se) == want
+        assert over_kl_budget(kl, budget, start, 0.0, start_se) == (mean > max(budget, start))
+    noisy = torch.tensor([[8.0], [12.0], [6.0], [14.0]])  # mean 10, se ~1.83: above 9 by less than 1.64 se
+    assert over_kl_budget(noisy, 8.5, 9.0) and not over_kl_budget(noisy, 8.5, 9.0, z=1.64)
+    assert over_kl_budget(noisy, 5.0, 5.0, z=1.64)  # 10 clears 5 by far more than 1.64 se
+
+
 def test_rollouts_and_updates_run_under_the_device_autocast(setup, monkeypatch):
     """run_ppo enters training.devices.autocast (bf16 on CUDA, a no-op on CPU) for the reference
     normalisation, every rollout and every update forward, never around a backward."""
