@@ -12,7 +12,8 @@ policy it started from (its parent, the version served before the round):
 A parent is "at the KL ceiling" when its KL to SFT is at least ``CEILING_SHARE`` of the gate's KL bound. Each
 class reports how many rounds, how many of them started at the ceiling, and the gold annotator's mean win rate
 of those candidates against their parent (the benchmark's own check; the gate never sees it). Prints a
-Markdown table; ``--json PATH`` writes the figures too.
+Markdown table (with an ``all`` row per class when several folders are given); ``--json PATH`` writes the
+figures too.
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"{d}: no result.json there (nor in its seed-* folders)")
         rows = [row for path in paths for row in refused_rounds(json.loads(path.read_text()))]
         per_dir[str(d)], all_rows[str(d)] = summarise(rows), rows
+    if len(per_dir) > 1:
+        per_dir["all"] = summarise([row for rows in all_rows.values() for row in rows])
     print(table(per_dir), end="")
     if args.json:
         args.json.write_text(json.dumps({"pull_back_nats": PULL_BACK_NATS, "ceiling_share": CEILING_SHARE,

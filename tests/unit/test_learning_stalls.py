@@ -34,6 +34,16 @@ def test_every_refused_round_of_stored_runs_is_counted_once(tmp_path: Path, caps
         assert f"| {RUNS} | {cls} | {s['rounds']} | {s['at_ceiling']} |" in table
 
 
+def test_several_folders_add_up_to_the_all_rows(tmp_path: Path, capsys) -> None:
+    thumbs = RUNS.parent / "thumbs-only"
+    assert stalls.main([str(RUNS), str(thumbs), "--json", str(tmp_path / "stalls.json")]) == 0
+    summary = json.loads((tmp_path / "stalls.json").read_text())["summary"]
+    for cls in stalls.CLASSES:
+        for key in ("rounds", "at_ceiling", "gold_better"):
+            assert summary["all"][cls][key] == summary[str(RUNS)][cls][key] + summary[str(thumbs)][cls][key]
+    assert f"| all | pulled back | {summary['all']['pulled back']['rounds']} |" in capsys.readouterr().out
+
+
 def test_folder_without_results_is_refused(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         stalls.main([str(tmp_path)])
