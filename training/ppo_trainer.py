@@ -221,8 +221,10 @@ def budget_verdict(budget: KLBudget, kl_ctl: FixedKLController | AdaptiveKLContr
 
 
 def rollout_stats(ro: Rollout, kl: Tensor) -> dict[str, float]:
-    """Per-batch means: RM score, KL summed over each response's tokens, response length."""
-    return {"mean_reward": float(ro.scores.mean()), "kl": float(kl.sum(-1).mean()),
+    """Per-batch means: RM score, KL summed over each response's tokens (and that mean's standard error, the
+    noise the KL budget's test sees), response length."""
+    kl_mean, kl_se = kl_mean_se(kl)
+    return {"mean_reward": float(ro.scores.mean()), "kl": kl_mean, "kl_se": kl_se,
             "mean_response_len": float(ro.response_mask.sum(-1).float().mean()),
             "eos_fraction": float(ro.has_eos.float().mean())}
 

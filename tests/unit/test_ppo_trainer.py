@@ -99,6 +99,7 @@ def test_kl_budget_ends_the_round_before_the_policy_overshoots(setup):
     _, free = run_ppo(policy_dir, policy_dir, rm, PROMPTS, config(), log=lambda s: None)
     budget = free[3]["kl"] - 1e-6  # the unconstrained run's KL at step 3 (> steps 0..2, as it grows)
     assert all(h["kl"] < budget for h in free[:3]), [h["kl"] for h in free]
+    assert free[0]["kl_se"] == 0.0 and all(h["kl_se"] > 0.0 for h in free[1:])  # pi = pi_ref only at step 0
     logs = []
     capped_policy, capped = run_ppo(policy_dir, policy_dir, rm, PROMPTS, config(kl_budget=budget, kl_budget_retries=0),
                                     log=logs.append)
