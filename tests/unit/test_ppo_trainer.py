@@ -163,6 +163,26 @@ def test_kl_budget_with_evidence_matches_a_naive_two_sample_test():
     assert over_kl_budget(noisy, 5.0, 5.0, z=1.64)  # 10 clears 5 by far more than 1.64 se
 
 
+def test_logged_batch_figures_match_a_naive_reference():
+    """Every step's log (rollout_stats): mean RM score, mean summed KL and its standard error (the figure the
+    KL budget's test uses), mean response length and EOS share, each against a plain-Python reference."""
+    import math
+
+    from training.ppo_trainer import rollout_stats
+    from training.rollout import Rollout
+    kl = torch.tensor([[0.5, 1.0, 0.0], [2.0, 0.0, 0.0], [0.25, 0.25, 0.5]])  # (B, T) per-token KL
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1]])  # (B, T) response tokens
+    ro = Rollout(query=torch.zeros(3, 2, dtype=torch.long), query_mask=torch.ones(3, 2, dtype=torch.long),
+                 response=torch.zeros(3, 3, dtype=torch.long), response_mask=mask, logprobs=torch.zeros(3, 3),
+                 ref_logprobs=torch.zeros(3, 3), values=None, scores=torch.tensor([1.0, -2.0, 4.0]),
+                 has_eos=torch.tensor([True, False, True]))
+    sums = [1.5, 2.0, 1.0]  # sum_t KL_t per response
+    mean = sum(sums) / 3
+    se = math.sqrt(sum((x - mean) ** 2 for x in sums) / 2 / 3)
+    assert rollout_stats(ro, kl) == pytest.approx(
+        {"mean_reward": 1.0, "kl": mean, "kl_se": se, "mean_response_len": 2.0, "eos_fraction": 2 / 3})
+
+
 def test_rollouts_and_updates_run_under_the_device_autocast(setup, monkeypatch):
     """run_ppo enters training.devices.autocast (bf16 on CUDA, a no-op on CPU) for the reference
     normalisation, every rollout and every update forward, never around a backward."""
