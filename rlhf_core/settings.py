@@ -227,7 +227,12 @@ class Settings(BaseSettings):
     seed: int = 0
     """Seed of training rounds (a round's seed is seed + round number)."""
     eval_prompts: int = 48
-    """Held-out prompts scored at the promotion gate."""
+    """Most prompts scored at the promotion gate: the shipped held-out prompts first, then those of
+    `RLHF_GATE_PROMPTS_FILE`."""
+    gate_prompts_file: FilePath | None = None
+    """A file of prompts, one per line, that the promotion gate judges candidates on beside the shipped
+    held-out prompts (up to `RLHF_EVAL_PROMPTS` in all) and that PPO's rollouts never sample: your own
+    evaluation set. The gate's win-rate bound resamples prompts, so more prompts give it more power."""
     reserved_prompts_file: FilePath | None = None
     """A file of prompts, one per line, that PPO's rollouts never sample, as they never sample the shipped
     held-out prompts, though users may send them: an evaluation set kept out of online training."""

@@ -294,17 +294,19 @@ def finish(ctx: Context, round_id: str, summary: dict) -> None:
     ctx.lock.release(round_id)
 
 
-def reserved_prompts(path: Path | None) -> set[str]:
-    """The prompts of ``RLHF_RESERVED_PROMPTS_FILE``: one per line, surrounding blanks ignored."""
+def prompts_file(path: Path | None) -> list[str]:
+    """The prompts of a prompts file (``RLHF_RESERVED_PROMPTS_FILE``, ``RLHF_GATE_PROMPTS_FILE``) in file order: one
+    per line, surrounding blanks ignored; none for no file."""
     if path is None:
-        return set()
-    return {line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()}
+        return []
+    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def training_prompts(ctx: Context, seed: int) -> list[str]:
-    """Recent real prompts mixed with the shipped training prompts (never the held-out or reserved ones)."""
+    """Recent real prompts mixed with the shipped training prompts (never the held-out, reserved or gate ones)."""
     from training.text_format import heldout_prompts, train_prompts
-    held = set(heldout_prompts()) | reserved_prompts(ctx.settings.reserved_prompts_file)
+    held = set(heldout_prompts() + prompts_file(ctx.settings.reserved_prompts_file)
+               + prompts_file(ctx.settings.gate_prompts_file))
     recent = [p.decode() for p in ctx.redis.lrange(ctx.keys.recent_prompts, 0, ctx.settings.recent_prompts - 1)]
     real = [p for p in dict.fromkeys(recent) if p.strip() not in held]
     shipped = train_prompts()
@@ -315,8 +317,11 @@ def training_prompts(ctx: Context, seed: int) -> list[str]:
 
 
 def eval_prompts(ctx: Context) -> list[str]:
+    """The gate's prompts: the shipped held-out ones, then RLHF_GATE_PROMPTS_FILE's (once each, file order),
+    at most RLHF_EVAL_PROMPTS."""
     from training.text_format import heldout_prompts
-    return heldout_prompts()[: ctx.settings.eval_prompts]
+    own = prompts_file(ctx.settings.gate_prompts_file)
+    return list(dict.fromkeys(heldout_prompts() + own))[: ctx.settings.eval_prompts]
 
 
 def ppo_config(ctx: Context, state: RoundState):

@@ -33,8 +33,10 @@ from typing import Any
 from benchmarks.learning import report, seeds
 from benchmarks.learning.annotators import ANNOTATORS, make_annotator
 from benchmarks.learning.evaluation import sample_responses
+from benchmarks.learning.gate_prompts import GATE_PROMPTS, gate_prompts
 from benchmarks.learning.harness import LearningConfig, run
 from benchmarks.learning.stack import TRAINING_KNOBS, Stack, StackConfig, effective_training
+from training.text_format import heldout_prompts
 
 STORY_PROMPT = "My order hasn't arrived. What should I do?"
 # Run size that met every target with the empathetic annotator (benchmarks/results/empathetic). Its PPO and
@@ -94,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reward-lr", type=float)
     g.add_argument("--gate-eval-prompts", type=int, dest="eval_prompts_gate",
                    help="held-out prompts the promotion gate scores (RLHF_EVAL_PROMPTS)")
+    g.add_argument("--gate-prompts", type=int, default=0,
+                   help="prompts of gate_prompts.py (up to 40) the gate judges on beside the 20 held-out ones "
+                        "(RLHF_GATE_PROMPTS_FILE; RLHF_EVAL_PROMPTS grows to fit unless --gate-eval-prompts is set)")
     g.add_argument("--gate-min-reward-gain", type=float)
     g.add_argument("--kl-bound", type=float)
     g.add_argument("--train-window", type=int)
@@ -118,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 def training_settings(args: argparse.Namespace) -> dict[str, Any]:
     knobs = {k: getattr(args, k, None) for k in TRAINING_KNOBS if k != "eval_prompts"}
     knobs["eval_prompts"] = args.eval_prompts_gate
+    if args.gate_prompts and args.eval_prompts_gate is None:
+        knobs["eval_prompts"] = len(heldout_prompts()) + args.gate_prompts
     return {k: v for k, v in knobs.items() if v is not None}
 
 
@@ -144,6 +151,7 @@ def run_one(args: argparse.Namespace, annotator: str, out_dir: Path, command: st
     started = time.monotonic()
     training = training_settings(args)
     stack_cfg = StackConfig(model_dir=args.model_dir, seed=args.seed, device=args.device, training=training,
+                            gate_prompts=gate_prompts(args.gate_prompts) if args.gate_prompts else [],
                             log_dir=out_dir / ".logs", max_new_tokens_default=args.max_new_tokens or 64)
     if args.redis_url:
         stack_cfg.redis_url = args.redis_url
@@ -206,7 +214,10 @@ def exit_on_sigterm() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.gate_prompts <= 2 * len(GATE_PROMPTS):
+        parser.error(f"--gate-prompts takes 0 to {2 * len(GATE_PROMPTS)}, not {args.gate_prompts}")
     exit_on_sigterm()
     command = "python -m benchmarks.learning " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     if args.all_annotators:

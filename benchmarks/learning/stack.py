@@ -159,6 +159,9 @@ class StackConfig:
     reserved_prompts: list[str] = field(default_factory=fresh_prompts)
     """Prompts the worker's rounds never train on (RLHF_RESERVED_PROMPTS_FILE): the harness's fresh evaluation
     prompts, which its evaluation sends through Generate like any user."""
+    gate_prompts: list[str] = field(default_factory=list)
+    """More prompts for the promotion gate (RLHF_GATE_PROMPTS_FILE; gate_prompts.py): judged beside the held-out
+    ones, never sampled by PPO."""
     cache: Path = CACHE
 
 
@@ -222,15 +225,16 @@ class Stack:
                              f"(`bash scripts/ensure_redis.sh`) or set REDIS_URL") from None
 
     def worker_environment(self) -> dict[str, str]:
-        """What the worker's environment sets beyond the stack's Redis, key prefix and registry (and the file of
-        reserved prompts it names, written beside the registry)."""
+        """What the worker's environment sets beyond the stack's Redis, key prefix and registry (and the files of
+        reserved and gate prompts it names, written beside the registry)."""
         s = self.settings
         env = dict(RLHF_DEVICE=s.device, RLHF_SEED=str(self.cfg.seed), RLHF_MIN_NEW_FEEDBACK="1",
                    RLHF_WORKER_METRICS_PORT="-1")
-        if self.cfg.reserved_prompts:
-            reserved = s.registry.parent / "reserved_prompts.txt"
-            reserved.write_text("".join(p + "\n" for p in self.cfg.reserved_prompts), encoding="utf-8")
-            env["RLHF_RESERVED_PROMPTS_FILE"] = str(reserved)
+        for prompts, name in ((self.cfg.reserved_prompts, "RESERVED"), (self.cfg.gate_prompts, "GATE")):
+            if prompts:
+                path = s.registry.parent / f"{name.lower()}_prompts.txt"
+                path.write_text("".join(p + "\n" for p in prompts), encoding="utf-8")
+                env[f"RLHF_{name}_PROMPTS_FILE"] = str(path)
         env.update(worker_env(self.cfg.training))
         return env
 

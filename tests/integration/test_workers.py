@@ -127,3 +127,21 @@ def test_reserved_prompts_are_never_ppo_prompts(settings, tmp_path):
     assert "A real user prompt." in training_prompts(Context(settings), seed=0)
     assert "Where is my evaluation parcel?" in training_prompts(Context(settings), seed=0)  # not reserved there
 
+
+def test_gate_prompts_file_adds_gate_prompts_that_ppo_never_samples(settings, tmp_path):
+    """RLHF_GATE_PROMPTS_FILE: the gate judges on the shipped held-out prompts and then the file's (once each, in
+    file order, at most RLHF_EVAL_PROMPTS in all); PPO's rollouts never sample the file's prompts."""
+    from workers.rounds import Context, eval_prompts, training_prompts
+    from training.text_format import heldout_prompts
+    held = heldout_prompts()
+    gate = tmp_path / "gate.txt"
+    gate.write_text(f"Is my gate parcel late?\n\n  {held[0]}  \nWhere did my gate order go?\n", encoding="utf-8")
+    ctx = Context(settings.model_copy(update={"gate_prompts_file": gate, "eval_prompts": 100}))
+    assert eval_prompts(ctx) == held + ["Is my gate parcel late?", "Where did my gate order go?"]
+    capped = Context(settings.model_copy(update={"gate_prompts_file": gate, "eval_prompts": len(held) + 1}))
+    assert eval_prompts(capped) == held + ["Is my gate parcel late?"]
+    assert eval_prompts(Context(settings.model_copy(update={"eval_prompts": 100}))) == held
+    ctx.redis.lpush(ctx.keys.recent_prompts, "Is my gate parcel late?", "A real user prompt.")
+    prompts = training_prompts(ctx, seed=0)
+    assert "A real user prompt." in prompts and "Is my gate parcel late?" not in prompts
+

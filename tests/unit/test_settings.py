@@ -97,3 +97,9 @@ def test_a_missing_reserved_prompts_file_is_refused_at_start(tmp_path, monkeypat
     monkeypatch.setenv("RLHF_RESERVED_PROMPTS_FILE", str(tmp_path / "nope.txt"))
     with pytest.raises(ValidationError, match="reserved_prompts_file"):
         Settings()
+
+
+def test_a_missing_gate_prompts_file_is_refused_at_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLHF_GATE_PROMPTS_FILE", str(tmp_path / "nope.txt"))
+    with pytest.raises(ValidationError, match="gate_prompts_file"):
+        Settings()
