@@ -144,4 +144,3 @@ def test_gate_prompts_file_adds_gate_prompts_that_ppo_never_samples(settings, tm
     ctx.redis.lpush(ctx.keys.recent_prompts, "Is my gate parcel late?", "A real user prompt.")
     prompts = training_prompts(ctx, seed=0)
     assert "A real user prompt." in prompts and "Is my gate parcel late?" not in prompts
-
