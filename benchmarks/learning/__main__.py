@@ -33,7 +33,7 @@ from typing import Any
 from benchmarks.learning import report, seeds
 from benchmarks.learning.annotators import ANNOTATORS, make_annotator
 from benchmarks.learning.evaluation import sample_responses
-from benchmarks.learning.gate_prompts import GATE_PROMPTS, gate_prompts
+from benchmarks.learning.gate_prompts import gate_prompts
 from benchmarks.learning.harness import LearningConfig, run
 from benchmarks.learning.stack import TRAINING_KNOBS, Stack, StackConfig, effective_training
 from training.text_format import heldout_prompts
@@ -216,8 +216,8 @@ def exit_on_sigterm() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not 0 <= args.gate_prompts <= 2 * len(GATE_PROMPTS):
-        parser.error(f"--gate-prompts takes 0 to {2 * len(GATE_PROMPTS)}, not {args.gate_prompts}")
+    if not 0 <= args.gate_prompts <= len(gate_prompts()):
+        parser.error(f"--gate-prompts takes 0 to {len(gate_prompts())}, not {args.gate_prompts}")
     exit_on_sigterm()
     command = "python -m benchmarks.learning " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     if args.all_annotators:

@@ -132,16 +132,33 @@ def test_near_chance_judge_refuses_a_real_round(settings, registry_v1):
 
 def test_a_judge_without_feedback_refuses(settings, registry_v1):
     """A lone prompt goes to the policy half: the judge has nothing to learn from and the gate says so."""
-    import shutil
-
     ctx = rounds.Context(settings.model_copy(update=SMALL_ROUND))
     r = redis.Redis.from_url(settings.redis_url)
     prompt, answer = honest_rows()[0]
     append(r, settings, prompt, answer, DEGENERATE, "u1")
     state = run(ctx, rounds.begin(ctx, uuid.uuid4().hex[:12]), [rounds.snapshot, rounds.train_reward])
     assert state.judge["n_pairs"] == 0 and state.judge["heldout_accuracy"] is None
-    shutil.copytree(ctx.registry.path("v0001"), ctx.workdir(state.round_id) / "policy",
-                    ignore=shutil.ignore_patterns("manifest.json"))  # the parent itself as the candidate
-    summary = run(ctx, state, [rounds.evaluate, rounds.publish])
+    summary = run(ctx, parent_as_candidate(ctx, state), [rounds.evaluate, rounds.publish])
     assert summary.promoted is False
     assert summary.reason.startswith("judge_accuracy: the judge has no held-out accuracy"), summary.reason
+
+
+def parent_as_candidate(ctx, state):
+    """The round's candidate is a copy of its parent (no PPO): for tests of what the gate measures."""
+    import shutil
+    shutil.copytree(ctx.registry.path(state.parent), ctx.workdir(state.round_id) / "policy",
+                    ignore=shutil.ignore_patterns("manifest.json"))
+    return state
+
+
+def test_the_gate_also_samples_the_prompts_of_its_prompts_file(settings, registry_v1, tmp_path):
+    """RLHF_GATE_PROMPTS_FILE reaches the evaluate stage: the version records 20 held-out + 2 file prompts."""
+    from training.text_format import heldout_prompts
+    gate = tmp_path / "gate.txt"
+    gate.write_text("Is my gate parcel late?\nWhere did my gate order go?\n", encoding="utf-8")
+    ctx = rounds.Context(settings.model_copy(update={**SMALL_ROUND, "gate_prompts_file": gate, "eval_prompts": 100}))
+    prompt, answer = honest_rows()[0]
+    append(redis.Redis.from_url(settings.redis_url), settings, prompt, answer, DEGENERATE, "u1")
+    state = run(ctx, rounds.begin(ctx, uuid.uuid4().hex[:12]), [rounds.snapshot, rounds.train_reward])
+    summary = run(ctx, parent_as_candidate(ctx, state), [rounds.evaluate, rounds.publish])
+    assert ctx.registry.manifest(summary.version).promotion.eval_prompts == len(heldout_prompts()) + 2
