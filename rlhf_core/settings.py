@@ -199,6 +199,10 @@ class Settings(BaseSettings):
     """Promotion gate: the judge's accuracy on the feedback it never trained on (its held-out split
     and the other half) must be at least this; a judge near chance (0.5) cannot tell a better
     candidate from a worse one, so nothing is promoted on its word."""
+    judge_ensemble: int = Field(default=1, ge=1, le=16)
+    """Promotion gate: reward models trained on the judge's half of the feedback, each with its own seed;
+    the gate judges with the mean of their scores and records each one's win rate and the share of
+    prompts they disagree on. 1: one judge. Each member costs one more reward-model training per round."""
     gate_win_margin: float = _GATE.win_margin
     """Promotion gate: the lower confidence bound of the candidate's win rate against its parent
     (judged on held-out prompts) must exceed 0.5 + this. Negative: a non-inferiority test (the

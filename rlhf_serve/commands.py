@@ -156,6 +156,10 @@ def cmd_models(args, settings: Settings) -> int:
                           f"eos={p.candidate_eos_rate:.2f} (parent {p.parent_eos_rate:.2f})  len={p.length_ratio:.2f}x  "
                           f"distinct-2={p.distinct_2_ratio:.2f}x SFT  "
                           f"failed: {','.join(c.name for c in p.checks if not c.passed) or '-'}  | {p.reason}")
+                if p.judge_members > 1:
+                    print(f"      judges={p.judge_members}  member win rates="
+                          f"{' '.join(f'{w:.2f}' for w in p.judge_member_win_rates)}  "
+                          f"disagree on {p.judge_disagreement:.0%} of prompts")
             _print_servers(listing)
             return 0
         if args.action == "prune":

@@ -75,6 +75,13 @@ def score_samples(reward_model: Any, prompts: list[str], samples: PolicySamples)
     return _regroup(scores, len(samples.texts[0]) if samples.texts else 1)
 
 
+def score_members(ensemble: Any, prompts: list[str], samples: PolicySamples) -> list[list[list[float]]]:
+    """(members x prompts x k) scores of each member of a judge ensemble (detail 24)."""
+    items = [(p, t) for p, group in zip(prompts, samples.texts) for t in group]
+    k = len(samples.texts[0]) if samples.texts else 1
+    return [_regroup(row, k) for row in ensemble.member_scores(items).tolist()] if items else [[] for _ in ensemble.members]
+
+
 def gate_figures(judge_accuracy: float | None, judge_cand: list[list[float]], judge_parent: list[list[float]],
                  cand: dict[str, float], parent: dict[str, float], ref: dict[str, float],
                  cfg: GateSampling) -> GateFigures:

@@ -55,6 +55,10 @@ def fill_promotion(p: records_pb2.PromotionDecision, ev: dict, promoted: bool, r
     p.policy_rm_candidate_reward = _num(cand.get("policy_rm_reward"))
     p.policy_rm_parent_reward = _num(parent.get("policy_rm_reward"))
     p.parent_kl_to_reference = _num(parent.get("kl"))
+    judges = ev.get("judges") or {"members": 1}
+    p.judge_members = judges["members"]
+    p.judge_member_win_rates.extend(judges.get("member_win_rates", []))
+    p.judge_disagreement = judges.get("disagreement", 0.0)
     for c in checks:
         p.checks.add(name=c.name, passed=c.passed, value=c.value,
                      threshold=c.threshold, message=c.message)

@@ -111,6 +111,7 @@ def holding_lock(stage):
 REWARD_METRICS = ("train_loss", "train_accuracy", "heldout_accuracy", "heldout_loss", "n_pairs", "n_heldout",
                   "n_ratings", "heldout_pair_accuracy", "heldout_rating_accuracy",
                   "heldout_rating_balanced_accuracy", "heldout_rating_auc")
+ENSEMBLE_METRICS = ("members", "member_heldout_accuracy", "member_train_accuracy")
 
 
 @holding_lock
@@ -118,6 +119,7 @@ def train_reward(ctx: Context, state: RoundState) -> RoundState:
     """Cross-fitting (detail 22): the policy reward model (for PPO) and the judge (for the gate only)
     train on the feedback of disjoint halves of the prompts, split by a seeded hash of each prompt."""
     from training.gate import split_prompts
+    from training.reward_ensemble import train_ensemble
     from training.reward_model import RewardModel, train_reward_model
     from transformers import AutoTokenizer
 
@@ -137,13 +139,17 @@ def train_reward(ctx: Context, state: RoundState) -> RoundState:
                                                half_pairs, cfg, ctx.settings.device, ratings=half_ratings)
             out[name] = {k: metrics.get(k) for k in REWARD_METRICS} | {"n_prompts": len(prompts)}
             continue
-        trunk = lora_rounds.parent_trunk(ctx.registry, state, ctx.settings.device)  # the parent, in both modes
-        if half_pairs or half_ratings:  # the judge is a plain reward model in both modes
-            model, metrics = train_reward_model(trunk, tokenizer, half_pairs, cfg, ratings=half_ratings)
+        trunk = functools.partial(lora_rounds.parent_trunk, ctx.registry, state, ctx.settings.device)  # both modes
+        members = ctx.settings.judge_ensemble if name == "judge" else 1
+        if (half_pairs or half_ratings) and members > 1:  # detail 24
+            model, metrics = train_ensemble(trunk, tokenizer, half_pairs, cfg, half_ratings, members)
+        elif half_pairs or half_ratings:  # the judge is a plain reward model in both modes
+            model, metrics = train_reward_model(trunk(), tokenizer, half_pairs, cfg, ratings=half_ratings)
         else:  # a lone prompt leaves the judge nothing: an untrained head, no accuracy, the gate refuses
-            model, metrics = RewardModel.from_pretrained_backbone(trunk, tokenizer, cfg.max_len), {"n_pairs": 0}
+            model, metrics = RewardModel.from_pretrained_backbone(trunk(), tokenizer, cfg.max_len), {"n_pairs": 0}
         model.save(ctx.workdir(state.round_id) / name)
-        out[name] = {k: metrics.get(k) for k in REWARD_METRICS} | {"n_prompts": len(prompts)}
+        out[name] = ({k: metrics.get(k) for k in REWARD_METRICS} | {k: metrics[k] for k in ENSEMBLE_METRICS if k in metrics}
+                     | {"n_prompts": len(prompts)})
         if name == "judge" and (half_pairs or half_ratings):
             other = halves["reward_model"]
             out[name].update(judge_accuracy_unseen(model, metrics, [p for p in pairs if p.prompt in other],
@@ -156,14 +162,20 @@ def train_reward(ctx: Context, state: RoundState) -> RoundState:
 def judge_accuracy_unseen(judge, metrics: dict, other_pairs: list, other_ratings: list, batch_size: int) -> dict:
     """The judge's accuracy on every item whose prompt it never trained on: its own held-out split
     plus the whole other half (cross-fitting makes that half unseen too), pooled by count. Far less
-    noisy than the held-out split alone, which is what the gate's accuracy floor needs."""
+    noisy than the held-out split alone, which is what the gate's accuracy floor needs. An ensemble
+    (detail 24) is measured on the other half only: its members' held-out splits differ."""
     from training.reward_model import combined, evaluate_all
 
     cross = evaluate_all(judge, other_pairs, other_ratings, judge.rating_bias, batch_size)
     n_cross = len(other_pairs) + len(other_ratings)
     n_own = int(metrics.get("n_heldout") or 0) + int(metrics.get("n_heldout_ratings") or 0)
+    members = {}
+    if metrics.get("members", 1) > 1:  # an ensemble's members trained on each other's held-out splits
+        n_own = 0
+        members["member_cross_accuracy"] = [evaluate_all(m, other_pairs, other_ratings, m.rating_bias, batch_size)
+                                            ["accuracy"] for m in judge.members]
     pooled = combined(metrics.get("heldout_accuracy"), n_own, cross["accuracy"], n_cross)
-    return {"cross_accuracy": cross["accuracy"], "n_cross": n_cross, "unseen_accuracy": pooled}
+    return {"cross_accuracy": cross["accuracy"], "n_cross": n_cross, "unseen_accuracy": pooled} | members
 
 
 @holding_lock
@@ -206,15 +218,16 @@ def _ppo_summary(state: RoundState, history: list[dict], started: float, cfg) ->
 @holding_lock
 def evaluate(ctx: Context, state: RoundState) -> RoundState:
     """Samples candidate, parent and SFT reference on held-out prompts; the judge scores them (detail 23)."""
-    from training.gate_eval import gate_figures, sample_policy, score_samples
+    from training.gate_eval import gate_figures, sample_policy, score_members, score_samples
     from training.ppo_trainer import load_causal_lm
     from training.devices import resolve_device
+    from training.reward_ensemble import RewardEnsemble, judge_agreement, load_judge
     from training.reward_model import RewardModel
     from transformers import AutoTokenizer
 
     work, device = ctx.workdir(state.round_id), resolve_device(ctx.settings.device)
     lora = state.finetune == "lora"
-    judge = RewardModel.load(work / "judge", device=ctx.settings.device)
+    judge = load_judge(work / "judge", device=ctx.settings.device)
     policy_rm = (lora_rounds.policy_reward_model(ctx.registry, ctx.settings, state, work, ctx.settings.device) if lora
                  else RewardModel.load(work / "reward_model", device=ctx.settings.device))
     tokenizer = AutoTokenizer.from_pretrained(work / "policy")
@@ -228,6 +241,8 @@ def evaluate(ctx: Context, state: RoundState) -> RoundState:
     same = state.parent == state.reference
     samples["reference"] = samples["parent"] if same else sample_policy(reference, None, tokenizer, prompts, cfg)
     judged = {n: score_samples(judge, prompts, samples[n]) for n in ("candidate", "parent")}
+    judges = (judge_agreement(*[score_members(judge, prompts, samples[n]) for n in ("candidate", "parent")])
+              if isinstance(judge, RewardEnsemble) else {"members": 1})
     summaries = {n: s.summary() for n, s in samples.items()}
     judge_accuracy = state.judge.get("unseen_accuracy", state.judge["heldout_accuracy"])
     figures = gate_figures(judge_accuracy, judged["candidate"], judged["parent"],
@@ -235,8 +250,9 @@ def evaluate(ctx: Context, state: RoundState) -> RoundState:
     for n in ("candidate", "parent"):
         summaries[n]["mean_reward"] = _mean(judged[n])  # the judge's
         summaries[n]["policy_rm_reward"] = _mean(score_samples(policy_rm, prompts, samples[n]))  # PPO's RM
-    return replace(state, evaluation={**summaries, "gate": asdict(figures), "n_prompts": len(prompts),
-                                      "samples_per_prompt": cfg.samples_per_prompt, "confidence": cfg.confidence})
+    return replace(state, evaluation={**summaries, "gate": asdict(figures), "judges": judges,
+                                      "n_prompts": len(prompts), "samples_per_prompt": cfg.samples_per_prompt,
+                                      "confidence": cfg.confidence})
 
 
 def publish(ctx: Context, state: RoundState) -> RoundState:

@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="factor on beta after each such batch (RLHF_PPO__KL_BUDGET_BACKOFF)")
     g.add_argument("--kl-budget-z", type=float,
                    help="standard errors a batch's KL must clear the budget by to count as over (RLHF_PPO__KL_BUDGET_Z)")
+    g.add_argument("--judge-ensemble", type=int, help="reward models the gate's judge averages (RLHF_JUDGE_ENSEMBLE)")
     g.add_argument("--round-kl-budget-share", type=float, help="PPO stops past this share of the KL bound; 0: off")
     p.set_defaults(**TUNED)
     return p

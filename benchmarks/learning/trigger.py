@@ -80,4 +80,8 @@ def model_summary(info: policy_pb2.ModelInfo) -> dict[str, Any]:
         "num_ratings": t.num_ratings, "train_seconds": t.seconds, "description": t.description,
         "promoted": p.promoted, "reason": p.reason, "candidate_reward": p.candidate_reward,
         "parent_reward": p.parent_reward, "kl_to_reference": p.kl_to_reference, "kl_bound": p.kl_bound,
+        "judge_accuracy": p.judge_accuracy, "judge_model_accuracy": t.judge_model_accuracy,
+        "gate_win_rate": p.win_rate, "gate_win_rate_lower_bound": p.win_rate_lower_bound,
+        "judge_members": p.judge_members, "judge_member_win_rates": list(p.judge_member_win_rates),
+        "judge_disagreement": p.judge_disagreement,
     }

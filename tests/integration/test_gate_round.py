@@ -72,12 +72,14 @@ def run(ctx, state, stages):
     return state
 
 
-def test_reward_hacked_candidate_is_refused_and_every_figure_is_recorded(settings, registry_v1, capsys):
-    ctx = rounds.Context(settings.model_copy(update=SMALL_ROUND))
+def hacked_round(settings, **update):
+    """PPO's half of the feedback is poisoned (the spam wins), the judge's half is honest; the candidate
+    is the reward-hacked one. Returns the context, the rows, the judge's prompts and the round's summary."""
+    ctx = rounds.Context(settings.model_copy(update={**SMALL_ROUND, **update}))
     r = redis.Redis.from_url(settings.redis_url)
     rows = honest_rows()
     policy_half, judge_half = split_prompts([p for p, _ in rows], settings.seed)
-    for prompt, answer in rows:  # PPO's half is poisoned (the spam wins); the judge's half is honest
+    for prompt, answer in rows:
         good, bad = (DEGENERATE, answer) if prompt in policy_half else (answer, DEGENERATE)
         append(r, settings, prompt, good, bad, "u1")
         append(r, settings, prompt, good, bad[: len(bad) // 2], "u2")
@@ -86,7 +88,12 @@ def test_reward_hacked_candidate_is_refused_and_every_figure_is_recorded(setting
     started = time.perf_counter()
     hacked_candidate(ctx.registry.path(state.parent), ctx.workdir(state.round_id) / "policy", list(judge_half))
     print(f"hacked candidate: {time.perf_counter() - started:.1f}s")
-    summary = run(ctx, state, [rounds.evaluate, rounds.publish])
+    return ctx, rows, judge_half, run(ctx, state, [rounds.evaluate, rounds.publish])
+
+
+def test_reward_hacked_candidate_is_refused_and_every_figure_is_recorded(settings, registry_v1, capsys):
+    ctx, rows, judge_half, summary = hacked_round(settings)
+    r = redis.Redis.from_url(settings.redis_url)
 
     assert summary.promoted is False and summary.version == "v0002"
     assert current_version(r, ctx.keys, ctx.registry) == "v0001"
@@ -111,6 +118,24 @@ def test_reward_hacked_candidate_is_refused_and_every_figure_is_recorded(setting
     assert cmd_models(argparse.Namespace(action="list"), ctx.settings) == 0
     listing = capsys.readouterr().out
     assert "win=" in listing and "distinct-2=" in listing and p.reason in listing
+    assert p.judge_members == 1 and not p.judge_member_win_rates and "judges=" not in listing
+
+
+def test_an_ensemble_of_judges_refuses_the_hacked_candidate_and_records_each_member(settings, registry_v1, capsys):
+    """RLHF_JUDGE_ENSEMBLE=3 (detail 24): three judges on the honest half, the gate on their mean score."""
+    ctx, _, judge_half, summary = hacked_round(settings, judge_ensemble=3)
+    assert summary.promoted is False
+    assert summary.judge["members"] == 3 and len(summary.judge["member_heldout_accuracy"]) == 3
+    # measured on the poisoned half only (the members trained on each other's held-out splits)
+    assert summary.judge["unseen_accuracy"] == summary.judge["cross_accuracy"]
+    assert len(summary.judge["member_cross_accuracy"]) == 3
+    p = ctx.registry.manifest(summary.version).promotion
+    assert p.judge_members == 3 and len(p.judge_member_win_rates) == 3
+    assert all(w < 0.5 for w in p.judge_member_win_rates)  # every honest judge sees through the hack
+    assert p.win_rate < 0.5 and 0.0 <= p.judge_disagreement <= 1.0
+    assert p.policy_rm_candidate_reward > p.policy_rm_parent_reward
+    assert cmd_models(argparse.Namespace(action="list"), ctx.settings) == 0
+    assert "judges=3  member win rates=" in capsys.readouterr().out
 
 
 def test_near_chance_judge_refuses_a_real_round(settings, registry_v1):

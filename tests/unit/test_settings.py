@@ -103,3 +103,10 @@ def test_a_missing_gate_prompts_file_is_refused_at_start(tmp_path, monkeypatch):
     monkeypatch.setenv("RLHF_GATE_PROMPTS_FILE", str(tmp_path / "nope.txt"))
     with pytest.raises(ValidationError, match="gate_prompts_file"):
         Settings()
+
+
+@pytest.mark.parametrize("members", ["0", "17"])
+def test_a_judge_ensemble_outside_1_to_16_is_refused_at_start(monkeypatch, members):
+    monkeypatch.setenv("RLHF_JUDGE_ENSEMBLE", members)
+    with pytest.raises(ValidationError, match="judge_ensemble"):
+        Settings()
