@@ -12,6 +12,7 @@ from torch import nn
 from training.config import GateSampling
 from training.gate import GateFigures, bootstrap_lower_bound, distinct_n, mean, per_prompt_win_fractions
 from training.ppo import logprobs_from_logits
+from training.reward_model import combined, evaluate_all
 from training.rollout import encode_prompt, generate, left_pad, pad_id_of, response_logits
 
 
@@ -79,7 +80,26 @@ def score_members(ensemble: Any, prompts: list[str], samples: PolicySamples) -> 
     """(members x prompts x k) scores of each member of a judge ensemble (detail 24)."""
     items = [(p, t) for p, group in zip(prompts, samples.texts) for t in group]
     k = len(samples.texts[0]) if samples.texts else 1
-    return [_regroup(row, k) for row in ensemble.member_scores(items).tolist()] if items else [[] for _ in ensemble.members]
+    if not items:
+        return [[] for _ in ensemble.members]
+    return [_regroup(row, k) for row in ensemble.member_scores(items).tolist()]
+
+
+def judge_accuracy_unseen(judge, metrics: dict, other_pairs: list, other_ratings: list, batch_size: int) -> dict:
+    """The judge's accuracy on every item whose prompt it never trained on: its own held-out split
+    plus the whole other half (cross-fitting makes that half unseen too), pooled by count. Far less
+    noisy than the held-out split alone, which is what the gate's accuracy floor needs. An ensemble
+    (detail 24) is measured on the other half only: its members' held-out splits differ."""
+    cross = evaluate_all(judge, other_pairs, other_ratings, judge.rating_bias, batch_size)
+    n_cross = len(other_pairs) + len(other_ratings)
+    n_own = int(metrics.get("n_heldout") or 0) + int(metrics.get("n_heldout_ratings") or 0)
+    members = {}
+    if metrics.get("members", 1) > 1:  # an ensemble's members trained on each other's held-out splits
+        n_own = 0
+        members["member_cross_accuracy"] = [evaluate_all(m, other_pairs, other_ratings, m.rating_bias, batch_size)
+                                            ["accuracy"] for m in judge.members]
+    pooled = combined(metrics.get("heldout_accuracy"), n_own, cross["accuracy"], n_cross)
+    return {"cross_accuracy": cross["accuracy"], "n_cross": n_cross, "unseen_accuracy": pooled} | members
 
 
 def gate_figures(judge_accuracy: float | None, judge_cand: list[list[float]], judge_parent: list[list[float]],

@@ -85,8 +85,8 @@ def train_ensemble(make_trunk: Callable[[], nn.Module], tokenizer: Any, pairs: l
     `member_train_accuracy` list each member's."""
     models, each = [], []
     for j in range(members):
-        model, metrics = train_reward_model(make_trunk(), tokenizer, pairs, replace(cfg, seed=cfg.seed + j * SEED_STRIDE),
-                                            ratings=ratings)
+        member_cfg = replace(cfg, seed=cfg.seed + j * SEED_STRIDE)
+        model, metrics = train_reward_model(make_trunk(), tokenizer, pairs, member_cfg, ratings=ratings)
         models.append(model)
         each.append(metrics)
     out = {k: v for k, v in each[0].items() if k.startswith("n_")}

@@ -119,6 +119,7 @@ def train_reward(ctx: Context, state: RoundState) -> RoundState:
     """Cross-fitting (detail 22): the policy reward model (for PPO) and the judge (for the gate only)
     train on the feedback of disjoint halves of the prompts, split by a seeded hash of each prompt."""
     from training.gate import split_prompts
+    from training.gate_eval import judge_accuracy_unseen
     from training.reward_ensemble import train_ensemble
     from training.reward_model import RewardModel, train_reward_model
     from transformers import AutoTokenizer
@@ -148,8 +149,8 @@ def train_reward(ctx: Context, state: RoundState) -> RoundState:
         else:  # a lone prompt leaves the judge nothing: an untrained head, no accuracy, the gate refuses
             model, metrics = RewardModel.from_pretrained_backbone(trunk(), tokenizer, cfg.max_len), {"n_pairs": 0}
         model.save(ctx.workdir(state.round_id) / name)
-        out[name] = ({k: metrics.get(k) for k in REWARD_METRICS} | {k: metrics[k] for k in ENSEMBLE_METRICS if k in metrics}
-                     | {"n_prompts": len(prompts)})
+        out[name] = ({k: metrics.get(k) for k in REWARD_METRICS} | {"n_prompts": len(prompts)}
+                     | {k: metrics[k] for k in ENSEMBLE_METRICS if k in metrics})
         if name == "judge" and (half_pairs or half_ratings):
             other = halves["reward_model"]
             out[name].update(judge_accuracy_unseen(model, metrics, [p for p in pairs if p.prompt in other],
@@ -157,25 +158,6 @@ def train_reward(ctx: Context, state: RoundState) -> RoundState:
     out["reward_model"]["seconds"] = time.perf_counter() - started
     log.info("round %s reward models (policy | judge): %s | %s", state.round_id, out["reward_model"], out["judge"])
     return replace(state, reward_model=out["reward_model"], judge=out["judge"])
-
-
-def judge_accuracy_unseen(judge, metrics: dict, other_pairs: list, other_ratings: list, batch_size: int) -> dict:
-    """The judge's accuracy on every item whose prompt it never trained on: its own held-out split
-    plus the whole other half (cross-fitting makes that half unseen too), pooled by count. Far less
-    noisy than the held-out split alone, which is what the gate's accuracy floor needs. An ensemble
-    (detail 24) is measured on the other half only: its members' held-out splits differ."""
-    from training.reward_model import combined, evaluate_all
-
-    cross = evaluate_all(judge, other_pairs, other_ratings, judge.rating_bias, batch_size)
-    n_cross = len(other_pairs) + len(other_ratings)
-    n_own = int(metrics.get("n_heldout") or 0) + int(metrics.get("n_heldout_ratings") or 0)
-    members = {}
-    if metrics.get("members", 1) > 1:  # an ensemble's members trained on each other's held-out splits
-        n_own = 0
-        members["member_cross_accuracy"] = [evaluate_all(m, other_pairs, other_ratings, m.rating_bias, batch_size)
-                                            ["accuracy"] for m in judge.members]
-    pooled = combined(metrics.get("heldout_accuracy"), n_own, cross["accuracy"], n_cross)
-    return {"cross_accuracy": cross["accuracy"], "n_cross": n_cross, "unseen_accuracy": pooled} | members
 
 
 @holding_lock
