@@ -203,7 +203,7 @@ class Settings(BaseSettings):
     """Promotion gate: reward models trained on the judge's half of the feedback, each with its own seed;
     the gate judges with the mean of their scores and records each one's win rate and the share of
     prompts they disagree on. 1: one judge. Each member costs one more reward-model training per round
-    (3: a judge more accurate by 0.017 that changed 1 decision in 31; README, "Does it learn?")."""
+    (3: a judge more accurate by 0.017 that changed 1 of 21 decisions; README, "Does it learn?")."""
     gate_win_margin: float = _GATE.win_margin
     """Promotion gate: the lower confidence bound of the candidate's win rate against its parent
     (judged on held-out prompts) must exceed 0.5 + this. Negative: a non-inferiority test (the
