@@ -78,11 +78,7 @@ def score_samples(reward_model: Any, prompts: list[str], samples: PolicySamples)
 
 def score_members(ensemble: Any, prompts: list[str], samples: PolicySamples) -> list[list[list[float]]]:
     """(members x prompts x k) scores of each member of a judge ensemble (detail 24)."""
-    items = [(p, t) for p, group in zip(prompts, samples.texts) for t in group]
-    k = len(samples.texts[0]) if samples.texts else 1
-    if not items:
-        return [[] for _ in ensemble.members]
-    return [_regroup(row, k) for row in ensemble.member_scores(items).tolist()]
+    return [score_samples(member, prompts, samples) for member in ensemble.members]
 
 
 def judge_accuracy_unseen(judge, metrics: dict, other_pairs: list, other_ratings: list, batch_size: int) -> dict:

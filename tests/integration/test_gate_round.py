@@ -132,7 +132,9 @@ def test_an_ensemble_of_judges_refuses_the_hacked_candidate_and_records_each_mem
     p = ctx.registry.manifest(summary.version).promotion
     assert p.judge_members == 3 and len(p.judge_member_win_rates) == 3
     assert all(w < 0.5 for w in p.judge_member_win_rates)  # every honest judge sees through the hack
-    assert p.win_rate < 0.5 and 0.0 <= p.judge_disagreement <= 1.0
+    assert p.win_rate < 0.5 and p.judge_accuracy == pytest.approx(summary.judge["cross_accuracy"])
+    split_prompts_count = p.judge_disagreement * p.eval_prompts  # a share of the gate's 8 prompts
+    assert split_prompts_count == pytest.approx(round(split_prompts_count)) and 0 <= split_prompts_count <= 8
     assert p.policy_rm_candidate_reward > p.policy_rm_parent_reward
     assert cmd_models(argparse.Namespace(action="list"), ctx.settings) == 0
     assert "judges=3  member win rates=" in capsys.readouterr().out

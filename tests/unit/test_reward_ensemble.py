@@ -101,3 +101,16 @@ def test_members_that_agree_have_no_disagreement():
     parent = [[[0.0, 0.0], [1.0, 1.0]]] * 2
     got = judge_agreement(cand, parent)
     assert got == {"members": 2, "member_win_rates": [0.5, 0.5], "disagreement": 0.0}
+
+
+def test_the_gate_scores_with_the_members_mean_and_keeps_each_members_view():
+    from training.gate_eval import PolicySamples, score_members, score_samples
+    ensemble = RewardEnsemble(members(3))
+    prompts = ["question 1", "question 2"]
+    samples = PolicySamples(texts=[["yes good", "maybe"], ["no bad", "yes good"]])  # (P, k) = (2, 2)
+    per_member = score_members(ensemble, prompts, samples)  # (J, P, k)
+    direct = ensemble.member_scores([(p, t) for p, g in zip(prompts, samples.texts) for t in g])  # (J, P * k)
+    torch.testing.assert_close(torch.tensor(per_member).reshape(3, 4), direct)
+    mean = score_samples(ensemble, prompts, samples)  # what the gate decides on
+    torch.testing.assert_close(torch.tensor(mean), torch.tensor(per_member).mean(0))
+    assert score_members(ensemble, [], PolicySamples()) == [[], [], []]
