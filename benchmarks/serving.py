@@ -106,6 +106,19 @@ def serve_phases(model_dir: Path, p: dict, log, prompts: str = "shared", **overr
     return {"closed_loop": closed, "open_loop": opened}
 
 
+# 16-client phases on a server set up otherwise: result key -> (what differs, the clients' prompts, settings)
+ALTERNATIVES = {
+    "closed_16_prefill_budget_1": ("with a prefill budget of one step (RLHF_PREFILL_STEP_RATIO=1)", "shared",
+                                   {"prefill_step_ratio": 1.0}),
+    "closed_16_distinct_prompts": ("with every client's prompt distinct from the others' (no prompt to share)",
+                                   "distinct", {}),
+    "closed_16_unshared_prefill": ("without shared prefills (RLHF_SHARE_PREFILL=false; the same prompts)", "shared",
+                                   {"share_prefill": False}),
+    "closed_16_plain_kv_cache": ("with the model's own KV cache (RLHF_KV_GROW_COLUMNS=0: torch.cat every step)",
+                                 "shared", {"kv_grow_columns": 0}),
+}
+
+
 def in_thread(fn, *args):
     """Runs `fn` on a fresh thread, as the engine runs the model (on a loaded 2-core machine torch's
     main-thread OpenMP team was ~100x slower than a worker thread's: compare like with like)."""
@@ -124,19 +137,19 @@ def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
     naive = in_thread(naive_generate, model_dir, p["naive_requests"], MAX_NEW, p["device"])
     log(f"  naive HF generate: {naive['tokens_per_s']:.1f} tok/s, latency p50 {naive['latency_p50_s'] * 1e3:.0f} ms")
     served = serve_phases(model_dir, p, log)
-    log("  the same load with a prefill budget of one step (RLHF_PREFILL_STEP_RATIO=1):")
-    budget = serve_phases(model_dir, {**p, "clients": [min(16, max(p["clients"]))]}, log,
-                          prefill_step_ratio=1.0)["closed_loop"][0]
     at16 = next((c for c in served["closed_loop"] if c["clients"] == 16), served["closed_loop"][-1])
     only16 = {**p, "clients": [at16["clients"]]}
-    log("  the same load, every client's prompt distinct from the others' (no prompt to share):")
-    distinct = serve_phases(model_dir, only16, log, prompts="distinct")["closed_loop"][0]
-    log("  the same load without shared prefills (RLHF_SHARE_PREFILL=false; the same prompts):")
-    unshared = serve_phases(model_dir, only16, log, share_prefill=False)["closed_loop"][0]
+    alt = {}
+    for key, (what, prompts, overrides) in ALTERNATIVES.items():
+        log(f"  the same load {what}:")
+        alt[key] = serve_phases(model_dir, only16, log, prompts=prompts, **overrides)["closed_loop"][0]
+    distinct, unshared = alt["closed_16_distinct_prompts"], alt["closed_16_unshared_prefill"]
     batch = max(1, round(at16["mean_batch"]))
     bare = in_thread(bare_loop, model_dir, batch, MAX_NEW, p["bare_rounds"], p["device"])
+    plain = in_thread(bare_loop, model_dir, batch, MAX_NEW, p["bare_rounds"], p["device"], 0)
     log(f"  bare batched loop (batch {batch}): {bare['tokens_per_s']:.1f} tok/s, step {bare['decode_step_s'] * 1e3:.1f}"
-        f" ms, prefill(1) {bare['prefill_one_s'] * 1e3:.1f} ms")
+        f" ms, prefill(1) {bare['prefill_one_s'] * 1e3:.1f} ms; with the model's own KV cache:"
+        f" {plain['tokens_per_s']:.1f} tok/s, step {plain['decode_step_s'] * 1e3:.1f} ms")
     ttft_bound = bare["prefill_one_s"] + 2 * bare["decode_step_s"]
     targets = {
         "speedup_vs_naive_at_16": at16["tokens_per_s"] / naive["tokens_per_s"],
@@ -153,17 +166,21 @@ def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
         "speedup_vs_naive_at_16_distinct_prompts": distinct["tokens_per_s"] / naive["tokens_per_s"],
         "ttft_p99_at_16_distinct_prompts_s": distinct["ttft_p99_s"],
         "ttft_p99_at_16_unshared_prefill_s": unshared["ttft_p99_s"],
-        "errors": sum(r["errors"] for r in served["closed_loop"] + served["open_loop"] + [distinct, unshared]),
+        # the growing KV cache (RLHF_KV_GROW_COLUMNS) against the model's own (torch.cat every step)
+        "speedup_vs_plain_kv_cache_at_16": at16["tokens_per_s"] / alt["closed_16_plain_kv_cache"]["tokens_per_s"],
+        "bare_step_plain_kv_cache_over_growing": plain["decode_step_s"] / bare["decode_step_s"],
+        "errors": sum(r["errors"] for r in served["closed_loop"] + served["open_loop"] + list(alt.values())),
     }
     batch_bound = targets["ttft_bound_batch_prefill_plus_2_steps_s"]
     log(f"  => {targets['speedup_vs_naive_at_16']:.2f}x naive at 16 clients; TTFT p99 {at16['ttft_p99_s'] * 1e3:.0f} ms"
         f" vs bound {ttft_bound * 1e3:.0f} ms (with the batch's prefill {batch_bound * 1e3:.0f} ms);"
         f" overhead vs bare {targets['engine_overhead_vs_bare'] * 100:.0f}%; {targets['errors']} errors;"
         f" distinct prompts: {targets['speedup_vs_naive_at_16_distinct_prompts']:.2f}x naive, TTFT p99"
-        f" {distinct['ttft_p99_s'] * 1e3:.0f} ms; unshared prefill: TTFT p99 {unshared['ttft_p99_s'] * 1e3:.0f} ms")
-    return {"model_dir": str(model_dir), "naive": naive, **served, "closed_16_prefill_budget_1": budget,
-            "closed_16_distinct_prompts": distinct, "closed_16_unshared_prefill": unshared,
-            "bare_loop": bare, "targets": targets}
+        f" {distinct['ttft_p99_s'] * 1e3:.0f} ms; unshared prefill: TTFT p99 {unshared['ttft_p99_s'] * 1e3:.0f} ms;"
+        f" growing KV cache: {targets['speedup_vs_plain_kv_cache_at_16']:.2f}x the model's own at 16 clients,"
+        f" bare step {targets['bare_step_plain_kv_cache_over_growing']:.2f}x faster")
+    return {"model_dir": str(model_dir), "naive": naive, **served, **alt, "bare_loop": bare,
+            "bare_loop_plain_kv_cache": plain, "targets": targets}
 
 
 def plot(results: dict, path: Path) -> None:

@@ -172,6 +172,18 @@ def _prompt_ids(tokenizer) -> list[list[int]]:
     return [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in PROMPTS]
 
 
+def prompt_batch(lm, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T0) left-padded ids of PROMPTS in turn and (B, T0) their mask (1 = real token), on the model's device."""
+    prompts = _prompt_ids(lm.tokenizer)
+    width = max(len(p) for p in prompts)
+    ids = torch.full((batch, width), lm.pad_id, dtype=torch.long)
+    mask = torch.zeros((batch, width), dtype=torch.long)
+    for i in range(batch):
+        p = prompts[i % len(prompts)]
+        ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
+    return ids.to(lm.device), mask.to(lm.device)
+
+
 @torch.inference_mode()
 def naive_generate(model_dir: Path, requests: int, max_new: int, device: str = "cpu") -> dict:
     """Hugging Face generate, one request at a time (what a first server would do), on `device` in the
@@ -202,28 +214,26 @@ def naive_generate(model_dir: Path, requests: int, max_new: int, device: str = "
 
 
 @torch.inference_mode()
-def bare_loop(model_dir: Path, batch: int, max_new: int, rounds: int, device: str = "cpu") -> dict:
+def bare_loop(model_dir: Path, batch: int, max_new: int, rounds: int, device: str = "cpu",
+              grow: int | None = None) -> dict:
     """Roofline: prefill `batch` prompts, then `max_new` batched decoding steps (greedy), no server; on
-    `device` as the server loads it (bf16 on CUDA)."""
+    `device` as the server loads it (bf16 on CUDA), with the server's KV cache (`grow` spare columns, default
+    the server's; 0: the model's own cache)."""
+    from service.decoder import GROW_COLUMNS
     from service.model_pool import load_model_dir
+    from training.kv_cache import make_cache
     from training.devices import resolve_device, synchronize
     dev = resolve_device(device)
     lm = load_model_dir(model_dir, "bare", dev)
-    prompts = _prompt_ids(lm.tokenizer)
-    width = max(len(p) for p in prompts)
-    ids = torch.full((batch, width), lm.pad_id, dtype=torch.long)  # (B, T0)
-    mask = torch.zeros((batch, width), dtype=torch.long)  # (B, T0)
-    for i in range(batch):
-        p = prompts[i % len(prompts)]
-        ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
-    ids, mask = ids.to(dev), mask.to(dev)
+    ids, mask = prompt_batch(lm, batch)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     lm.model(input_ids=ids, attention_mask=mask, position_ids=positions)  # warm-up (CUDA kernels, allocator)
     synchronize(dev)
     prefill_s, step_s, started = [], [], time.perf_counter()
     for _ in range(rounds):
         t0 = time.perf_counter()
-        out = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        out = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                       **{lm.cache_arg: make_cache(lm.model, GROW_COLUMNS if grow is None else grow)})
         synchronize(dev)
         prefill_s.append(time.perf_counter() - t0)
         cache, m, pos = getattr(out, lm.cache_arg), mask, positions[:, -1:]

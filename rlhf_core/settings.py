@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     share_prefill: bool = True
     """Candidates with the same prompt (a call's n candidates, identical prompts joining in one step) share one
     prefill forward pass, each with its own copy of the KV cache (compute shared, not memory)."""
+    kv_grow_columns: int = Field(default=64, ge=0, le=4096)
+    """Spare columns a decoding batch's KV cache keeps per layer, so that each step writes its keys and values in
+    place instead of copying the whole cache (transformers' `torch.cat`); 0: the model's own cache (measured: README,
+    "Serving")."""
     prefill_first: bool = False
     """Requests that arrive while others are prefilled are prefilled too before the running batch's next step
     (once per step, so running rows still advance every iteration); see the serving benchmark's TTFT A/B."""

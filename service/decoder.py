@@ -6,6 +6,8 @@ decode together on one model version: one KV cache whose rows are left-padded to
 per-row positions. Rows join by being prefilled as a batch of their own and merged in (the
 narrower side is padded on the left); rows leave by being selected out of the cache, and columns
 that only padding uses any more are trimmed. So a row's cache grows with it and is freed with it.
+The cache's layers keep spare columns (`training/kv_cache.py`): a step writes its keys and values in
+place instead of copying the whole cache, as transformers' own cache does every step.
 
 A row whose sampling fails finishes with ERROR; the other rows carry on.
 """
@@ -20,11 +22,14 @@ from typing import Callable
 import torch
 
 from service.sampling import SamplingSpec, find_stop, make_generator, sample_token, stop_holdback
+from rlhf_core.settings import Settings
+from training.kv_cache import make_cache
 from training.sequences import left_pad, position_ids
 
 log = logging.getLogger(__name__)
 
 EOS, LENGTH, STOP, CANCELLED, ERROR = "eos", "length", "stop", "cancelled", "error"
+GROW_COLUMNS: int = Settings.model_fields["kv_grow_columns"].default  # spare KV-cache columns (training/kv_cache.py)
 
 
 @dataclass
@@ -136,8 +141,9 @@ def _pad_left(t: torch.Tensor, cols: int, dim: int) -> torch.Tensor:
 class RowBatch:
     """Rows decoding together on one model version, with their KV cache."""
 
-    def __init__(self, lm: LoadedModel):
+    def __init__(self, lm: LoadedModel, grow: int = GROW_COLUMNS):
         self.lm = lm
+        self.grow = grow  # spare KV-cache columns (0: the model's own cache, copied by every step)
         self.rows: list[Row] = []
         self.cache = None  # per layer (B, H, W, D) keys and values
         self.mask = torch.zeros((0, 1), dtype=torch.long, device=lm.device)  # (B, W + 1) 1 = real token
@@ -163,7 +169,8 @@ class RowBatch:
             r.generator = make_generator(r.spec.seed, torch.device("cpu"))  # logits are sampled on the CPU
         ids, mask = ids.to(self.lm.device), mask.to(self.lm.device)
         positions = position_ids(mask)  # (U, T0) pads at 0
-        logits, self.cache = _forward(self.lm, ids, mask, positions, None)  # (U, V) next-token logits
+        cache = make_cache(self.lm.model, self.grow)
+        logits, self.cache = _forward(self.lm, ids, mask, positions, cache)  # (U, V) next-token logits
         ran = int(mask.sum())
         if len(distinct) < len(rows):
             where = {p: i for i, p in enumerate(distinct)}
@@ -251,13 +258,13 @@ def _notify(row: Row) -> None:
             row.on_finished(row)
 
 
-def decode_batch(lm: LoadedModel, rows: list[Row]) -> None:
+def decode_batch(lm: LoadedModel, rows: list[Row], grow: int = GROW_COLUMNS) -> None:
     """Decodes every row to completion (EOS, length, stop string, cancellation or error).
 
     A row that finishes is reported at once (`on_finished`) and dropped from the batch, so its
     caller does not wait for the longest row and the batch stops paying for it.
     """
-    batch = RowBatch(lm)
+    batch = RowBatch(lm, grow)
     batch.prefill(rows)
     batch.release()
     while batch.rows:

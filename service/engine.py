@@ -37,7 +37,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from service.decoder import CANCELLED, ERROR, LoadedModel, Row, RowBatch
+from service.decoder import CANCELLED, ERROR, GROW_COLUMNS, LoadedModel, Row, RowBatch
 from service.errors import ApiError, InvalidArgument
 from service.metrics import Metrics
 from service.sampling import SamplingSpec
@@ -84,7 +84,7 @@ def _deliver(outbox: list[tuple]) -> None:
 class Engine:
     def __init__(self, metrics: Metrics, max_batch_size: int = 16, batch_wait_ms: float = 5.0,
                  max_queue: int = 256, max_tokens_in_flight: int = 65536, prefill_step_ratio: float = 0.0,
-                 prefill_first: bool = False, share_prefill: bool = True):
+                 prefill_first: bool = False, share_prefill: bool = True, kv_grow_columns: int = GROW_COLUMNS):
         self.metrics = metrics
         self.max_batch_size = max(1, max_batch_size)
         self.batch_wait = batch_wait_ms / 1000.0
@@ -93,6 +93,7 @@ class Engine:
         self.prefill_step_ratio = prefill_step_ratio
         self.prefill_first = prefill_first
         self.share_prefill = share_prefill
+        self.kv_grow_columns = kv_grow_columns
         self._step_s = 0.0  # running mean of a decoding step's duration
         self._prefill_token_s = 0.0  # running mean of prefill time per prompt token
         self._waiting: collections.deque[Job] = collections.deque()
@@ -250,9 +251,9 @@ class Engine:
         """Prefills `jobs` (first tokens sampled and handed over) and merges them into their version's batch."""
         batch = self._batches.get(key)
         if batch is None:
-            batch = self._batches[key] = RowBatch(jobs[0].lm)
+            batch = self._batches[key] = RowBatch(jobs[0].lm, self.kv_grow_columns)
         self._release(batch.release())
-        fresh = RowBatch(batch.lm)
+        fresh = RowBatch(batch.lm, self.kv_grow_columns)
         rows = [r for job in jobs for r in job.rows]
         started = time.perf_counter()
         try:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from training.kv_cache import make_cache
 from training.ppo import logprobs_from_logits
 from training.sequences import encode_prompt, left_pad, pad_id_of, position_ids
 
@@ -81,12 +82,14 @@ def sample_tokens(policy: nn.Module, query: Tensor, query_mask: Tensor, max_new_
     ``generation_config.json`` (repetition_penalty, min_p, top_k, no_repeat_ngram_size, ...) into
     any config passed to it, so it would sample from a distribution other than the one whose
     log-probs PPO optimises. Here nothing but the temperature touches the logits. Rows that have
-    emitted EOS get ``pad_id`` (log-prob 0) afterwards; sampling stops when every row has.
+    emitted EOS get ``pad_id`` (log-prob 0) afterwards; sampling stops when every row has. The KV cache
+    has room for the whole response from the start (training.kv_cache): no step copies it.
     """
     B = query.shape[0]
     tokens, logps = [], []
     finished = torch.zeros(B, dtype=torch.bool, device=query.device)  # (B,) EOS emitted
-    ids, mask, pos, past = query, query_mask, position_ids(query_mask), None
+    ids, mask, pos = query, query_mask, position_ids(query_mask)
+    past = make_cache(policy, max_new_tokens)  # per layer (B, H, Q + max_new_tokens, D) buffers
     for _ in range(max_new_tokens):
         logits, past = forward_cached(policy, ids, mask, pos, past)  # (B, L, V)
         logp = torch.log_softmax(logits[:, -1].float() / temperature, dim=-1)  # (B, V) log pi(.|s_t)

@@ -75,3 +75,33 @@ def test_rows_with_one_prompt_share_its_prefill_and_decode_as_if_alone(tiny_mode
     greedy_alone = rows_for(lm, plan[3:])
     decode_batch(lm, greedy_alone)
     assert shared_rows[3].text == greedy_alone[0].text
+
+
+def test_the_growing_kv_cache_decodes_exactly_as_the_models_own_through_joins_and_leaves(tiny_model_dir):
+    """Rows join a running batch (merge), leave it at different lengths (rows selected out, padding columns
+    trimmed), and the cache outgrows its spare columns many times (grow=1): every row's tokens are the ones
+    the model's own cache (grow=0, torch.cat every step) gives."""
+    lm = load_model_dir(tiny_model_dir, "v0001", torch.device("cpu"))
+    a, b = "My order hasn't arrived. What should I do?", "Hi"
+
+    def run(grow: int) -> list[list[int]]:
+        first = rows_for(lm, [(a, SamplingSpec(max_new_tokens=n, temperature=1.0, seed=s, stop=("\u2603",)))
+                              for n, s in ((30, 1), (6, 2))])
+        later = rows_for(lm, [(b, SamplingSpec(max_new_tokens=n, temperature=1.0, seed=s, stop=("\u2603",)))
+                              for n, s in ((12, 3), (25, 4))])
+        batch = RowBatch(lm, grow)
+        batch.prefill(first)
+        for step in range(40):
+            if step == 4:  # two rows join the running batch
+                fresh = RowBatch(lm, grow)
+                fresh.prefill(later)
+                batch.merge(fresh)
+            batch.release()
+            if not batch.rows:
+                break
+            batch.step()
+        return [r.tokens for r in first + later]
+
+    plain = run(0)
+    assert len({len(t) for t in plain}) == 4  # the rows left the batch at four different steps
+    assert run(1) == plain and run(64) == plain

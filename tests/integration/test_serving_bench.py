@@ -24,6 +24,10 @@ def test_serving_benchmark_smoke(redis_url, tiny_model_dir, tmp_path, monkeypatc
     distinct, unshared = r["closed_16_distinct_prompts"], r["closed_16_unshared_prefill"]  # at 4 clients here
     assert distinct["prompts"] == "distinct" and distinct["clients"] == 4 and distinct["requests"] > 0
     assert unshared["prompts"] == "shared" and unshared["requests"] > 0
+    plain = r["closed_16_plain_kv_cache"]  # the server with the model's own KV cache, same load
+    assert plain["requests"] > 0 and plain["errors"] == 0 and r["targets"]["speedup_vs_plain_kv_cache_at_16"] > 0
+    assert r["bare_loop_plain_kv_cache"]["decode_step_s"] > 0
+    assert r["targets"]["bare_step_plain_kv_cache_over_growing"] > 0
     assert json.loads((tmp_path / "result-quick.json").read_text())["models"]["tiny"]["targets"]
     assert (tmp_path / "result-quick.png").stat().st_size > 0
 
@@ -53,3 +57,12 @@ def test_distinct_prompts_never_coincide_between_clients():
     assert client_prompt("shared", 5, 2, 16) is None and request(5, 8).prompt == PROMPTS[1]
     for k in range(4):  # "shared", as closed_loop numbers its calls: every client's k-th call, one prompt
         assert {request(c * 100_000 + k, 8).prompt for c in range(16)} == {PROMPTS[k]}
+
+
+def test_kv_cache_benchmark_smoke(tiny_model_dir, tmp_path):
+    from benchmarks import kv_cache
+    out = kv_cache.main(["--model-dir", str(tiny_model_dir), "--batches", "1,4", "--tokens", "8", "--pairs", "1",
+                         "--rollout-batch", "4", "--out", str(tmp_path / "kv.json")])
+    assert set(out["decode_step_s"]) == {1, 4} and all(v > 0 for v in out["decode_step_speedup"].values())
+    assert out["rollout_speedup"] > 0 and out["grow_columns"] > 0  # the rollouts sampled the same tokens (checked)
+    assert json.loads((tmp_path / "kv.json").read_text())["tokens"] == 8

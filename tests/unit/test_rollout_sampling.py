@@ -89,3 +89,20 @@ def test_reward_normalisation_comes_from_the_reference_on_a_fixed_prompt_set(dir
     assert (gain, bias) == reference_reward_norm(ref, rm, tok, fixed, config(rollout_batch_size=8, mini_batch_size=8,
                                                                              norm_seed=11, seed=99))
     assert gain > 0
+
+
+def test_sampling_with_room_in_the_kv_cache_equals_the_models_own_cache(dirs, monkeypatch):
+    """Rollouts write each step's keys and values into a cache with room for the whole response
+    (training.kv_cache); the tokens and log-probs are exactly those of transformers' own cache."""
+    import training.rollout as rollout
+    tok, plain, _ = dirs
+    model = load_causal_lm(plain, torch.device("cpu"), trainable=False)
+    query, qmask = queries(tok)
+
+    def sample():
+        return sample_tokens(model, query, qmask, 16, 1.0, tok.eos_token_id, pad_id_of(tok),
+                             torch.Generator().manual_seed(5))
+    grown = sample()
+    monkeypatch.setattr(rollout, "make_cache", lambda model, grow: None)  # the model builds its own cache
+    own = sample()
+    assert grown[0].shape[1] > 1 and torch.equal(grown[0], own[0]) and torch.equal(grown[1], own[1])

@@ -110,3 +110,16 @@ def test_a_judge_ensemble_outside_1_to_16_is_refused_at_start(monkeypatch, membe
     monkeypatch.setenv("RLHF_JUDGE_ENSEMBLE", members)
     with pytest.raises(ValidationError, match="judge_ensemble"):
         Settings()
+
+
+@pytest.mark.parametrize("columns", ["-1", "4097"])
+def test_kv_grow_columns_outside_0_to_4096_are_refused_at_start(monkeypatch, columns):
+    monkeypatch.setenv("RLHF_KV_GROW_COLUMNS", columns)
+    with pytest.raises(ValidationError, match="kv_grow_columns"):
+        Settings()
+
+
+def test_the_servers_kv_cache_takes_its_default_from_the_setting(monkeypatch):
+    from service.decoder import GROW_COLUMNS
+    monkeypatch.delenv("RLHF_KV_GROW_COLUMNS", raising=False)
+    assert Settings().kv_grow_columns == GROW_COLUMNS > 0
