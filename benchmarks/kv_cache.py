@@ -74,11 +74,11 @@ def main(argv: list[str] | None = None) -> dict:
               f"{statistics.median(steps[b]['growing']) * 1e3:7.2f} ms growing in place", flush=True)
     rolls = {"growing": [], "own": []}
     for _ in range(args.pairs):
-        (g, gt), (o, ot) = rollout(lm, args.rollout_batch, args.tokens, True), rollout(lm, args.rollout_batch,
-                                                                                       args.tokens, False)
-        assert torch.equal(gt, ot), "the two caches sampled different tokens"
-        rolls["growing"].append(g)
-        rolls["own"].append(o)
+        grown_s, grown = rollout(lm, args.rollout_batch, args.tokens, True)
+        own_s, own = rollout(lm, args.rollout_batch, args.tokens, False)
+        assert torch.equal(grown, own), "the two caches sampled different tokens"
+        rolls["growing"].append(grown_s)
+        rolls["own"].append(own_s)
     med = {k: statistics.median(v) for k, v in rolls.items()}
     print(f"PPO rollout sampling, batch {args.rollout_batch} x {args.tokens} tokens: {med['own']:.2f} s with the "
           f"model's own cache, {med['growing']:.2f} s growing in place ({med['own'] / med['growing']:.2f}x)")

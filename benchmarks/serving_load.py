@@ -221,8 +221,8 @@ def bare_loop(model_dir: Path, batch: int, max_new: int, rounds: int, device: st
     the server's; 0: the model's own cache)."""
     from service.decoder import GROW_COLUMNS
     from service.model_pool import load_model_dir
-    from training.kv_cache import make_cache
     from training.devices import resolve_device, synchronize
+    from training.kv_cache import make_cache
     dev = resolve_device(device)
     lm = load_model_dir(model_dir, "bare", dev)
     ids, mask = prompt_batch(lm, batch)

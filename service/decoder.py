@@ -21,8 +21,8 @@ from typing import Callable
 
 import torch
 
-from service.sampling import SamplingSpec, find_stop, make_generator, sample_token, stop_holdback
 from rlhf_core.settings import Settings
+from service.sampling import SamplingSpec, find_stop, make_generator, sample_token, stop_holdback
 from training.kv_cache import make_cache
 from training.sequences import left_pad, position_ids
 
