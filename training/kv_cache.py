@@ -30,7 +30,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 class GrowingLayer(DynamicLayer):
     """A `DynamicLayer` that appends in place into a buffer with `grow` spare columns."""
 
-    def __init__(self, grow: int = 64, **kwargs):
+    def __init__(self, grow: int, **kwargs):
         self.grow = max(1, grow)
         self._k = self._v = None
         self._kbuf: torch.Tensor | None = None  # (B, H, C, D), C >= W: keys are its first W columns
