@@ -18,7 +18,7 @@ bit-identical to `DynamicLayer`'s (a test). Memory: at most `grow` extra columns
 
 Measured (`python -m benchmarks.kv_cache`, 86M GPT-2 shape, one quiet CPU thread): a decoding step of 16 rows is
 1.01x faster at 64 new tokens and 1.10x at 256 (the copy grows with the cache; the matmuls do not), PPO's rollout
-sampling 1.04-1.06x; at the serving benchmark's 32-token calls the server's throughput moved within noise (1.02x).
+sampling 1.04-1.06x; at the serving benchmark's 32-token calls the server's throughput moved within its noise.
 """
 
 from __future__ import annotations
