@@ -31,20 +31,15 @@ from benchmarks.serving_load import bare_loop, prompt_batch, random_gpt2_dir
 
 def rollout(lm, batch: int, tokens: int, grow: bool) -> tuple[float, torch.Tensor]:
     """Seconds of one `sample_tokens` call (PPO's rollout sampling) and its tokens; `grow` False: the model's
-    own cache (the function's `make_cache` made to return None)."""
-    import training.rollout as ro
+    own cache."""
     from training.devices import synchronize
+    from training.rollout import sample_tokens
     ids, mask = prompt_batch(lm, batch)
-    real = ro.make_cache
-    if not grow:
-        ro.make_cache = lambda model, room: None
-    try:
-        t0 = time.perf_counter()
-        toks, _ = ro.sample_tokens(lm.model, ids, mask, tokens, 1.0, -1, lm.pad_id, torch.Generator().manual_seed(0))
-        synchronize(lm.device)
-        return time.perf_counter() - t0, toks
-    finally:
-        ro.make_cache = real
+    t0 = time.perf_counter()
+    toks, _ = sample_tokens(lm.model, ids, mask, tokens, 1.0, -1, lm.pad_id, torch.Generator().manual_seed(0),
+                            kv_room=None if grow else 0)
+    synchronize(lm.device)
+    return time.perf_counter() - t0, toks
 
 
 def main(argv: list[str] | None = None) -> dict:

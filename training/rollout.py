@@ -75,7 +75,8 @@ def forward_cached(model: nn.Module, ids: Tensor, mask: Tensor, pos: Tensor, cac
 
 @torch.no_grad()
 def sample_tokens(policy: nn.Module, query: Tensor, query_mask: Tensor, max_new_tokens: int, temperature: float,
-                  eos_id: int, pad_id: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+                  eos_id: int, pad_id: int, generator: torch.Generator,
+                  kv_room: int | None = None) -> tuple[Tensor, Tensor]:
     """(B, T) tokens drawn from softmax(logits / temperature) and (B, T) their log-probs (detail 4).
 
     Our own KV-cached loop instead of HF ``generate``: ``generate`` merges the model's
@@ -83,13 +84,14 @@ def sample_tokens(policy: nn.Module, query: Tensor, query_mask: Tensor, max_new_
     any config passed to it, so it would sample from a distribution other than the one whose
     log-probs PPO optimises. Here nothing but the temperature touches the logits. Rows that have
     emitted EOS get ``pad_id`` (log-prob 0) afterwards; sampling stops when every row has. The KV cache
-    has room for the whole response from the start (training.kv_cache): no step copies it.
+    has room for ``kv_room`` new columns from the start (training.kv_cache; default: the whole response, so no
+    step copies it; 0: the model's own cache, copied by every step).
     """
     B = query.shape[0]
     tokens, logps = [], []
     finished = torch.zeros(B, dtype=torch.bool, device=query.device)  # (B,) EOS emitted
     ids, mask, pos = query, query_mask, position_ids(query_mask)
-    past = make_cache(policy, max_new_tokens)  # per layer (B, H, Q + max_new_tokens, D) buffers
+    past = make_cache(policy, max_new_tokens if kv_room is None else kv_room)  # per layer (B, H, Q + room, D)
     for _ in range(max_new_tokens):
         logits, past = forward_cached(policy, ids, mask, pos, past)  # (B, L, V)
         logp = torch.log_softmax(logits[:, -1].float() / temperature, dim=-1)  # (B, V) log pi(.|s_t)

@@ -7,6 +7,7 @@ import torch
 from service.decoder import Row, RowBatch, decode_batch
 from service.model_pool import load_model_dir
 from service.sampling import SamplingSpec
+from training.kv_cache import GrowingLayer
 from training.text_format import render_prompt
 
 
@@ -91,6 +92,7 @@ def test_the_growing_kv_cache_decodes_exactly_as_the_models_own_through_joins_an
                               for n, s in ((12, 3), (25, 4))])
         batch = RowBatch(lm, grow)
         batch.prefill(first)
+        assert all((type(layer) is GrowingLayer) == (grow > 0) for layer in batch.cache.layers)
         for step in range(40):
             if step == 4:  # two rows join the running batch
                 fresh = RowBatch(lm, grow)

@@ -93,16 +93,29 @@ def test_reward_normalisation_comes_from_the_reference_on_a_fixed_prompt_set(dir
 
 def test_sampling_with_room_in_the_kv_cache_equals_the_models_own_cache(dirs, monkeypatch):
     """Rollouts write each step's keys and values into a cache with room for the whole response
-    (training.kv_cache); the tokens and log-probs are exactly those of transformers' own cache."""
+    (training.kv_cache): one buffer per layer for the whole call, and the tokens and log-probs are exactly
+    those of transformers' own cache (kv_room=0)."""
     import training.rollout as rollout
+    from training.kv_cache import GrowingLayer
     tok, plain, _ = dirs
     model = load_causal_lm(plain, torch.device("cpu"), trainable=False)
     query, qmask = queries(tok)
+    caches = []
+    real_forward = rollout.forward_cached
 
-    def sample():
-        return sample_tokens(model, query, qmask, 16, 1.0, tok.eos_token_id, pad_id_of(tok),
-                             torch.Generator().manual_seed(5))
-    grown = sample()
-    monkeypatch.setattr(rollout, "make_cache", lambda model, grow: None)  # the model builds its own cache
-    own = sample()
-    assert grown[0].shape[1] > 1 and torch.equal(grown[0], own[0]) and torch.equal(grown[1], own[1])
+    def spy(*args):
+        logits, cache = real_forward(*args)
+        caches.append(cache)
+        return logits, cache
+    monkeypatch.setattr(rollout, "forward_cached", spy)
+
+    def sample(**kw):
+        caches.clear()
+        out = sample_tokens(model, query, qmask, 16, 1.0, -1, pad_id_of(tok), torch.Generator().manual_seed(5), **kw)
+        return out, [(type(c.layers[0]), getattr(c.layers[0], "_kbuf", None)) for c in caches]
+    grown, grown_layers = sample()
+    own, own_layers = sample(kv_room=0)
+    assert grown[0].shape[1] == 16 and torch.equal(grown[0], own[0]) and torch.equal(grown[1], own[1])
+    assert {t for t, _ in grown_layers} == {GrowingLayer} and {t for t, _ in own_layers} != {GrowingLayer}
+    assert len({buf.data_ptr() for _, buf in grown_layers}) == 1  # room for all 16 tokens: never reallocated
+    assert grown_layers[0][1].shape[-2] == query.shape[1] + 16
