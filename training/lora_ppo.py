@@ -8,7 +8,7 @@ quantities come from, so that one base serves four roles and no forward is done 
   both again (with gradients); the LM head runs only on response positions;
 - log pi_ref comes from the same base with the adapter disabled, once per rollout; the reward
   normalisation (detail 6) samples that reference on the full loop's fixed prompt set, with the
-  full loop's own functions (``ppo_trainer.fixed_reward_norm``);
+  full loop's own functions (``reference.fixed_reference_stats``);
 - r(x, y) comes from the same base with the reward adapter active, once per rollout;
 - on CUDA every forward runs under bf16 autocast; a mini-batch may be split into micro-batches
   (gradient accumulation) so ``mini_batch_size`` does not depend on memory.
@@ -17,6 +17,7 @@ quantities come from, so that one base serves four roles and no forward is done 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -195,7 +196,8 @@ def run_lora_ppo(base_dir: str | Path, policy_dir: str | Path, reward_dir: str |
     ``norm_prompts``: the fixed prompt set of the reward normalisation, as in ``run_ppo`` (detail 6):
     the gain/bias come from the reference's samples on it, never from the adapter's rollouts.
     """
-    from training.ppo_trainer import fixed_reward_norm, ppo_iterations
+    from training.ppo_trainer import ppo_iterations
+    from training.reference import fixed_reference_stats
     from transformers import AutoTokenizer
 
     device = resolve_device(cfg.device)
@@ -208,16 +210,17 @@ def run_lora_ppo(base_dir: str | Path, policy_dir: str | Path, reward_dir: str |
     sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)
     perm_gen = torch.Generator().manual_seed(cfg.seed)
     with autocast(device):  # detail 6: the reference (base, adapter disabled) on the fixed prompt set
-        norm = fixed_reward_norm(AdapterDisabled(pv.model), reward, tokenizer, prompts, cfg, norm_prompts)
+        ref = fixed_reference_stats(AdapterDisabled(pv.model), reward, tokenizer, prompts, cfg, norm_prompts)
 
     def sample(batch_prompts: list[str]) -> Rollout:
         return lora_rollouts(pv, reward, tokenizer, batch_prompts, cfg, sample_gen)
 
-    def update(ro: Rollout, advantages: Tensor, returns: Tensor) -> dict[str, float]:
-        return lora_update(pv, optimizer, params, ro, advantages, returns, cfg, ft, perm_gen)
+    def update(ro: Rollout, advantages: Tensor, returns: Tensor, ent_coef: float) -> dict[str, float]:
+        return lora_update(pv, optimizer, params, ro, advantages, returns, replace(cfg, ent_coef=ent_coef), ft,
+                           perm_gen)
 
     # the KL budget restores the adapter and value head: the only trainable weights
-    history = ppo_iterations(sample, update, pv, prompts, cfg, norm, log)
+    history = ppo_iterations(sample, update, pv, prompts, cfg, ref, log)
     return pv.eval(), history
 
 

@@ -10,6 +10,7 @@ zero-initialised scalar head applied at every position (detail 20; training/rewa
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +22,8 @@ from training.kl_controller import AdaptiveKLController, FixedKLController, make
 from training.ppo import (clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_penalised_rewards,
                           logprobs_from_logits, masked_mean, masked_whiten)
 from training.devices import autocast, resolve_device
+from training.diversity import DiversityFloor, token_distinct_n
+from training.reference import ReferenceStats, fixed_reference_stats
 from training.reward_head import ScalarHeadModel, value_model_from
 from training.reward_model import RewardModel
 from training.rollout import Rollout, response_logits, response_values, sample_rollouts
@@ -32,48 +35,6 @@ def load_causal_lm(path: str | Path, device: torch.device, trainable: bool) -> n
 
     model = AutoModelForCausalLM.from_pretrained(str(path)).to(device).eval()
     return model.requires_grad_(trainable)
-
-
-def reward_norm_from(scores: Tensor) -> tuple[float, float]:
-    """(gain, bias) making ``scores`` mean 0, std 1 (detail 6)."""
-    bias = float(scores.mean())
-    gain = float(scores.std()) if scores.numel() > 1 else 1.0
-    return (gain if gain > 1e-6 else 1.0), bias
-
-
-@torch.no_grad()
-def reference_reward_norm(ref_policy: nn.Module, reward_model: RewardModel, tokenizer: Any, prompts: list[str],
-                          cfg: PPOConfig) -> tuple[float, float]:
-    """(gain, bias) from the RM scores of SFT-reference samples on a fixed prompt set (detail 6).
-
-    Sampled with their own generator seeded by ``cfg.norm_seed`` (not the round's seed), so a
-    round's normalisation depends only on its reward model: the effective KL strength does not
-    drift with the parent policy or the sampling luck of the first rollout batch.
-    """
-    gen = torch.Generator(device=next(ref_policy.parameters()).device).manual_seed(cfg.norm_seed)
-    scores = []
-    for i in range(0, len(prompts), cfg.rollout_batch_size):
-        ro = sample_rollouts(ref_policy, ref_policy, None, reward_model, tokenizer,
-                             prompts[i : i + cfg.rollout_batch_size], cfg, gen)
-        scores.append(ro.scores.cpu())  # (b,) raw r(x, y) of reference samples
-    return reward_norm_from(torch.cat(scores)) if scores else (1.0, 0.0)
-
-
-def norm_prompt_set(prompts: list[str], n: int, seed: int) -> list[str]:
-    """A fixed sample of ``n`` prompts (sorted first, so the input order does not matter)."""
-    pool = sorted(set(prompts))
-    return random.Random(seed).sample(pool, min(n, len(pool)))
-
-
-def fixed_reward_norm(ref_policy: nn.Module, reward_model: RewardModel, tokenizer: Any, prompts: list[str],
-                      cfg: PPOConfig, norm_prompts: list[str] | None = None) -> tuple[float, float]:
-    """A round's (gain, bias) (detail 6): from the SFT reference's samples on the fixed prompt set
-    ``norm_prompts`` (default: a ``cfg.norm_seed``-seeded sample of ``cfg.norm_samples`` of
-    ``prompts``), or (1, 0) when ``cfg.normalize_reward`` is off. Used by the full and LoRA loops."""
-    if not cfg.normalize_reward:
-        return 1.0, 0.0
-    fixed = norm_prompts if norm_prompts is not None else norm_prompt_set(prompts, cfg.norm_samples, cfg.norm_seed)
-    return reference_reward_norm(ref_policy, reward_model, tokenizer, fixed, cfg)
 
 
 def shaped_scores(rollout: Rollout, gain: float, bias: float, cfg: PPOConfig) -> Tensor:
@@ -229,16 +190,24 @@ def rollout_stats(ro: Rollout, kl: Tensor) -> dict[str, float]:
             "eos_fraction": float(ro.has_eos.float().mean())}
 
 
+def diversity_stats(ro: Rollout, ent_ctl: DiversityFloor) -> dict[str, float]:
+    """The batch's token distinct-2 (and its ratio to the reference's, when a floor is set); moves c_ent."""
+    distinct = token_distinct_n(ro.response, ro.response_mask, 2)
+    ratio = ent_ctl.update(distinct)
+    return {"distinct_2": distinct} if ratio is None else {"distinct_2": distinct, "distinct_2_ratio": ratio}
+
+
 def ppo_iterations(sample: Callable[[list[str]], Rollout],
-                   update: Callable[[Rollout, Tensor, Tensor], dict[str, float]], trainable: nn.Module,
-                   prompts: list[str], cfg: PPOConfig, norm: tuple[float, float],
+                   update: Callable[[Rollout, Tensor, Tensor, float], dict[str, float]], trainable: nn.Module,
+                   prompts: list[str], cfg: PPOConfig, ref: ReferenceStats,
                    log: Callable[[str], Any]) -> list[dict[str, float]]:
     """The iterations of one PPO round, whatever form the policy takes (full weights or a LoRA adapter):
     sample a batch, shape its rewards with the KL penalty (detail 8), hold the round within its KL budget
-    (detail 17, on ``trainable``'s weights), GAE and whitening (details 10-11), ``update`` (the PPO epochs),
-    adapt beta (detail 9). ``norm``: the fixed (gain, bias) of the reward normalisation (detail 6).
-    Returns the per-step metrics."""
-    gain, bias = norm
+    (detail 17, on ``trainable``'s weights), GAE and whitening (details 10-11), set the entropy bonus from the
+    batch's distinct-2 (training/diversity.py), ``update`` (the PPO epochs, at that c_ent), adapt beta (detail 9).
+    ``ref``: the reference's fixed figures (detail 6's gain and bias, distinct-2). Returns the per-step metrics."""
+    gain, bias = ref.norm
+    ent_ctl = DiversityFloor(cfg.ent_coef, cfg.diversity_floor, ref.distinct_2, cfg.diversity_lr, cfg.ent_coef_max)
     kl_ctl = make_kl_controller(cfg.init_kl_coef, cfg.adaptive_kl, cfg.kl_target, cfg.kl_horizon)
     budget = KLBudget(cfg.kl_budget, trainable, cfg.kl_budget_retries, cfg.kl_budget_z)
     rng, order = random.Random(cfg.seed), []
@@ -256,9 +225,11 @@ def ppo_iterations(sample: Callable[[list[str]], Rollout],
         advantages, returns = gae(rewards, ro.values, ro.response_mask, cfg.gamma, cfg.lam)  # (B, T) detail 10
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, ro.response_mask)  # detail 11
-        stats = {**rollout_stats(ro, kl), **update(ro, advantages, returns)}
+        diversity = diversity_stats(ro, ent_ctl)  # c_ent follows this batch's distinct-2
+        stats = {**rollout_stats(ro, kl), **diversity, **update(ro, advantages, returns, ent_ctl.value)}
         kl_ctl.update(stats["kl"], cfg.rollout_batch_size)  # detail 9
-        metrics = {"step": float(step), **stats, "kl_coef": kl_coef, "reward_gain": gain, "reward_bias": bias}
+        metrics = {"step": float(step), **stats, "kl_coef": kl_coef, "ent_coef": ent_ctl.value, "reward_gain": gain,
+                   "reward_bias": bias}
         history.append(metrics)
         log(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return history
@@ -286,17 +257,18 @@ def run_ppo(policy_dir: str | Path, reference_dir: str | Path, reward_model: Rew
     sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)
     perm_gen = torch.Generator().manual_seed(cfg.seed)
     with autocast(device):
-        gain, bias = fixed_reward_norm(ref_policy, reward_model, tokenizer, prompts, cfg, norm_prompts)  # detail 6
+        ref = fixed_reference_stats(ref_policy, reward_model, tokenizer, prompts, cfg, norm_prompts)  # detail 6
 
     def sample(batch_prompts: list[str]) -> Rollout:
         with autocast(device):  # bf16 on CUDA, fp32 on CPU (training/devices.py)
             return sample_rollouts(policy, ref_policy, value_model, reward_model, tokenizer, batch_prompts, cfg,
                                    sample_gen)
 
-    def update(ro: Rollout, advantages: Tensor, returns: Tensor) -> dict[str, float]:
-        return ppo_update(policy, value_model, optimizer, ro, advantages, returns, cfg, perm_gen)
+    def update(ro: Rollout, advantages: Tensor, returns: Tensor, ent_coef: float) -> dict[str, float]:
+        return ppo_update(policy, value_model, optimizer, ro, advantages, returns, replace(cfg, ent_coef=ent_coef),
+                          perm_gen)
 
-    history = ppo_iterations(sample, update, policy, prompts, cfg, (gain, bias), log)
+    history = ppo_iterations(sample, update, policy, prompts, cfg, ref, log)
     return policy.eval(), history
 
 

@@ -162,7 +162,8 @@ def train_reward(ctx: Context, state: RoundState) -> RoundState:
 
 @holding_lock
 def ppo(ctx: Context, state: RoundState) -> RoundState:
-    from training.ppo_trainer import norm_prompt_set, run_ppo
+    from training.ppo_trainer import run_ppo
+    from training.reference import norm_prompt_set
     from training.reward_model import RewardModel
     from training.text_format import train_prompts
     from transformers import AutoTokenizer
@@ -192,7 +193,7 @@ def _ppo_summary(state: RoundState, history: list[dict], started: float, cfg) ->
             "reward_gain", "reward_bias")
     summary = {k: float(last.get(k, 0.0)) for k in keys}
     summary.update(steps=len(history), planned_steps=cfg.steps, seconds=time.perf_counter() - started,
-                   missing_eos_penalty=cfg.missing_eos_penalty, ent_coef=cfg.ent_coef,
+                   missing_eos_penalty=cfg.missing_eos_penalty, ent_coef=float(last.get("ent_coef", cfg.ent_coef)),
                    trainable_parameters=float(last.get("trainable_parameters", 0.0)))
     return replace(state, ppo=summary, ppo_history=history)
 

@@ -9,7 +9,8 @@ import torch
 from training.config import PPOConfig
 from training.lora import FinetuneConfig, attach_policy_adapter, attach_reward, load_base, new_reward_model
 from training.lora_ppo import run_lora_ppo
-from training.ppo_trainer import load_causal_lm, norm_prompt_set, reference_reward_norm
+from training.ppo_trainer import load_causal_lm
+from training.reference import norm_prompt_set, reference_reward_norm
 from training.text_format import train_prompts
 from tests.lora_helpers import make_adapter_dir
 
@@ -100,3 +101,29 @@ def test_lora_round_over_its_kl_budget_returns_the_last_adapter_within_it(tiny_m
     assert f"round ends with the policy of step {crossing - 1}" in logs[-1]
     want, _, _ = lora_run(kl_budget=None, steps=crossing - 1)
     assert weights.keys() == want.keys() and all(torch.equal(weights[n], want[n]) for n in want)
+
+
+def test_lora_rounds_hold_the_diversity_floor_against_the_base(tiny_model_dir, reward_dir):
+    """The LoRA loop takes the floor's reference distinct-2 from the base (adapter disabled) on the same fixed
+    samples as the full loop, and each step's entropy bonus is the dual step from that batch's ratio."""
+    from dataclasses import replace
+
+    from transformers import AutoTokenizer
+
+    from training.diversity import entropy_coef_step
+    from training.reference import reference_stats
+
+    prompts = train_prompts()[:8]
+    cfg = replace(config(), steps=4, lr=5e-2, diversity_floor=1.0, diversity_lr=0.5, ent_coef_max=0.5)
+    _, history = run_lora_ppo(tiny_model_dir, tiny_model_dir, reward_dir, prompts, cfg, FinetuneConfig("lora"),
+                              log=lambda *_: None)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    reward = attach_reward(attach_policy_adapter(load_base(tiny_model_dir, CPU), FinetuneConfig("lora")), reward_dir)
+    ref = reference_stats(load_causal_lm(tiny_model_dir, CPU, trainable=False), reward, tok,
+                          norm_prompt_set(prompts, cfg.norm_samples, cfg.norm_seed), cfg, distinct=True)
+    assert ref.distinct_2 is not None and 0 < ref.distinct_2 <= 1
+    coef = 0.0
+    for h in history:
+        assert h["distinct_2_ratio"] == pytest.approx(h["distinct_2"] / ref.distinct_2)
+        coef = entropy_coef_step(coef, h["distinct_2_ratio"], 1.0, 0.5, 0.5)
+        assert h["ent_coef"] == pytest.approx(coef)

@@ -10,7 +10,8 @@ import torch
 
 from tests.unit.test_ppo_trainer import PROMPTS, char_tokenizer, config, tiny_gpt2
 from training.ppo import logprobs_from_logits
-from training.ppo_trainer import load_causal_lm, norm_prompt_set, reference_reward_norm
+from training.ppo_trainer import load_causal_lm
+from training.reference import norm_prompt_set, reference_reward_norm
 from training.reward_model import RewardModel
 from training.rollout import encode_prompt, generate, left_pad, pad_id_of, response_logits, sample_tokens
 

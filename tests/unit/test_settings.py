@@ -29,6 +29,17 @@ def test_nested_env_vars_set_single_fields(monkeypatch):
     assert (s.reward.epochs, s.reward.lr) == (1, 3e-4)
 
 
+def test_the_diversity_floor_is_off_unless_set_and_refused_outside_0_to_1(monkeypatch):
+    assert Settings().ppo.diversity_floor is None
+    monkeypatch.setenv("RLHF_PPO__DIVERSITY_FLOOR", "0.7")
+    assert Settings().ppo.diversity_floor == 0.7
+    monkeypatch.setenv("RLHF_PPO__DIVERSITY_FLOOR", "none")
+    assert Settings().ppo.diversity_floor is None
+    monkeypatch.setenv("RLHF_PPO__DIVERSITY_FLOOR", "1.5")
+    with pytest.raises(ValidationError, match="diversity_floor must be in"):
+        Settings()
+
+
 def test_invalid_nested_value_is_refused_with_the_dataclass_check(monkeypatch):
     monkeypatch.setenv("RLHF_PPO__ROLLOUT_BATCH_SIZE", "6")
     with pytest.raises(ValidationError, match="mini_batch_size must divide rollout_batch_size"):
