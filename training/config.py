@@ -80,15 +80,16 @@ class PPOConfig:
     """Weight of the value loss in the joint loss (detail 13)."""
     ent_coef: float = 0.0
     """Entropy bonus weight c_ent in L = L^CLIP + c_vf L^VF - c_ent H; 0 as in lm-human-preferences
-    (detail 15). With ``diversity_floor`` set, the round's starting value of the coefficient that the floor moves."""
+    (detail 15). Raise it to hold diversity (distinct-n) against collapse."""
     diversity_floor: float | None = None
-    """rho: hold each rollout batch's distinct-2 at >= rho x the SFT reference's (same batch size, token ids) by
-    raising the entropy bonus while batches fall below it and lowering it (to 0) while they are above: dual
-    ascent on c_ent (training/diversity.py). None (env `none`): c_ent stays ``ent_coef``."""
-    diversity_lr: float = 0.05
-    """eta: step of the floor's dual ascent, c_ent += eta (rho - d(pi)/d(pi_ref)) per rollout batch."""
-    ent_coef_max: float = 0.02
-    """Ceiling of the entropy bonus the floor may set (0.01 fixed held distinct-2 at 0.9-1.0x SFT, LEARNING.md)."""
+    """rho: hold each rollout batch's distinct-2 at >= rho x the SFT reference's (same batch size, token ids) with a
+    per-token penalty lambda p_t on bigrams other responses of the batch repeat (p_t = (c - 1) / c for a bigram
+    found c times), lambda raised while batches fall below the floor and lowered (to 0) while they are above:
+    dual ascent (training/diversity.py). None (env `none`): no penalty."""
+    diversity_lr: float = 1.0
+    """eta: step of the floor's dual ascent, lambda += eta (rho - d(pi)/d(pi_ref)) per rollout batch."""
+    repeat_coef_max: float = 1.0
+    """Ceiling of lambda, in normalised reward per repeated bigram (scores have std 1 over the reference's samples)."""
     init_kl_coef: float = 0.15
     """Initial KL penalty coefficient beta (detail 8)."""
     adaptive_kl: bool = False
@@ -157,8 +158,8 @@ class PPOConfig:
         if self.diversity_floor is not None and not 0 < self.diversity_floor <= 1:
             raise ValueError(f"diversity_floor must be in (0, 1] (a share of the reference's distinct-2), "
                              f"got {self.diversity_floor}")
-        if self.diversity_lr < 0 or self.ent_coef_max < 0:
-            raise ValueError("diversity_lr and ent_coef_max must be >= 0")
+        if self.diversity_lr < 0 or self.repeat_coef_max < 0:
+            raise ValueError("diversity_lr and repeat_coef_max must be >= 0")
 
 
 @dataclass(frozen=True)

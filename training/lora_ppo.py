@@ -17,7 +17,6 @@ quantities come from, so that one base serves four roles and no forward is done 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -215,9 +214,8 @@ def run_lora_ppo(base_dir: str | Path, policy_dir: str | Path, reward_dir: str |
     def sample(batch_prompts: list[str]) -> Rollout:
         return lora_rollouts(pv, reward, tokenizer, batch_prompts, cfg, sample_gen)
 
-    def update(ro: Rollout, advantages: Tensor, returns: Tensor, ent_coef: float) -> dict[str, float]:
-        return lora_update(pv, optimizer, params, ro, advantages, returns, replace(cfg, ent_coef=ent_coef), ft,
-                           perm_gen)
+    def update(ro: Rollout, advantages: Tensor, returns: Tensor) -> dict[str, float]:
+        return lora_update(pv, optimizer, params, ro, advantages, returns, cfg, ft, perm_gen)
 
     # the KL budget restores the adapter and value head: the only trainable weights
     history = ppo_iterations(sample, update, pv, prompts, cfg, ref, log)

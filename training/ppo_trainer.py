@@ -10,7 +10,6 @@ zero-initialised scalar head applied at every position (detail 20; training/rewa
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +21,7 @@ from training.kl_controller import AdaptiveKLController, FixedKLController, make
 from training.ppo import (clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_penalised_rewards,
                           logprobs_from_logits, masked_mean, masked_whiten)
 from training.devices import autocast, resolve_device
-from training.diversity import DiversityFloor, token_distinct_n
+from training.diversity import DiversityFloor, repeat_shares, token_distinct_n
 from training.reference import ReferenceStats, fixed_reference_stats
 from training.reward_head import ScalarHeadModel, value_model_from
 from training.reward_model import RewardModel
@@ -190,24 +189,30 @@ def rollout_stats(ro: Rollout, kl: Tensor) -> dict[str, float]:
             "eos_fraction": float(ro.has_eos.float().mean())}
 
 
-def diversity_stats(ro: Rollout, ent_ctl: DiversityFloor) -> dict[str, float]:
-    """The batch's token distinct-2 (and its ratio to the reference's, when a floor is set); moves c_ent."""
+def diversity_penalised(rewards: Tensor, ro: Rollout, floor: DiversityFloor) -> tuple[Tensor, dict[str, float]]:
+    """Moves lambda by the batch's token distinct-2, then (B, T) r_t - lambda p_t (training/diversity.py) and the
+    step's figures: distinct-2, and with a floor its ratio to the reference's, lambda and the mean penalty per response."""
     distinct = token_distinct_n(ro.response, ro.response_mask, 2)
-    ratio = ent_ctl.update(distinct)
-    return {"distinct_2": distinct} if ratio is None else {"distinct_2": distinct, "distinct_2_ratio": ratio}
+    ratio = floor.update(distinct)
+    if ratio is None:
+        return rewards, {"distinct_2": distinct}
+    penalty = floor.value * repeat_shares(ro.response, ro.response_mask, 2) * ro.response_mask  # (B, T) lambda p_t
+    stats = {"distinct_2": distinct, "distinct_2_ratio": ratio, "repeat_coef": floor.value,
+             "repeat_penalty": float(penalty.sum(-1).mean())}
+    return rewards - penalty, stats
 
 
 def ppo_iterations(sample: Callable[[list[str]], Rollout],
-                   update: Callable[[Rollout, Tensor, Tensor, float], dict[str, float]], trainable: nn.Module,
+                   update: Callable[[Rollout, Tensor, Tensor], dict[str, float]], trainable: nn.Module,
                    prompts: list[str], cfg: PPOConfig, ref: ReferenceStats,
                    log: Callable[[str], Any]) -> list[dict[str, float]]:
     """The iterations of one PPO round, whatever form the policy takes (full weights or a LoRA adapter):
     sample a batch, shape its rewards with the KL penalty (detail 8), hold the round within its KL budget
-    (detail 17, on ``trainable``'s weights), GAE and whitening (details 10-11), set the entropy bonus from the
-    batch's distinct-2 (training/diversity.py), ``update`` (the PPO epochs, at that c_ent), adapt beta (detail 9).
+    (detail 17, on ``trainable``'s weights), the repeat penalty of the diversity floor (training/diversity.py),
+    GAE and whitening (details 10-11), ``update`` (the PPO epochs), adapt beta (detail 9).
     ``ref``: the reference's fixed figures (detail 6's gain and bias, distinct-2). Returns the per-step metrics."""
     gain, bias = ref.norm
-    ent_ctl = DiversityFloor(cfg.ent_coef, cfg.diversity_floor, ref.distinct_2, cfg.diversity_lr, cfg.ent_coef_max)
+    floor = DiversityFloor(cfg.diversity_floor, ref.distinct_2, cfg.diversity_lr, cfg.repeat_coef_max)
     kl_ctl = make_kl_controller(cfg.init_kl_coef, cfg.adaptive_kl, cfg.kl_target, cfg.kl_horizon)
     budget = KLBudget(cfg.kl_budget, trainable, cfg.kl_budget_retries, cfg.kl_budget_z)
     rng, order = random.Random(cfg.seed), []
@@ -222,14 +227,13 @@ def ppo_iterations(sample: Callable[[list[str]], Rollout],
             break
         if verdict == RETRY:  # this batch came from the undone policy: sample again at the tighter beta
             continue
+        rewards, diversity = diversity_penalised(rewards, ro, floor)  # (B, T) r_t - lambda p_t
         advantages, returns = gae(rewards, ro.values, ro.response_mask, cfg.gamma, cfg.lam)  # (B, T) detail 10
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, ro.response_mask)  # detail 11
-        diversity = diversity_stats(ro, ent_ctl)  # c_ent follows this batch's distinct-2
-        stats = {**rollout_stats(ro, kl), **diversity, **update(ro, advantages, returns, ent_ctl.value)}
+        stats = {**rollout_stats(ro, kl), **diversity, **update(ro, advantages, returns)}
         kl_ctl.update(stats["kl"], cfg.rollout_batch_size)  # detail 9
-        metrics = {"step": float(step), **stats, "kl_coef": kl_coef, "ent_coef": ent_ctl.value, "reward_gain": gain,
-                   "reward_bias": bias}
+        metrics = {"step": float(step), **stats, "kl_coef": kl_coef, "reward_gain": gain, "reward_bias": bias}
         history.append(metrics)
         log(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return history
@@ -264,9 +268,8 @@ def run_ppo(policy_dir: str | Path, reference_dir: str | Path, reward_model: Rew
             return sample_rollouts(policy, ref_policy, value_model, reward_model, tokenizer, batch_prompts, cfg,
                                    sample_gen)
 
-    def update(ro: Rollout, advantages: Tensor, returns: Tensor, ent_coef: float) -> dict[str, float]:
-        return ppo_update(policy, value_model, optimizer, ro, advantages, returns, replace(cfg, ent_coef=ent_coef),
-                          perm_gen)
+    def update(ro: Rollout, advantages: Tensor, returns: Tensor) -> dict[str, float]:
+        return ppo_update(policy, value_model, optimizer, ro, advantages, returns, cfg, perm_gen)
 
     history = ppo_iterations(sample, update, policy, prompts, cfg, ref, log)
     return policy.eval(), history

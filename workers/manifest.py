@@ -30,6 +30,7 @@ def fill_training(t: records_pb2.TrainingSummary, state: RoundState) -> None:
     t.reward_norm_gain, t.reward_norm_bias = ppo.get("reward_gain", NAN), ppo.get("reward_bias", NAN)
     t.ppo_eos_rate, t.ppo_mean_response_len = ppo.get("eos_fraction", NAN), ppo.get("mean_response_len", NAN)
     t.ppo_entropy, t.ent_coef = ppo.get("entropy", NAN), ppo.get("ent_coef") or 0.0
+    t.repeat_coef, t.ppo_distinct_2_ratio = ppo.get("repeat_coef") or 0.0, ppo.get("distinct_2_ratio") or 0.0
     t.missing_eos_penalty = _num(ppo.get("missing_eos_penalty"))
     t.seconds = time.time() - state.started_at
     t.description = f"ppo round {state.round_number} ({state.round_id})"

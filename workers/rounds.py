@@ -193,7 +193,9 @@ def _ppo_summary(state: RoundState, history: list[dict], started: float, cfg) ->
             "reward_gain", "reward_bias")
     summary = {k: float(last.get(k, 0.0)) for k in keys}
     summary.update(steps=len(history), planned_steps=cfg.steps, seconds=time.perf_counter() - started,
-                   missing_eos_penalty=cfg.missing_eos_penalty, ent_coef=float(last.get("ent_coef", cfg.ent_coef)),
+                   missing_eos_penalty=cfg.missing_eos_penalty, ent_coef=cfg.ent_coef,
+                   repeat_coef=float(last.get("repeat_coef", 0.0)),
+                   distinct_2_ratio=float(last.get("distinct_2_ratio", 0.0)),
                    trainable_parameters=float(last.get("trainable_parameters", 0.0)))
     return replace(state, ppo=summary, ppo_history=history)
 

@@ -104,10 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-window", type=int)
     g.add_argument("--ent-coef", type=float, help="PPO entropy bonus (RLHF_PPO__ENT_COEF)")
     g.add_argument("--diversity-floor", type=float,
-                   help="PPO raises the entropy bonus while rollouts' distinct-2 < this x SFT's "
-                        "(RLHF_PPO__DIVERSITY_FLOOR)")
-    g.add_argument("--diversity-lr", type=float, help="step of that entropy bonus per rollout batch")
-    g.add_argument("--ent-coef-max", type=float, help="ceiling of that entropy bonus")
+                   help="PPO penalises bigrams repeated across a rollout batch while its distinct-2 < this x "
+                        "SFT's (RLHF_PPO__DIVERSITY_FLOOR)")
+    g.add_argument("--diversity-lr", type=float, help="step of that penalty's weight per rollout batch")
+    g.add_argument("--repeat-coef-max", type=float, help="ceiling of that penalty's weight")
     g.add_argument("--gate-min-distinct-ratio", type=float, help="gate's distinct-2 floor, share of SFT's")
     g.add_argument("--gate-max-length-ratio", type=float, help="gate's bound on mean length / SFT's")
     g.add_argument("--gate-win-margin", type=float, help="gate: win-rate lower bound must exceed 0.5 + this")

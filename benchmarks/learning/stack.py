@@ -44,7 +44,7 @@ KNOB_SETTINGS = {
     "gate_min_reward_gain": (None, "gate_min_reward_gain"), "kl_bound": (None, "kl_bound"),
     "train_window": (None, "train_window"), "ent_coef": ("ppo", "ent_coef"),
     "diversity_floor": ("ppo", "diversity_floor"), "diversity_lr": ("ppo", "diversity_lr"),
-    "ent_coef_max": ("ppo", "ent_coef_max"),
+    "repeat_coef_max": ("ppo", "repeat_coef_max"),
     "gate_min_distinct_ratio": (None, "gate_min_distinct_ratio"), "gate_max_length_ratio": (None, "gate_max_length_ratio"),
     "gate_win_confidence": (None, "gate_win_confidence"), "gate_win_margin": (None, "gate_win_margin"),
     "round_kl_budget_share": (None, "round_kl_budget_share"),

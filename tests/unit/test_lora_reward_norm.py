@@ -105,16 +105,16 @@ def test_lora_round_over_its_kl_budget_returns_the_last_adapter_within_it(tiny_m
 
 def test_lora_rounds_hold_the_diversity_floor_against_the_base(tiny_model_dir, reward_dir):
     """The LoRA loop takes the floor's reference distinct-2 from the base (adapter disabled) on the same fixed
-    samples as the full loop, and each step's entropy bonus is the dual step from that batch's ratio."""
+    samples as the full loop, and each step's repeat-penalty weight is the dual step from that batch's ratio."""
     from dataclasses import replace
 
     from transformers import AutoTokenizer
 
-    from training.diversity import entropy_coef_step
+    from training.diversity import floor_coef_step
     from training.reference import reference_stats
 
     prompts = train_prompts()[:8]
-    cfg = replace(config(), steps=4, lr=5e-2, diversity_floor=1.0, diversity_lr=0.5, ent_coef_max=0.5)
+    cfg = replace(config(), steps=4, lr=5e-2, diversity_floor=1.0, diversity_lr=0.5, repeat_coef_max=0.5)
     _, history = run_lora_ppo(tiny_model_dir, tiny_model_dir, reward_dir, prompts, cfg, FinetuneConfig("lora"),
                               log=lambda *_: None)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -125,5 +125,5 @@ def test_lora_rounds_hold_the_diversity_floor_against_the_base(tiny_model_dir, r
     coef = 0.0
     for h in history:
         assert h["distinct_2_ratio"] == pytest.approx(h["distinct_2"] / ref.distinct_2)
-        coef = entropy_coef_step(coef, h["distinct_2_ratio"], 1.0, 0.5, 0.5)
-        assert h["ent_coef"] == pytest.approx(coef)
+        coef = floor_coef_step(coef, h["distinct_2_ratio"], 1.0, 0.5, 0.5)
+        assert h["repeat_coef"] == pytest.approx(coef)

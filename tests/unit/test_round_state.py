@@ -29,14 +29,17 @@ def test_a_dict_that_is_not_a_round_state_is_refused():
         RoundState.from_dict({"round_id": "r1", "bogus": 1})
 
 
-def test_the_version_records_the_entropy_bonus_of_ppos_last_step():
-    """With the diversity floor, c_ent moves from step to step: the round's summary keeps the last step's, not the
-    configured start (which it keeps when no step logged one)."""
+def test_the_version_records_the_diversity_floors_last_step():
+    """With the diversity floor, lambda moves from step to step: the round's summary keeps the last step's weight and
+    rollout distinct-2 ratio (0 when no step logged them: no floor), and the entropy bonus it ran with."""
     from training.config import PPOConfig
     from workers.rounds import _ppo_summary
 
     state = RoundState(round_id="r1", round_number=3, parent="v0002", reference="v0001", started_at=1.5, seed=3)
     cfg = PPOConfig(ent_coef=0.001, diversity_floor=0.7)
-    history = [{"kl": 1.0, "ent_coef": 0.004}, {"kl": 2.0, "ent_coef": 0.009}]
-    assert _ppo_summary(state, history, 0.0, cfg).ppo["ent_coef"] == 0.009
-    assert _ppo_summary(state, [], 0.0, cfg).ppo["ent_coef"] == 0.001
+    history = [{"kl": 1.0, "repeat_coef": 0.1, "distinct_2_ratio": 0.6},
+               {"kl": 2.0, "repeat_coef": 0.2, "distinct_2_ratio": 0.65}]
+    ppo = _ppo_summary(state, history, 0.0, cfg).ppo
+    assert (ppo["repeat_coef"], ppo["distinct_2_ratio"], ppo["ent_coef"]) == (0.2, 0.65, 0.001)
+    ppo = _ppo_summary(state, [{"kl": 1.0}], 0.0, cfg).ppo
+    assert (ppo["repeat_coef"], ppo["distinct_2_ratio"]) == (0.0, 0.0)
