@@ -174,13 +174,9 @@ def _prompt_ids(tokenizer) -> list[list[int]]:
 
 def prompt_batch(lm, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T0) left-padded ids of PROMPTS in turn and (B, T0) their mask (1 = real token), on the model's device."""
+    from training.sequences import left_pad
     prompts = _prompt_ids(lm.tokenizer)
-    width = max(len(p) for p in prompts)
-    ids = torch.full((batch, width), lm.pad_id, dtype=torch.long)
-    mask = torch.zeros((batch, width), dtype=torch.long)
-    for i in range(batch):
-        p = prompts[i % len(prompts)]
-        ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
+    ids, mask = left_pad([prompts[i % len(prompts)] for i in range(batch)], lm.pad_id)
     return ids.to(lm.device), mask.to(lm.device)
 
 
@@ -223,10 +219,11 @@ def bare_loop(model_dir: Path, batch: int, max_new: int, rounds: int, device: st
     from service.model_pool import load_model_dir
     from training.devices import resolve_device, synchronize
     from training.kv_cache import make_cache
+    from training.sequences import position_ids
     dev = resolve_device(device)
     lm = load_model_dir(model_dir, "bare", dev)
     ids, mask = prompt_batch(lm, batch)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = position_ids(mask)  # (B, T0) pads at 0
     lm.model(input_ids=ids, attention_mask=mask, position_ids=positions)  # warm-up (CUDA kernels, allocator)
     synchronize(dev)
     prefill_s, step_s, started = [], [], time.perf_counter()

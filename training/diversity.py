@@ -22,29 +22,37 @@ size: distinct-n falls with the number of n-grams counted, so only equal sizes c
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Hashable, Iterable, Sequence
 
 import torch
 from torch import Tensor
 
 
-def response_ngrams(tokens: Tensor, mask: Tensor, n: int) -> list[list[tuple[int, ...]]]:
-    """Each response's n-grams in order (the k-th ends at its token k + n - 1); tokens, mask: (B, T), mask a prefix."""
-    out = []
-    for row, row_mask in zip(tokens.tolist(), mask.tolist()):
-        ids = [t for t, m in zip(row, row_mask) if m]
-        out.append([tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)])
-    return out
+def ngrams(seq: Sequence[Hashable], n: int) -> list[tuple]:
+    """All contiguous n-grams of a sequence, in order (the k-th ends at its item k + n - 1)."""
+    return [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
+
+
+def distinct_share(seqs: Iterable[Sequence[Hashable]], n: int) -> float:
+    """Distinct-n of a set of sequences: unique n-grams / all n-grams, within each sequence (0 when there are none).
+    The gate applies it to words (training/gate.py), the diversity floor to token ids."""
+    grams = [g for seq in seqs for g in ngrams(seq, n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def response_tokens(tokens: Tensor, mask: Tensor) -> list[list[int]]:
+    """Each response's token ids; tokens, mask: (B, T), the mask a prefix of each row."""
+    return [[t for t, m in zip(row, row_mask) if m] for row, row_mask in zip(tokens.tolist(), mask.tolist())]
 
 
 def token_distinct_n(tokens: Tensor, mask: Tensor, n: int) -> float:
-    """Distinct-n of a batch of responses: unique token n-grams / all n-grams (0 when no response has n tokens)."""
-    grams = [g for row in response_ngrams(tokens, mask, n) for g in row]
-    return len(set(grams)) / len(grams) if grams else 0.0
+    """Distinct-n of a batch of responses' token ids (0 when no response has n tokens)."""
+    return distinct_share(response_tokens(tokens, mask), n)
 
 
 def repeat_shares(tokens: Tensor, mask: Tensor, n: int) -> Tensor:
     """(B, T) p_t = (c - 1) / c at each token ending an n-gram found c times in the batch; 0 elsewhere."""
-    per_row = response_ngrams(tokens, mask, n)
+    per_row = [ngrams(ids, n) for ids in response_tokens(tokens, mask)]
     counts = Counter(g for row in per_row for g in row)  # c(g) over the whole batch
     shares = torch.zeros(tokens.shape, dtype=torch.float32)  # (B, T)
     for b, row in enumerate(per_row):

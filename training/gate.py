@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
 from training.config import GateThresholds
+from training.diversity import distinct_share
 
 
 def judge_side(prompt: str, seed: int) -> bool:
@@ -93,8 +94,7 @@ def words(text: str) -> list[str]:
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """Distinct-n of a set of responses: unique word n-grams / all word n-grams (0 when there are none)."""
-    grams = [tuple(w[i : i + n]) for w in map(words, texts) for i in range(len(w) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
+    return distinct_share(map(words, texts), n)
 
 
 def ratio(value: float, baseline: float) -> float:
