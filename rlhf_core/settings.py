@@ -208,6 +208,12 @@ class Settings(BaseSettings):
     the gate judges with the mean of their scores and records each one's win rate and the share of
     prompts they disagree on. 1: one judge. Each member costs one more reward-model training per round
     (3: a judge more accurate by 0.017 that changed 1 of 21 decisions; README, "Does it learn?")."""
+    policy_rm_ensemble: int = Field(default=1, ge=1, le=16)
+    """PPO's reward model: reward models trained on the policy's half of the feedback, each with its own seed;
+    PPO's reward is the mean of their scores (Coste et al. 2023: an ensemble is harder to over-optimise than
+    one of its members), and the value model starts from member 0's trunk. 1: one reward model. Full
+    fine-tuning rounds only: a LoRA round trains one reward adapter and logs that it ignores this. Each member
+    costs one more reward-model training per round and one more reward forward per rollout batch."""
     gate_win_margin: float = _GATE.win_margin
     """Promotion gate: the lower confidence bound of the candidate's win rate against its parent
     (judged on held-out prompts) must exceed 0.5 + this. Negative: a non-inferiority test (the

@@ -151,7 +151,9 @@ def cmd_models(args, settings: Settings) -> int:
                       f"reward={p.candidate_reward:.3f} (parent {p.parent_reward:.3f})  kl={p.kl_to_reference:.2f}  "
                       f"{info.training.description}")
                 if p.checks:  # the gate's figures (a round's version; bootstrap versions have none)
-                    print(f"      judge acc={p.judge_accuracy:.2f} (policy RM {info.training.reward_model_accuracy:.2f})  "
+                    rms = info.training.reward_model_members
+                    print(f"      judge acc={p.judge_accuracy:.2f} (policy RM {info.training.reward_model_accuracy:.2f}"
+                          f"{f' x{rms}' if rms > 1 else ''})  "
                           f"win={p.win_rate:.2f} (lower bound {p.win_rate_lower_bound:.2f})  "
                           f"eos={p.candidate_eos_rate:.2f} (parent {p.parent_eos_rate:.2f})  len={p.length_ratio:.2f}x  "
                           f"distinct-2={p.distinct_2_ratio:.2f}x SFT  "

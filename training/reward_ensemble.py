@@ -1,4 +1,5 @@
-"""An ensemble of reward models that scores as the mean of its members (the gate's judge, detail 24).
+"""An ensemble of reward models that scores as the mean of its members (the gate's judge, detail 24;
+PPO's reward model, detail 25).
 
     ids, mask (B, L) -> member j -> r_j (B,) -> mean over j -> r (B,);   b = mean over j of b_j
 
@@ -42,6 +43,11 @@ class RewardEnsemble(nn.Module):
     @property
     def tokenizer(self) -> Any:
         return self.members[0].tokenizer
+
+    @property
+    def backbone(self) -> nn.Module:
+        """Member 0's trunk: what PPO's value model starts from (`value_model_from`, detail 20)."""
+        return self.members[0].backbone
 
     def encode(self, items: list[tuple[str, str]], tokenizer: Any = None) -> tuple[Tensor, Tensor]:
         """(B, L) ids and mask, as every member encodes them (one tokenizer, one max_len)."""
@@ -98,8 +104,8 @@ def train_ensemble(make_trunk: Callable[[], nn.Module], tokenizer: Any, pairs: l
     return RewardEnsemble(models), out
 
 
-def load_judge(path: str | Path, device: str | None = None) -> RewardModel | RewardEnsemble:
-    """A saved judge: an ensemble when `path` holds ensemble.json, else one reward model."""
+def load_reward_models(path: str | Path, device: str | None = None) -> RewardModel | RewardEnsemble:
+    """A saved judge or policy reward model: an ensemble when `path` holds ensemble.json, else one model."""
     if (Path(path) / ENSEMBLE_FILE).exists():
         return RewardEnsemble.load(path, device)
     return RewardModel.load(path, device)

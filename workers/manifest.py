@@ -22,6 +22,7 @@ def fill_training(t: records_pb2.TrainingSummary, state: RoundState) -> None:
     t.num_comparisons, t.num_ratings, t.num_prompts = data["num_comparisons"], data["num_ratings"], data["num_prompts"]
     t.reward_model_accuracy = _num(rm.get("heldout_accuracy"))
     t.reward_model_loss = rm.get("train_loss") or 0.0
+    t.reward_model_members = rm.get("members") or 1
     t.judge_model_accuracy, t.judge_model_loss = _num(judge.get("heldout_accuracy")), _num(judge.get("train_loss"))
     t.reward_model_pairs, t.judge_model_pairs = rm.get("n_pairs") or 0, judge.get("n_pairs") or 0
     t.reward_model_heldout_pairs, t.judge_model_heldout_pairs = rm.get("n_heldout") or 0, judge.get("n_heldout") or 0

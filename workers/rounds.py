@@ -136,13 +136,16 @@ def train_reward(ctx: Context, state: RoundState) -> RoundState:
         half_pairs = [p for p in pairs if p.prompt in prompts]
         half_ratings = [r for r in ratings if r.prompt in prompts]  # pointwise loss, split by prompt too
         if lora and name == "reward_model":  # issue 7: base + reward adapter + head (PPO shares the base)
+            if ctx.settings.policy_rm_ensemble > 1:
+                log.warning("round %s: RLHF_POLICY_RM_ENSEMBLE=%d is for full fine-tuning rounds; a LoRA round "
+                            "trains one reward adapter", state.round_id, ctx.settings.policy_rm_ensemble)
             metrics = lora_rounds.train_reward(ctx.registry, ctx.settings, state, ctx.workdir(state.round_id),
                                                half_pairs, cfg, ctx.settings.device, ratings=half_ratings)
             out[name] = {k: metrics.get(k) for k in REWARD_METRICS} | {"n_prompts": len(prompts)}
             continue
         trunk = functools.partial(lora_rounds.parent_trunk, ctx.registry, state, ctx.settings.device)  # both modes
-        members = ctx.settings.judge_ensemble if name == "judge" else 1
-        if (half_pairs or half_ratings) and members > 1:  # detail 24
+        members = ctx.settings.judge_ensemble if name == "judge" else ctx.settings.policy_rm_ensemble
+        if (half_pairs or half_ratings) and members > 1:  # details 24, 25
             model, metrics = train_ensemble(trunk, tokenizer, half_pairs, cfg, half_ratings, members)
         elif half_pairs or half_ratings:  # the judge is a plain reward model in both modes
             model, metrics = train_reward_model(trunk(), tokenizer, half_pairs, cfg, ratings=half_ratings)
@@ -164,7 +167,7 @@ def train_reward(ctx: Context, state: RoundState) -> RoundState:
 def ppo(ctx: Context, state: RoundState) -> RoundState:
     from training.ppo_trainer import run_ppo
     from training.reference import norm_prompt_set
-    from training.reward_model import RewardModel
+    from training.reward_ensemble import load_reward_models
     from training.text_format import train_prompts
     from transformers import AutoTokenizer
 
@@ -177,7 +180,7 @@ def ppo(ctx: Context, state: RoundState) -> RoundState:
         history = lora_rounds.ppo(ctx.registry, ctx.settings, state, work, prompts, cfg,
                                   lambda line: log.info("ppo %s", line), norm_prompts)
         return _ppo_summary(state, history, started, cfg)
-    rm = RewardModel.load(work / "reward_model", device=ctx.settings.device)  # never the judge
+    rm = load_reward_models(work / "reward_model", device=ctx.settings.device)  # never the judge; detail 25
     parent_dir, ref_dir = ctx.registry.path(state.parent), ctx.registry.path(state.reference)
     policy, history = run_ppo(parent_dir, ref_dir, rm, prompts, cfg, log=lambda line: log.info("ppo %s", line),
                               norm_prompts=norm_prompts)
@@ -206,15 +209,14 @@ def evaluate(ctx: Context, state: RoundState) -> RoundState:
     from training.gate_eval import gate_figures, sample_policy, score_members, score_samples
     from training.ppo_trainer import load_causal_lm
     from training.devices import resolve_device
-    from training.reward_ensemble import RewardEnsemble, judge_agreement, load_judge
-    from training.reward_model import RewardModel
+    from training.reward_ensemble import RewardEnsemble, judge_agreement, load_reward_models
     from transformers import AutoTokenizer
 
     work, device = ctx.workdir(state.round_id), resolve_device(ctx.settings.device)
     lora = state.finetune == "lora"
-    judge = load_judge(work / "judge", device=ctx.settings.device)
+    judge = load_reward_models(work / "judge", device=ctx.settings.device)
     policy_rm = (lora_rounds.policy_reward_model(ctx.registry, ctx.settings, state, work, ctx.settings.device) if lora
-                 else RewardModel.load(work / "reward_model", device=ctx.settings.device))
+                 else load_reward_models(work / "reward_model", device=ctx.settings.device))
     tokenizer = AutoTokenizer.from_pretrained(work / "policy")
     reference = load_causal_lm(ctx.registry.path(state.reference), device, trainable=False)
     prompts, cfg = eval_prompts(ctx), gate_sampling(ctx, state)

@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kl-budget-z", type=float,
                    help="standard errors a batch's KL must clear the budget by to count as over (RLHF_PPO__KL_BUDGET_Z)")
     g.add_argument("--judge-ensemble", type=int, help="reward models the gate's judge averages (RLHF_JUDGE_ENSEMBLE)")
+    g.add_argument("--policy-rm-ensemble", type=int,
+                   help="reward models whose mean is PPO's reward (RLHF_POLICY_RM_ENSEMBLE)")
     g.add_argument("--round-kl-budget-share", type=float, help="PPO stops past this share of the KL bound; 0: off")
     p.set_defaults(**TUNED)
     return p

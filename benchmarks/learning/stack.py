@@ -51,6 +51,7 @@ KNOB_SETTINGS = {
     "gate_samples_per_prompt": (None, "gate_samples_per_prompt"),
     "kl_budget_retries": ("ppo", "kl_budget_retries"), "kl_budget_backoff": ("ppo", "kl_budget_backoff"),
     "kl_budget_z": ("ppo", "kl_budget_z"), "judge_ensemble": (None, "judge_ensemble"),
+    "policy_rm_ensemble": (None, "policy_rm_ensemble"),
 }
 TRAINING_KNOBS = tuple(KNOB_SETTINGS)
 

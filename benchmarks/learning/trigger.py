@@ -76,6 +76,7 @@ def model_summary(info: policy_pb2.ModelInfo) -> dict[str, Any]:
     return {
         "version": info.model_version, "parent_version": info.parent_version, "current": info.current,
         "reward_model_accuracy": t.reward_model_accuracy, "reward_model_loss": t.reward_model_loss,
+        "reward_model_members": t.reward_model_members,
         "ppo_mean_reward": t.ppo_mean_reward, "ppo_kl": t.ppo_kl, "num_comparisons": t.num_comparisons,
         "num_ratings": t.num_ratings, "train_seconds": t.seconds, "description": t.description,
         "promoted": p.promoted, "reason": p.reason, "candidate_reward": p.candidate_reward,

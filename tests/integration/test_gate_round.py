@@ -114,6 +114,7 @@ def test_reward_hacked_candidate_is_refused_and_every_figure_is_recorded(setting
     t = ctx.registry.manifest("v0002").training
     assert t.judge_model_prompts == len(judge_half) and 0.0 <= t.judge_model_accuracy <= 1.0
     assert t.reward_model_pairs + t.judge_model_pairs == 2 * len(rows)
+    assert t.reward_model_members == 1  # one policy reward model unless RLHF_POLICY_RM_ENSEMBLE says more
 
     assert cmd_models(argparse.Namespace(action="list"), ctx.settings) == 0
     listing = capsys.readouterr().out
@@ -138,6 +139,29 @@ def test_an_ensemble_of_judges_refuses_the_hacked_candidate_and_records_each_mem
     assert p.policy_rm_candidate_reward > p.policy_rm_parent_reward
     assert cmd_models(argparse.Namespace(action="list"), ctx.settings) == 0
     assert "judges=3  member win rates=" in capsys.readouterr().out
+
+
+def test_an_ensemble_of_policy_reward_models_trains_ppo_and_is_recorded(settings, registry_v1, capsys):
+    """RLHF_POLICY_RM_ENSEMBLE=2 (detail 25): two reward models on the policy half; PPO optimises their mean;
+    the version records the count, and the gate still judges with its own judge."""
+    ctx = rounds.Context(settings.model_copy(update={**SMALL_ROUND, "policy_rm_ensemble": 2}))
+    r = redis.Redis.from_url(settings.redis_url)
+    for prompt, answer in honest_rows():
+        append(r, settings, prompt, answer, DEGENERATE, "u1")
+    state = run(ctx, rounds.begin(ctx, uuid.uuid4().hex[:12]), [rounds.snapshot, rounds.train_reward])
+    saved = ctx.workdir(state.round_id) / "reward_model"
+    assert (saved / "ensemble.json").exists() and (saved / "member-1").is_dir()
+    assert state.reward_model["members"] == 2 and len(state.reward_model["member_heldout_accuracy"]) == 2
+    assert state.judge.get("members", 1) == 1  # RLHF_JUDGE_ENSEMBLE is a separate setting
+    summary = run(ctx, state, [rounds.ppo, rounds.evaluate, rounds.publish])
+    assert summary.ppo["steps"] == 1 and summary.ppo["mean_reward"] == summary.ppo["mean_reward"]  # not NaN
+    t = ctx.registry.manifest(summary.version).training
+    assert t.reward_model_members == 2
+    assert t.reward_model_accuracy == pytest.approx(state.reward_model["heldout_accuracy"])  # the members' mean
+    p = ctx.registry.manifest(summary.version).promotion
+    assert p.judge_members == 1 and p.policy_rm_candidate_reward == p.policy_rm_candidate_reward
+    assert cmd_models(argparse.Namespace(action="list"), ctx.settings) == 0
+    assert f"(policy RM {t.reward_model_accuracy:.2f} x2)" in capsys.readouterr().out
 
 
 def test_near_chance_judge_refuses_a_real_round(settings, registry_v1):

@@ -215,3 +215,31 @@ def test_rollouts_and_updates_run_under_the_device_autocast(setup, monkeypatch):
     run_ppo(policy_dir, policy_dir, rm, PROMPTS, cfg, log=lambda s: None)
     assert len(entered) == 1 + 2 + 2 * 2  # normalisation, 2 rollouts, 2 x 2 mini-batch forwards
     assert all(d == torch.device("cpu") for d in entered)
+
+
+class LengthReward(RewardModel):
+    """Toy reward: the number of real (unmasked) tokens in the (prompt + response) sequence."""
+
+    def forward(self, input_ids, attention_mask):
+        return attention_mask.float().sum(-1)
+
+
+def test_an_ensemble_reward_model_gives_ppo_the_mean_of_its_members_and_member_zeros_trunk(setup):
+    """Detail 25 (RLHF_POLICY_RM_ENSEMBLE): the first rollout batch (same seed, same policy, so the same
+    responses) scores as the mean of what each member alone gives it; the value model copies member 0's trunk."""
+    from training.reward_ensemble import RewardEnsemble
+    from training.reward_head import value_model_from
+
+    tok, policy_dir = setup
+    vowels = VowelReward(tiny_gpt2(len(tok.get_vocab()), 1).transformer, tok, 64)
+    length = LengthReward(tiny_gpt2(len(tok.get_vocab()), 2).transformer, tok, 64)
+    cfg = config(steps=1)
+    first = {name: run_ppo(policy_dir, policy_dir, rm, PROMPTS, cfg, log=lambda s: None)[1][0]
+             for name, rm in (("vowels", vowels), ("length", length), ("both", RewardEnsemble([vowels, length])))}
+    assert first["vowels"]["mean_reward"] != first["length"]["mean_reward"]
+    assert first["both"]["mean_reward"] == pytest.approx((first["vowels"]["mean_reward"]
+                                                          + first["length"]["mean_reward"]) / 2)
+    value = value_model_from(RewardEnsemble([vowels, length]))
+    for (name, a), b in zip(value.backbone.state_dict().items(), vowels.backbone.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(next(iter(value.backbone.parameters())), next(iter(length.backbone.parameters())))

@@ -6,7 +6,7 @@ import torch
 from tests.unit.test_reward_model import char_tokenizer, one_thread, preference_pairs, tiny_gpt2  # noqa: F401  (autouse)
 from training.config import RewardConfig
 from training.records import Rating
-from training.reward_ensemble import RewardEnsemble, judge_agreement, load_judge, train_ensemble
+from training.reward_ensemble import RewardEnsemble, judge_agreement, load_reward_models, train_ensemble
 from training.reward_model import RewardModel, evaluate_all, train_reward_model
 
 ITEMS = [("question 1", "yes good"), ("question 2", "no bad"), ("question 3", "maybe")]
@@ -38,16 +38,16 @@ def test_an_empty_ensemble_is_refused():
         RewardEnsemble([])
 
 
-def test_save_and_load_round_trip_and_load_judge_tells_the_kinds_apart(tmp_path):
+def test_save_and_load_round_trip_and_load_reward_models_tells_the_kinds_apart(tmp_path):
     ensemble = RewardEnsemble(members(2))
     ensemble.save(tmp_path / "judge")
     single = members(1)[0]
     single.save(tmp_path / "single")
-    loaded = load_judge(tmp_path / "judge", device="cpu")
+    loaded = load_reward_models(tmp_path / "judge", device="cpu")
     assert isinstance(loaded, RewardEnsemble) and len(loaded.members) == 2
     torch.testing.assert_close(loaded.score(ITEMS), ensemble.score(ITEMS))
     assert loaded.rating_bias == pytest.approx(ensemble.rating_bias)
-    again = load_judge(tmp_path / "single", device="cpu")
+    again = load_reward_models(tmp_path / "single", device="cpu")
     assert isinstance(again, RewardModel)
     torch.testing.assert_close(again.score(ITEMS), single.score(ITEMS))
 

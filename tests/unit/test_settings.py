@@ -117,9 +117,10 @@ def test_a_missing_gate_prompts_file_is_refused_at_start(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("members", ["0", "17"])
-def test_a_judge_ensemble_outside_1_to_16_is_refused_at_start(monkeypatch, members):
-    monkeypatch.setenv("RLHF_JUDGE_ENSEMBLE", members)
-    with pytest.raises(ValidationError, match="judge_ensemble"):
+@pytest.mark.parametrize("name", ["judge_ensemble", "policy_rm_ensemble"])
+def test_an_ensemble_outside_1_to_16_is_refused_at_start(monkeypatch, members, name):
+    monkeypatch.setenv(f"RLHF_{name.upper()}", members)
+    with pytest.raises(ValidationError, match=name):
         Settings()
 
 
