@@ -116,7 +116,10 @@ ALTERNATIVES = {
                                    {"share_prefill": False}),
     "closed_16_plain_kv_cache": ("with the model's own KV cache (RLHF_KV_GROW_COLUMNS=0: torch.cat every step)",
                                  "shared", {"kv_grow_columns": 0}),
+    "closed_16_dense_weights": ("with dense CPU weights (RLHF_CPU_PACKED_WEIGHTS=false: MKL's GEMM every step)",
+                                "shared", {"cpu_packed_weights": False}),
 }
+CPU_ONLY = {"closed_16_dense_weights"}  # the setting does nothing on CUDA
 
 
 def in_thread(fn, *args):
@@ -134,19 +137,26 @@ def fmt(r: dict) -> str:
 
 def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
     log(f"[{name}] {model_dir}")
+    cpu = resolve_device(p["device"]).type == "cpu"
     naive = in_thread(naive_generate, model_dir, p["naive_requests"], MAX_NEW, p["device"])
     log(f"  naive HF generate: {naive['tokens_per_s']:.1f} tok/s, latency p50 {naive['latency_p50_s'] * 1e3:.0f} ms")
+    naive_packed = in_thread(naive_generate, model_dir, p["naive_requests"], MAX_NEW, p["device"], True) if cpu else None
+    if naive_packed:
+        log(f"  naive HF generate with the packed CPU weights: {naive_packed['tokens_per_s']:.1f} tok/s")
     served = serve_phases(model_dir, p, log)
     at16 = next((c for c in served["closed_loop"] if c["clients"] == 16), served["closed_loop"][-1])
     only16 = {**p, "clients": [at16["clients"]]}
     alt = {}
     for key, (what, prompts, overrides) in ALTERNATIVES.items():
+        if key in CPU_ONLY and not cpu:
+            continue
         log(f"  the same load {what}:")
         alt[key] = serve_phases(model_dir, only16, log, prompts=prompts, **overrides)["closed_loop"][0]
     distinct, unshared = alt["closed_16_distinct_prompts"], alt["closed_16_unshared_prefill"]
     batch = max(1, round(at16["mean_batch"]))
     bare = in_thread(bare_loop, model_dir, batch, MAX_NEW, p["bare_rounds"], p["device"])
     plain = in_thread(bare_loop, model_dir, batch, MAX_NEW, p["bare_rounds"], p["device"], 0)
+    dense = in_thread(bare_loop, model_dir, batch, MAX_NEW, p["bare_rounds"], p["device"], None, False) if cpu else None
     log(f"  bare batched loop (batch {batch}): {bare['tokens_per_s']:.1f} tok/s, step {bare['decode_step_s'] * 1e3:.1f}"
         f" ms, prefill(1) {bare['prefill_one_s'] * 1e3:.1f} ms; with the model's own KV cache:"
         f" {plain['tokens_per_s']:.1f} tok/s, step {plain['decode_step_s'] * 1e3:.1f} ms")
@@ -171,6 +181,17 @@ def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
         "bare_step_plain_kv_cache_over_growing": plain["decode_step_s"] / bare["decode_step_s"],
         "errors": sum(r["errors"] for r in served["closed_loop"] + served["open_loop"] + list(alt.values())),
     }
+    if cpu:  # the packed CPU weights (RLHF_CPU_PACKED_WEIGHTS) against MKL's dense GEMM, and what they do for one row
+        targets.update({
+            "speedup_vs_dense_weights_at_16": at16["tokens_per_s"] / alt["closed_16_dense_weights"]["tokens_per_s"],
+            "bare_step_dense_over_packed": dense["decode_step_s"] / bare["decode_step_s"],
+            "naive_packed_over_naive": naive_packed["tokens_per_s"] / naive["tokens_per_s"],
+            "speedup_vs_naive_packed_at_16": at16["tokens_per_s"] / naive_packed["tokens_per_s"],
+        })
+        log(f"  packed weights: {targets['speedup_vs_dense_weights_at_16']:.2f}x dense at 16 clients, bare step"
+            f" {targets['bare_step_dense_over_packed']:.2f}x faster (dense {dense['decode_step_s'] * 1e3:.1f} ms),"
+            f" naive {targets['naive_packed_over_naive']:.2f}x; {targets['speedup_vs_naive_packed_at_16']:.2f}x the"
+            f" naive baseline with packed weights")
     batch_bound = targets["ttft_bound_batch_prefill_plus_2_steps_s"]
     log(f"  => {targets['speedup_vs_naive_at_16']:.2f}x naive at 16 clients; TTFT p99 {at16['ttft_p99_s'] * 1e3:.0f} ms"
         f" vs bound {ttft_bound * 1e3:.0f} ms (with the batch's prefill {batch_bound * 1e3:.0f} ms);"
@@ -179,8 +200,8 @@ def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
         f" {distinct['ttft_p99_s'] * 1e3:.0f} ms; unshared prefill: TTFT p99 {unshared['ttft_p99_s'] * 1e3:.0f} ms;"
         f" growing KV cache: {targets['speedup_vs_plain_kv_cache_at_16']:.2f}x the model's own at 16 clients,"
         f" bare step {targets['bare_step_plain_kv_cache_over_growing']:.2f}x faster")
-    return {"model_dir": str(model_dir), "naive": naive, **served, **alt, "bare_loop": bare,
-            "bare_loop_plain_kv_cache": plain, "targets": targets}
+    return {"model_dir": str(model_dir), "naive": naive, "naive_packed_weights": naive_packed, **served, **alt,
+            "bare_loop": bare, "bare_loop_plain_kv_cache": plain, "bare_loop_dense_weights": dense, "targets": targets}
 
 
 def plot(results: dict, path: Path) -> None:

@@ -181,15 +181,19 @@ def prompt_batch(lm, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.inference_mode()
-def naive_generate(model_dir: Path, requests: int, max_new: int, device: str = "cpu") -> dict:
+def naive_generate(model_dir: Path, requests: int, max_new: int, device: str = "cpu", packed: bool = False) -> dict:
     """Hugging Face generate, one request at a time (what a first server would do), on `device` in the
-    dtype the server uses there (bf16 on CUDA)."""
+    dtype the server uses there (bf16 on CUDA); `packed`: with the server's packed CPU weights
+    (service/packed_linear.py), to tell what they do for one row from what they do for a batch."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from training.devices import resolve_device, serving_dtype, synchronize
     dev = resolve_device(device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=serving_dtype(dev)).to(dev).eval()
+    if packed and dev.type == "cpu":
+        from service.packed_linear import pack_linear_layers
+        pack_linear_layers(model)
     prompts = _prompt_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.generate(torch.tensor([prompts[0]], device=dev), max_new_tokens=2, pad_token_id=pad)  # warm-up
@@ -211,17 +215,17 @@ def naive_generate(model_dir: Path, requests: int, max_new: int, device: str = "
 
 @torch.inference_mode()
 def bare_loop(model_dir: Path, batch: int, max_new: int, rounds: int, device: str = "cpu",
-              grow: int | None = None) -> dict:
+              grow: int | None = None, packed_weights: bool = True) -> dict:
     """Roofline: prefill `batch` prompts, then `max_new` batched decoding steps (greedy), no server; on
-    `device` as the server loads it (bf16 on CUDA), with the server's KV cache (`grow` spare columns, default
-    the server's; 0: the model's own cache)."""
+    `device` as the server loads it (bf16 on CUDA; packed CPU weights unless `packed_weights` is False), with
+    the server's KV cache (`grow` spare columns, default the server's; 0: the model's own cache)."""
     from service.decoder import GROW_COLUMNS
     from service.model_pool import load_model_dir
     from training.devices import resolve_device, synchronize
     from training.kv_cache import make_cache
     from training.sequences import position_ids
     dev = resolve_device(device)
-    lm = load_model_dir(model_dir, "bare", dev)
+    lm = load_model_dir(model_dir, "bare", dev, packed_weights)
     ids, mask = prompt_batch(lm, batch)
     positions = position_ids(mask)  # (B, T0) pads at 0
     lm.model(input_ids=ids, attention_mask=mask, position_ids=positions)  # warm-up (CUDA kernels, allocator)

@@ -58,7 +58,7 @@ class Server:
         self.health_server = None
         self.redis = aioredis.Redis.from_url(s.redis_url)
         await self.redis.ping()
-        self.pool = ModelPool(self.registry, resolve_device(s.device), s.loaded_versions)
+        self.pool = ModelPool(self.registry, resolve_device(s.device), s.loaded_versions, s.cpu_packed_weights)
         self.heartbeat = Heartbeat(self.redis, self.keys, self.pool, s.heartbeat_s)
         self.metrics.watch_pool(self.pool)  # issue 7: base copies, adapter load bytes/seconds
         self.watcher = ModelWatcher(self.redis, self.keys, self.registry, self.pool, self.metrics, s.model_poll_s,

@@ -6,6 +6,7 @@ took the old LoadedModel finishes on it while the next batch gets the new one.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import threading
@@ -18,16 +19,20 @@ from registry import ChecksumError, Registry
 from registry.probe import UnloadableVersion, forward_check, load_checked
 from service.adapters import AdapterBank
 from service.decoder import LoadedModel
+from service.packed_linear import pack_linear_layers
 from training.devices import serving_dtype
 
 log = logging.getLogger(__name__)
 
 
-def load_model_dir(path, version: str, device: torch.device) -> LoadedModel:
+def load_model_dir(path, version: str, device: torch.device, packed_weights: bool = True) -> LoadedModel:
     """Loads a Hugging Face causal LM and its tokenizer from a local directory (strictly: every
-    weight present with its shape) and runs it once. Raises registry.probe.UnloadableVersion."""
+    weight present with its shape) and runs it once. Raises registry.probe.UnloadableVersion.
+    ``packed_weights``: on the CPU, decoding steps use oneDNN-packed linear weights (service/packed_linear.py)."""
     model, tokenizer = load_checked(path, version, device, serving_dtype(device))
     forward_check(model, tokenizer, version)
+    if packed_weights and device.type == "cpu":
+        pack_linear_layers(model)
     eos = model.generation_config.eos_token_id if model.generation_config else None
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if tokenizer.eos_token_id is not None:
@@ -51,17 +56,18 @@ class ServingState:
 
 
 class ModelPool:
-    def __init__(self, registry: Registry, device: torch.device, capacity: int = 3):
+    def __init__(self, registry: Registry, device: torch.device, capacity: int = 3, packed_weights: bool = True):
         self.registry = registry
         self.device = device
         self.capacity = max(1, capacity)
+        self.load_full = functools.partial(load_model_dir, packed_weights=packed_weights)  # RLHF_CPU_PACKED_WEIGHTS
         self.current: LoadedModel | None = None
         self.state = ServingState()
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._failed: dict[str, tuple] = {}  # version -> (fingerprint, error) of failed pinned loads
-        self.adapters = AdapterBank(registry, device, load_model_dir, self._resident)  # LoRA: one base each (issue 7)
+        self.adapters = AdapterBank(registry, device, self.load_full, self._resident)  # LoRA: one base each (issue 7)
         self._unmerged: set[str] = set()
         # Merge the current LoRA version into a working copy on CUDA only: on CPU the measured decode
         # speed of unmerged adapters is the same (within noise) and the swap is ~14x faster
@@ -95,7 +101,7 @@ class ModelPool:
             if manifest.adapter_base_version:
                 lm = self.adapters.load(version, manifest.adapter_base_version, merged)
             else:
-                lm = self.adapters.bases.get(version) or load_model_dir(self.registry.path(version), version,
+                lm = self.adapters.bases.get(version) or self.load_full(self.registry.path(version), version,
                                                                         self.device)
             with self._lock:
                 self._loaded[version] = lm

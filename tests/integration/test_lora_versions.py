@@ -4,6 +4,7 @@ versions share the base."""
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 
@@ -14,6 +15,7 @@ import torch
 from rlhf.v1 import policy_pb2
 from rlhf_core.keys import Keys
 from service.model_pool import ModelPool
+from service.packed_linear import pack_linear_layers
 from tests.helpers import ServingStack, metric_value, point_at
 from tests.lora_helpers import make_adapter_dir, publish_adapter
 
@@ -63,7 +65,9 @@ def test_merged_working_copy_matches_peft_and_leaves_the_base_intact(stack, adap
         want = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(adapters[0]))(ids).logits
         assert torch.allclose(merged(ids).logits, want, atol=1e-4)
         assert torch.allclose(unmerged(ids).logits, want, atol=1e-5)
-        assert torch.equal(base_lm.model(ids).logits, fresh(ids).logits)  # the shared base is untouched
+        packed = copy.deepcopy(fresh)  # the pool serves CPU models with packed weights (RLHF_CPU_PACKED_WEIGHTS)
+        pack_linear_layers(packed)
+        assert torch.equal(base_lm.model(ids).logits, packed(ids).logits)  # the shared base is untouched
         assert not torch.allclose(want, fresh(ids).logits, atol=1e-3)  # and the adapter does change outputs
     assert pool.base_copies == 1  # v1 itself is the base of the adapter version
 
@@ -82,7 +86,8 @@ def test_a_swap_onto_a_served_base_neither_rehashes_nor_copies_it(stack, adapter
     assert tree.transformer.wte is base.transformer.wte and tree.lm_head is base.lm_head
     assert tree.transformer.h[0].mlp is base.transformer.h[0].mlp  # not adapted: the base's own module
     assert tree.transformer.h[0].attn is not base.transformer.h[0].attn  # on the way to c_attn: a shallow copy
-    assert type(base.transformer.h[0].attn.c_attn).__name__ == "Conv1D"  # the base keeps its plain layers
+    # the base keeps its plain layers (packed for CPU decoding by default: RLHF_CPU_PACKED_WEIGHTS), no peft layer
+    assert type(base.transformer.h[0].attn.c_attn).__name__ == "PackedConv1D"
     assert pool.base_copies == 1
 
 

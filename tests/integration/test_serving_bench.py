@@ -28,6 +28,10 @@ def test_serving_benchmark_smoke(redis_url, tiny_model_dir, tmp_path, monkeypatc
     assert plain["requests"] > 0 and plain["errors"] == 0 and r["targets"]["speedup_vs_plain_kv_cache_at_16"] > 0
     assert r["bare_loop_plain_kv_cache"]["decode_step_s"] > 0
     assert r["targets"]["bare_step_plain_kv_cache_over_growing"] > 0
+    dense = r["closed_16_dense_weights"]  # RLHF_CPU_PACKED_WEIGHTS=false, and the baselines with and without
+    assert dense["requests"] > 0 and dense["errors"] == 0 and r["targets"]["speedup_vs_dense_weights_at_16"] > 0
+    assert r["bare_loop_dense_weights"]["decode_step_s"] > 0 and r["naive_packed_weights"]["tokens_per_s"] > 0
+    assert r["targets"]["naive_packed_over_naive"] > 0 and r["targets"]["bare_step_dense_over_packed"] > 0
     assert json.loads((tmp_path / "result-quick.json").read_text())["models"]["tiny"]["targets"]
     assert (tmp_path / "result-quick.png").stat().st_size > 0
 
