@@ -7,9 +7,10 @@ A decoding step multiplies a few rows (one per sequence in the batch) by every w
 PyTorch's CPU build sends that to MKL's GEMM, which on some CPUs is slow for small M: measured on an AMD
 EPYC (Zen 4), one thread, K x N = 768 x 2304, M = 4 / 16: 0.40 / 0.91-1.29 ms, against 0.15 / 0.49-0.55 ms for
 oneDNN with the weight reordered once into its blocked layout (`mkldnn._reorder_linear_weight`), and a whole
-86M decoding step of 15 rows 1.6-1.8x faster. For long inputs (a prefill's hundreds of rows) the packed
-kernel was no faster, and 2x slower at some sizes (M = 64), so rows above `PACKED_MAX_ROWS` keep the dense
-weight. Both are kept: one more copy of the linear weights in memory.
+86M decoding step of 15 rows 1.66x faster (the serving benchmark's bare loop, quiet). For long inputs (a
+prefill's hundreds of rows) the packed kernel was no faster, and 2x slower at some sizes (M = 64), and for one
+row MKL's matrix-vector product was faster: those keep the dense weight (`PACKED_MIN_ROWS`, `PACKED_MAX_ROWS`).
+Both are kept: one more copy of the linear weights in memory.
 
 The layer keeps its class (a subclass of `nn.Linear` or transformers' `Conv1D`), so peft still wraps it
 (unmerged LoRA adapters on a packed base). The packed copy is used only while the layer's weight is the
@@ -29,9 +30,11 @@ from transformers.pytorch_utils import Conv1D
 
 log = logging.getLogger(__name__)
 
-PACKED_MAX_ROWS = 32
-"""Rows (batch x new tokens) up to which a product uses the packed weight: every decoding step of a batch
-of up to 32 sequences; a prefill longer than that uses the dense weight."""
+PACKED_MIN_ROWS, PACKED_MAX_ROWS = 2, 32
+"""Rows (batch x new tokens) of the products that use the packed weight: every decoding step of a batch of 2
+to 32 sequences. One row (a lone sequence's step) keeps MKL's matrix-vector product, which was faster (the
+naive one-at-a-time baseline ran 0.86x with every product packed); a prefill longer than 32 rows keeps the
+dense weight."""
 
 
 class _Packed:
@@ -57,7 +60,7 @@ def _packed_product(layer: nn.Module, x: torch.Tensor, out_features: int) -> tor
     """x (..., K) -> (..., N) with the packed weight, or None where the dense forward must run."""
     packed: _Packed | None = getattr(layer, "_packed", None)
     rows = x.numel() // max(1, x.shape[-1])
-    if (packed is None or rows > PACKED_MAX_ROWS or x.dtype != torch.float32 or x.device.type != "cpu"
+    if (packed is None or not PACKED_MIN_ROWS <= rows <= PACKED_MAX_ROWS or x.dtype != torch.float32 or x.device.type != "cpu"
             or (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
             or not packed.matches(layer.weight)):
         return None

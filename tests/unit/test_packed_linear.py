@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from service.packed_linear import PACKED_MAX_ROWS, PackedConv1D, PackedLinear, pack_linear_layers, packing_available
+from service.packed_linear import (PACKED_MAX_ROWS, PACKED_MIN_ROWS, PackedConv1D, PackedLinear, pack_linear_layers,
+                                   packing_available)
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN packed linear ops")
 
@@ -44,7 +45,9 @@ def test_small_products_take_the_packed_weight_and_long_ones_the_dense():
     layers = 9
     with torch.inference_mode():
         assert packed_ops(lambda: model(torch.randint(0, 97, (PACKED_MAX_ROWS, 1)))) == layers
-        assert packed_ops(lambda: model(torch.randint(0, 97, (1, PACKED_MAX_ROWS + 1)))) == 0
+        assert packed_ops(lambda: model(torch.randint(0, 97, (PACKED_MIN_ROWS, 1)))) == layers
+        assert packed_ops(lambda: model(torch.randint(0, 97, (1, PACKED_MAX_ROWS + 1)))) == 0  # a long prefill
+        assert packed_ops(lambda: model(torch.randint(0, 97, (1, 1)))) == 0  # one sequence's step: MKL's gemv
 
 
 def test_a_replaced_weight_is_never_read_from_the_stale_packed_copy():
