@@ -60,7 +60,8 @@ def _packed_product(layer: nn.Module, x: torch.Tensor, out_features: int) -> tor
     """x (..., K) -> (..., N) with the packed weight, or None where the dense forward must run."""
     packed: _Packed | None = getattr(layer, "_packed", None)
     rows = x.numel() // max(1, x.shape[-1])
-    if (packed is None or not PACKED_MIN_ROWS <= rows <= PACKED_MAX_ROWS or x.dtype != torch.float32 or x.device.type != "cpu"
+    if (packed is None or not PACKED_MIN_ROWS <= rows <= PACKED_MAX_ROWS
+            or x.dtype != torch.float32 or x.device.type != "cpu"
             or (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
             or not packed.matches(layer.weight)):
         return None
