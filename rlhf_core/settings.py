@@ -81,8 +81,8 @@ class Settings(BaseSettings):
     cpu_packed_weights: bool = True
     """CPU serving (float32): decoding steps of 2-32 rows multiply by oneDNN-packed copies of the linear
     weights, where MKL's GEMM is slow for a few rows on some CPUs (measured on AMD Zen 4: an 86M model's step
-    of 15 rows 1.66x faster, the server at 16 clients 1.43x); one sequence's steps and prefills keep the dense
-    weights. Costs one more copy of the linear weights in memory. No effect on CUDA."""
+    of 15 rows 1.66x faster, the server at 16 clients 1.41-1.43x); one sequence's steps and prefills of more than
+    32 tokens keep the dense weights. Costs one more copy of the linear weights in memory. No effect on CUDA."""
     model_poll_s: float = 2.0
     """How often a server re-reads the current-version pointer (besides on every model event)."""
     model_retry_max_s: float = 300.0

@@ -32,9 +32,9 @@ log = logging.getLogger(__name__)
 
 PACKED_MIN_ROWS, PACKED_MAX_ROWS = 2, 32
 """Rows (batch x new tokens) of the products that use the packed weight: every decoding step of a batch of 2
-to 32 sequences. One row (a lone sequence's step) keeps MKL's matrix-vector product, which was faster (the
-naive one-at-a-time baseline ran 0.86x with every product packed); a prefill longer than 32 rows keeps the
-dense weight."""
+to 32 sequences, and prefills of up to 32 tokens. One row (a lone sequence's step) keeps MKL's matrix-vector
+product, which was faster (the naive one-at-a-time baseline ran 0.86x with every product packed); a prefill
+longer than 32 tokens keeps the dense weight."""
 
 
 class _Packed:
