@@ -140,9 +140,8 @@ def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
     cpu = resolve_device(p["device"]).type == "cpu"
     naive = in_thread(naive_generate, model_dir, p["naive_requests"], MAX_NEW, p["device"])
     log(f"  naive HF generate: {naive['tokens_per_s']:.1f} tok/s, latency p50 {naive['latency_p50_s'] * 1e3:.0f} ms")
+    # next to it: the same baseline with packed weights (on the CPU; the comparison is in packed_vs_dense)
     naive_packed = in_thread(naive_generate, model_dir, p["naive_requests"], MAX_NEW, p["device"], True) if cpu else None
-    if naive_packed:
-        log(f"  naive HF generate with the packed CPU weights: {naive_packed['tokens_per_s']:.1f} tok/s")
     served = serve_phases(model_dir, p, log)
     at16 = next((c for c in served["closed_loop"] if c["clients"] == 16), served["closed_loop"][-1])
     only16 = {**p, "clients": [at16["clients"]]}
@@ -156,7 +155,6 @@ def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
     batch = max(1, round(at16["mean_batch"]))
     bare = in_thread(bare_loop, model_dir, batch, MAX_NEW, p["bare_rounds"], p["device"])
     plain = in_thread(bare_loop, model_dir, batch, MAX_NEW, p["bare_rounds"], p["device"], 0)
-    dense = in_thread(bare_loop, model_dir, batch, MAX_NEW, p["bare_rounds"], p["device"], None, False) if cpu else None
     log(f"  bare batched loop (batch {batch}): {bare['tokens_per_s']:.1f} tok/s, step {bare['decode_step_s'] * 1e3:.1f}"
         f" ms, prefill(1) {bare['prefill_one_s'] * 1e3:.1f} ms; with the model's own KV cache:"
         f" {plain['tokens_per_s']:.1f} tok/s, step {plain['decode_step_s'] * 1e3:.1f} ms")
@@ -181,17 +179,8 @@ def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
         "bare_step_plain_kv_cache_over_growing": plain["decode_step_s"] / bare["decode_step_s"],
         "errors": sum(r["errors"] for r in served["closed_loop"] + served["open_loop"] + list(alt.values())),
     }
-    if cpu:  # the packed CPU weights (RLHF_CPU_PACKED_WEIGHTS) against MKL's dense GEMM, and what they do for one row
-        targets.update({
-            "speedup_vs_dense_weights_at_16": at16["tokens_per_s"] / alt["closed_16_dense_weights"]["tokens_per_s"],
-            "bare_step_dense_over_packed": dense["decode_step_s"] / bare["decode_step_s"],
-            "naive_packed_over_naive": naive_packed["tokens_per_s"] / naive["tokens_per_s"],
-            "speedup_vs_naive_packed_at_16": at16["tokens_per_s"] / naive_packed["tokens_per_s"],
-        })
-        log(f"  packed weights: {targets['speedup_vs_dense_weights_at_16']:.2f}x dense at 16 clients, bare step"
-            f" {targets['bare_step_dense_over_packed']:.2f}x faster (dense {dense['decode_step_s'] * 1e3:.1f} ms),"
-            f" naive {targets['naive_packed_over_naive']:.2f}x; {targets['speedup_vs_naive_packed_at_16']:.2f}x the"
-            f" naive baseline with packed weights")
+    packed = packed_vs_dense(model_dir, p, naive, naive_packed, at16, alt, bare, batch, log) if cpu else {}
+    targets.update(packed.pop("targets", {}))
     batch_bound = targets["ttft_bound_batch_prefill_plus_2_steps_s"]
     log(f"  => {targets['speedup_vs_naive_at_16']:.2f}x naive at 16 clients; TTFT p99 {at16['ttft_p99_s'] * 1e3:.0f} ms"
         f" vs bound {ttft_bound * 1e3:.0f} ms (with the batch's prefill {batch_bound * 1e3:.0f} ms);"
@@ -200,8 +189,27 @@ def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
         f" {distinct['ttft_p99_s'] * 1e3:.0f} ms; unshared prefill: TTFT p99 {unshared['ttft_p99_s'] * 1e3:.0f} ms;"
         f" growing KV cache: {targets['speedup_vs_plain_kv_cache_at_16']:.2f}x the model's own at 16 clients,"
         f" bare step {targets['bare_step_plain_kv_cache_over_growing']:.2f}x faster")
-    return {"model_dir": str(model_dir), "naive": naive, "naive_packed_weights": naive_packed, **served, **alt,
-            "bare_loop": bare, "bare_loop_plain_kv_cache": plain, "bare_loop_dense_weights": dense, "targets": targets}
+    return {"model_dir": str(model_dir), "naive": naive, **served, **alt, "bare_loop": bare,
+            "bare_loop_plain_kv_cache": plain, **packed, "targets": targets}
+
+
+def packed_vs_dense(model_dir: Path, p: dict, naive: dict, naive_packed: dict, at16: dict, alt: dict, bare: dict,
+                    batch: int, log) -> dict:
+    """On the CPU: the packed weights (RLHF_CPU_PACKED_WEIGHTS) against MKL's dense GEMM, in the same run: the
+    16-client load (its dense phase is one of ALTERNATIVES), the bare loop's step (a dense loop run here), and the
+    naive baseline (one row: what the packing does without a batch)."""
+    dense = in_thread(bare_loop, model_dir, batch, MAX_NEW, p["bare_rounds"], p["device"], None, False)
+    targets = {
+        "speedup_vs_dense_weights_at_16": at16["tokens_per_s"] / alt["closed_16_dense_weights"]["tokens_per_s"],
+        "bare_step_dense_over_packed": dense["decode_step_s"] / bare["decode_step_s"],
+        "naive_packed_over_naive": naive_packed["tokens_per_s"] / naive["tokens_per_s"],
+        "speedup_vs_naive_packed_at_16": at16["tokens_per_s"] / naive_packed["tokens_per_s"],
+    }
+    log(f"  packed weights: {targets['speedup_vs_dense_weights_at_16']:.2f}x dense at 16 clients, bare step"
+        f" {targets['bare_step_dense_over_packed']:.2f}x faster (dense {dense['decode_step_s'] * 1e3:.1f} ms),"
+        f" naive {naive_packed['tokens_per_s']:.1f} tok/s with them ({targets['naive_packed_over_naive']:.2f}x);"
+        f" {targets['speedup_vs_naive_packed_at_16']:.2f}x the naive baseline with packed weights")
+    return {"naive_packed_weights": naive_packed, "bare_loop_dense_weights": dense, "targets": targets}
 
 
 def plot(results: dict, path: Path) -> None:

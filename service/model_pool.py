@@ -30,9 +30,9 @@ def load_model_dir(path, version: str, device: torch.device, packed_weights: boo
     weight present with its shape) and runs it once. Raises registry.probe.UnloadableVersion.
     ``packed_weights``: on the CPU, decoding steps use oneDNN-packed linear weights (service/packed_linear.py)."""
     model, tokenizer = load_checked(path, version, device, serving_dtype(device))
-    forward_check(model, tokenizer, version)
     if packed_weights and device.type == "cpu":
-        pack_linear_layers(model)
+        pack_linear_layers(model)  # before the check: its few-token forward runs the packed path, as serving will
+    forward_check(model, tokenizer, version)
     eos = model.generation_config.eos_token_id if model.generation_config else None
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if tokenizer.eos_token_id is not None:

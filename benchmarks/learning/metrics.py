@@ -9,6 +9,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+from training.gate import distinct_n, words  # the gate's distinct-n and word unit: one measure for both
+
 Z95 = 1.959963984540054
 
 
@@ -113,25 +115,9 @@ def mean_ci(values: Sequence[float], z: float = Z95) -> tuple[float, float, floa
     return m, m - half, m + half
 
 
-def tokens(text: str) -> list[str]:
-    """Whitespace tokens, lower-cased (the unit of distinct-n and length)."""
-    return text.lower().split()
-
-
-def ngrams(toks: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    """All contiguous n-grams of a token list."""
-    return [tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)]
-
-
-def distinct_n(responses: Sequence[str], n: int) -> float:
-    """Distinct-n over a set of responses: unique n-grams / total n-grams (0.0 when there are none)."""
-    grams = [g for r in responses for g in ngrams(tokens(r), n)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
 def mean_length(responses: Sequence[str]) -> float:
     """Mean response length in whitespace tokens."""
-    return mean([len(tokens(r)) for r in responses])
+    return mean([len(words(r)) for r in responses])
 
 
 def unique_share(responses: Sequence[str]) -> float:

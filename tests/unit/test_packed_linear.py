@@ -89,3 +89,24 @@ def test_an_unmerged_lora_adapter_on_a_packed_base_gives_the_dense_bases_logits(
     with torch.inference_mode():
         assert packed_ops(lambda: packed(ids)) > 0
         torch.testing.assert_close(packed(ids).logits, dense(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_the_server_loads_cpu_models_packed_unless_the_setting_is_off(tiny_model_dir, packed):
+    """The server's loader (ModelPool passes it RLHF_CPU_PACKED_WEIGHTS) packs a CPU model unless told not to, and
+    its forward check (8 probe tokens) runs the packed path, as serving will."""
+    from transformers import AutoModelForCausalLM
+
+    from service.model_pool import load_model_dir
+
+    loaded = {}
+    probe_products = packed_ops(lambda: loaded.update(lm=load_model_dir(tiny_model_dir, "v0001", torch.device("cpu"),
+                                                                       packed_weights=packed)))
+    lm = loaded["lm"]
+    kinds = {type(m).__name__ for m in lm.model.modules()} & {"Conv1D", "Linear", "PackedConv1D", "PackedLinear"}
+    assert kinds == ({"PackedConv1D", "PackedLinear"} if packed else {"Conv1D", "Linear"})
+    assert (probe_products > 0) == packed
+    dense = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids = torch.randint(0, dense.config.vocab_size, (4, 1))
+    with torch.inference_mode():
+        torch.testing.assert_close(lm.model(ids).logits, dense(ids).logits, rtol=1e-5, atol=1e-5)
