@@ -14,7 +14,7 @@ import redis
 import pytest
 
 from rlhf.v1 import admin_pb2, policy_pb2
-from tests.e2e.conftest import LENIENT_GATE, stream_stats, wait_for
+from tests.e2e.conftest import FAST_ROUND, LENIENT_GATE, stream_stats, wait_for
 from training.text_format import train_prompts
 
 pytestmark = pytest.mark.timeout(400)
@@ -123,8 +123,7 @@ def test_killed_worker_leaves_no_version_and_loses_no_feedback(server, settings,
     slow = start_worker(**LENIENT_GATE, RLHF_PPO__STEPS="500", RLHF_GATE_MIN_REWARD_GAIN="-1e9")
     submitted = give_feedback(server, train_prompts()[:10])
     server.admin.TriggerRound(admin_pb2.TriggerRoundRequest(force=True))
-    tmp = settings.registry / ".tmp"
-    wait_for(lambda: any(tmp.glob("round-*/reward_model")), 180, 0.2, "the round to reach PPO")
+    wait_for(lambda: _in_stage(settings, "ppo"), 180, 0.2, "the round to reach PPO")
     slow.kill()
     versions = settings.registry / "versions"
     assert sorted(p.name for p in versions.iterdir()) == ["v0001"]  # nothing half-written
@@ -141,8 +140,17 @@ def test_killed_worker_leaves_no_version_and_loses_no_feedback(server, settings,
 
 
 def _lock_held(settings) -> bool:
-    import redis
     return bool(redis.Redis.from_url(settings.redis_url).exists(settings.key_prefix + "train:lock"))
+
+
+def _in_stage(settings, stage: str) -> bool:
+    """The active round's heartbeat names `stage` and the lock has its short stage expiry: a worker
+    killed now lets it lapse within RLHF_ROUND_LOCK_TTL_S. (Between two stages the lock carries the
+    hour-long hand-off expiry while the next task waits in a queue: a kill there holds it that long.)"""
+    r = redis.Redis.from_url(settings.redis_url)
+    beats = [json.loads(v) for v in r.hvals(settings.key_prefix + "train:active")]
+    ttl_ms = r.pttl(settings.key_prefix + "train:lock")
+    return any(b.get("stage") == stage for b in beats) and 0 < ttl_ms <= float(FAST_ROUND["RLHF_ROUND_LOCK_TTL_S"]) * 1000
 
 
 def test_failed_round_frees_the_lock_and_leaves_the_registry_untouched(server, settings, start_worker):
@@ -176,9 +184,7 @@ def test_a_round_whose_worker_was_killed_is_abandoned_within_the_timeout(server,
     server.admin.TriggerRound(admin_pb2.TriggerRoundRequest(force=True))
     tmp = settings.registry / ".tmp"
     r = redis.Redis.from_url(settings.redis_url)
-    active = settings.key_prefix + "train:active"
-    wait_for(lambda: any(json.loads(v)["stage"] == "ppo" for v in r.hvals(active)), 180, 0.2, "the round to run PPO")
-    time.sleep(1)
+    wait_for(lambda: _in_stage(settings, "ppo"), 180, 0.2, "the round to run PPO")
     slow.kill()
     killed_at = time.monotonic()
     worker = start_worker(**fast_reaper)
