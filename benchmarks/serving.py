@@ -53,15 +53,19 @@ SERVER_MEANS = {"mean_batch": "rlhf_batch_size", "server_ttft_mean_s": "rlhf_tim
 
 
 def server_sums(srv) -> dict[str, tuple[float, float]]:
-    """(sum, count) of the server's histograms behind each of SERVER_MEANS."""
+    """(sum, count) of the server's histograms behind each of SERVER_MEANS, and (hits, lookups) of its prompt cache."""
     text = srv.metrics_text()
-    return {k: (metric_value(text, f"{m}_sum"), metric_value(text, f"{m}_count")) for k, m in SERVER_MEANS.items()}
+    sums = {k: (metric_value(text, f"{m}_sum"), metric_value(text, f"{m}_count")) for k, m in SERVER_MEANS.items()}
+    sums["prompt_cache_hit_rate"] = (metric_value(text, "rlhf_prompt_cache_hits_total"),
+                                     metric_value(text, "rlhf_prompt_cache_lookups_total"))
+    return sums
 
 
 def server_means(before: dict, after: dict) -> dict[str, float]:
     """Mean batch size, engine-side TTFT (enqueued to first token) and queue time (enqueued to admitted)
-    over a phase; with the clients' mean TTFT they split a call's TTFT into queue, prefill and transport."""
-    return {k: (after[k][0] - before[k][0]) / max(1.0, after[k][1] - before[k][1]) for k in SERVER_MEANS}
+    over a phase; with the clients' mean TTFT they split a call's TTFT into queue, prefill and transport. And the
+    share of the prefills' distinct prompts that the prompt cache served."""
+    return {k: (after[k][0] - before[k][0]) / max(1.0, after[k][1] - before[k][1]) for k in before}
 
 
 def ttft_split(r: dict) -> str:
@@ -87,7 +91,8 @@ def serve_phases(model_dir: Path, p: dict, log, prompts: str = "shared", **overr
                 r = in_client_process("closed_loop", srv.target, clients, p["closed_s"], MAX_NEW, p["calls_per_window"],
                                       prompts)
                 r.update(server_means(before, server_sums(srv)))
-                log(f"  closed {clients:3d} clients: {fmt(r)} | mean batch {r['mean_batch']:.1f} | {ttft_split(r)}")
+                log(f"  closed {clients:3d} clients: {fmt(r)} | mean batch {r['mean_batch']:.1f} | {ttft_split(r)}"
+                    f" | prompt cache hits {r['prompt_cache_hit_rate'] * 100:.0f}%")
                 closed.append(r)
             ref = next(c for c in closed if c["clients"] == max(c2["clients"] for c2 in closed if c2["clients"] <= 16))
             # calls/s the server sustains at max_new_tokens 16..256 (mean 136), or at the model's own
@@ -110,8 +115,11 @@ def serve_phases(model_dir: Path, p: dict, log, prompts: str = "shared", **overr
 ALTERNATIVES = {
     "closed_16_prefill_budget_1": ("with a prefill budget of one step (RLHF_PREFILL_STEP_RATIO=1)", "shared",
                                    {"prefill_step_ratio": 1.0}),
-    "closed_16_distinct_prompts": ("with every client's prompt distinct from the others' (no prompt to share)",
-                                   "distinct", {}),
+    "closed_16_distinct_prompts": ("with every client's prompt distinct from the others' (no prompt to share) and the"
+                                   " prompt cache off (nothing kept from earlier calls)", "distinct",
+                                   {"prompt_cache_mb": 0.0}),
+    "closed_16_no_prompt_cache": ("without the prompt cache (RLHF_PROMPT_CACHE_MB=0: each call's prompt runs, shared"
+                                  " only with the calls joining in its step)", "shared", {"prompt_cache_mb": 0.0}),
     "closed_16_unshared_prefill": ("without shared prefills (RLHF_SHARE_PREFILL=false; the same prompts)", "shared",
                                    {"share_prefill": False}),
     "closed_16_plain_kv_cache": ("with the model's own KV cache (RLHF_KV_GROW_COLUMNS=0: torch.cat every step)",
@@ -176,6 +184,11 @@ def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
         "ttft_p99_at_16_unshared_prefill_s": unshared["ttft_p99_s"],
         # the growing KV cache (RLHF_KV_GROW_COLUMNS) against the model's own (torch.cat every step)
         "speedup_vs_plain_kv_cache_at_16": at16["tokens_per_s"] / alt["closed_16_plain_kv_cache"]["tokens_per_s"],
+        # the prompt cache (RLHF_PROMPT_CACHE_MB): the benchmark's 4 prompts come back call after call
+        "prompt_cache_hit_rate_at_16": at16["prompt_cache_hit_rate"],
+        "speedup_vs_no_prompt_cache_at_16": at16["tokens_per_s"] / alt["closed_16_no_prompt_cache"]["tokens_per_s"],
+        "ttft_p99_at_16_no_prompt_cache_s": alt["closed_16_no_prompt_cache"]["ttft_p99_s"],
+        "ttft_p99_no_prompt_cache_over_bound": alt["closed_16_no_prompt_cache"]["ttft_p99_s"] / ttft_bound,
         "bare_step_plain_kv_cache_over_growing": plain["decode_step_s"] / bare["decode_step_s"],
         "errors": sum(r["errors"] for r in served["closed_loop"] + served["open_loop"] + list(alt.values())),
     }
@@ -188,7 +201,9 @@ def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
         f" distinct prompts: {targets['speedup_vs_naive_at_16_distinct_prompts']:.2f}x naive, TTFT p99"
         f" {distinct['ttft_p99_s'] * 1e3:.0f} ms; unshared prefill: TTFT p99 {unshared['ttft_p99_s'] * 1e3:.0f} ms;"
         f" growing KV cache: {targets['speedup_vs_plain_kv_cache_at_16']:.2f}x the model's own at 16 clients,"
-        f" bare step {targets['bare_step_plain_kv_cache_over_growing']:.2f}x faster")
+        f" bare step {targets['bare_step_plain_kv_cache_over_growing']:.2f}x faster; prompt cache: hits"
+        f" {targets['prompt_cache_hit_rate_at_16'] * 100:.0f}% at 16 clients, {targets['speedup_vs_no_prompt_cache_at_16']:.2f}x"
+        f" the load without it, whose TTFT p99 is {targets['ttft_p99_at_16_no_prompt_cache_s'] * 1e3:.0f} ms")
     return {"model_dir": str(model_dir), "naive": naive, **served, **alt, "bare_loop": bare,
             "bare_loop_plain_kv_cache": plain, **packed, "targets": targets}
 

@@ -67,7 +67,7 @@ class Server:
         version = await self.watcher.load_initial()
         self.engine = Engine(self.metrics, s.max_batch_size, s.batch_wait_ms, s.max_queue, s.max_tokens_in_flight,
                              s.prefill_step_ratio, s.prefill_first, s.share_prefill,
-                             kv_grow_columns=s.kv_grow_columns)
+                             kv_grow_columns=s.kv_grow_columns, prompt_cache_bytes=int(s.prompt_cache_mb * 2**20))
         store = FeedbackStore(self.redis, self.keys, s.generation_ttl_s, s.idempotency_ttl_s, s.recent_prompts)
         core = PolicyCore(s, self.registry, self.pool, self.engine, store, self.metrics)
         self.server = grpc.aio.server(

@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from rlhf_core.settings import Settings
+from service.prompt_cache import CachedPrompt, PromptCache
 from service.sampling import SamplingSpec, find_stop, make_generator, sample_token, stop_holdback
-from training.kv_cache import make_cache
+from training.kv_cache import GrowingLayer, make_cache
 from training.sequences import left_pad, position_ids
 
 log = logging.getLogger(__name__)
@@ -158,20 +160,32 @@ class RowBatch:
         return int(self.mask.sum()) - len(self.rows)
 
     @torch.inference_mode()
-    def prefill(self, rows: list[Row], share: bool = True) -> int:
+    def prefill(self, rows: list[Row], share: bool = True, cache: PromptCache | None = None) -> int:
         """Runs the prompts of `rows` (a fresh batch) and samples each row's first token; returns the prompt
         tokens the model ran. With `share`, rows with the same prompt (one call's n candidates, identical
-        prompts joining in one step) share one forward pass: each gets a copy of its logits and KV cache."""
+        prompts joining in one step) share one forward pass: each gets a copy of its logits and KV cache; and
+        with a `cache` (service/prompt_cache.py), prompts prefilled before on this version are copied from it
+        instead of run, and the prompts run now are kept in it."""
         prompts = [tuple(r.prompt_ids) for r in rows]
-        distinct = list(dict.fromkeys(prompts)) if share else prompts  # (U,) prompts the model runs, U <= B
-        ids, mask = left_pad([list(p) for p in distinct], self.lm.pad_id)  # (U, T0) ids, 1 = real token
+        distinct = list(dict.fromkeys(prompts)) if share else prompts  # (U,) prompts of the batch, U <= B
         for r in rows:
             r.generator = make_generator(r.spec.seed, torch.device("cpu"))  # logits are sampled on the CPU
-        ids, mask = ids.to(self.lm.device), mask.to(self.lm.device)
+        cache = cache if share and cache is not None and cache.enabled else None
+        hits = {p: e for p in distinct if (e := cache.get(self.lm.version, p)) is not None} if cache is not None else {}
+        run = [p for p in distinct if p not in hits]  # (U - hits,) prompts the model runs
+        copied, ran = bool(hits), 0
+        if run:
+            ids, mask = left_pad([list(p) for p in run], self.lm.pad_id)  # (R, T0) ids, 1 = real token
+            ids, mask = ids.to(self.lm.device), mask.to(self.lm.device)
+            logits, self.cache = _forward(self.lm, ids, mask, position_ids(mask), make_cache(self.lm.model, self.grow))
+            ran = int(mask.sum())
+            if cache is not None:
+                hits.update(self._keep(cache, run, logits))
+        if copied:  # some came from the cache: the batch's KV is assembled from the entries
+            logits = self._assemble([hits[p] for p in distinct], [len(p) for p in distinct])
+        _, mask = left_pad([list(p) for p in distinct], self.lm.pad_id)  # (U, T0) 1 = real token
+        mask = mask.to(self.lm.device)
         positions = position_ids(mask)  # (U, T0) pads at 0
-        cache = make_cache(self.lm.model, self.grow)
-        logits, self.cache = _forward(self.lm, ids, mask, positions, cache)  # (U, V) next-token logits
-        ran = int(mask.sum())
         if len(distinct) < len(rows):
             where = {p: i for i, p in enumerate(distinct)}
             src = torch.tensor([where[p] for p in prompts], dtype=torch.long)  # (B,) row -> its prompt's index
@@ -182,6 +196,34 @@ class RowBatch:
         self.rows = list(rows)
         self._advance(logits, mask, positions[:, -1:] + 1)
         return ran
+
+    def _keep(self, cache: PromptCache, run: list[tuple[int, ...]], logits: torch.Tensor) -> dict:
+        """Puts each prompt just run into the prompt cache (its own columns of the left-padded batch, copied);
+        returns them by prompt. Models whose cache has other than plain layers (sliding windows...) keep nothing."""
+        layers = self.cache.layers if self.cache is not None else []
+        if not layers or any(type(layer) not in (DynamicLayer, GrowingLayer) for layer in layers):
+            return {}
+        width = layers[0].keys.shape[2]
+        kept = {}
+        for i, p in enumerate(run):
+            cols = slice(width - len(p), width)  # the prompt's real tokens: the last len(p) columns
+            entry = CachedPrompt(keys=tuple(layer.keys[i:i + 1, :, cols].clone() for layer in layers),  # (1, H, T, D)
+                                 values=tuple(layer.values[i:i + 1, :, cols].clone() for layer in layers),
+                                 logits=logits[i].clone())  # (V,)
+            cache.put(self.lm.version, p, entry)
+            kept[p] = entry
+        return kept
+
+    def _assemble(self, entries: list[CachedPrompt], lengths: list[int]) -> torch.Tensor:
+        """Sets the batch's KV cache from prompt entries, left-padded to the longest; returns their (U, V) logits."""
+        width = max(lengths)
+        cache = make_cache(self.lm.model, self.grow) or DynamicCache(config=self.lm.model.config)
+        for i in range(len(entries[0].keys)):
+            keys = torch.cat([_pad_left(e.keys[i], width - n, 2) for e, n in zip(entries, lengths)])  # (U, H, T0, D)
+            values = torch.cat([_pad_left(e.values[i], width - n, 2) for e, n in zip(entries, lengths)])
+            cache.update(keys, values, i)
+        self.cache = cache
+        return torch.stack([e.logits for e in entries])  # (U, V)
 
     @torch.inference_mode()
     def step(self) -> None:

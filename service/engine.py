@@ -18,7 +18,8 @@ prefilled too before that iteration's step (once: running rows still step every 
 burst split by its arrival times does not wait a step between its halves.
 A call's n candidates share their prompt's prefill (one forward pass, the KV cache copied to each row), and
 so do identical prompts joining in one step (`share_prefill`, on by default; `rlhf_prefill_tokens_total` against
-`rlhf_prompt_tokens_total` shows what it saves).
+`rlhf_prompt_tokens_total` shows what it saves). A prompt prefilled earlier on the same version is copied from
+the prompt cache instead of run (`prompt_cache_bytes`, service/prompt_cache.py; with `share_prefill` only).
 A job joins while the batch has room (`max_batch_size` rows) and while the tokens its rows may come
 to hold (prompt + max_new_tokens each) fit in `max_tokens_in_flight`; a job larger than the caps
 runs alone. Jobs waiting beyond `max_queue` are refused (QueueFull -> RESOURCE_EXHAUSTED).
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from service.decoder import CANCELLED, ERROR, GROW_COLUMNS, LoadedModel, Row, RowBatch
 from service.errors import ApiError, InvalidArgument
 from service.metrics import Metrics
+from service.prompt_cache import PromptCache
 from service.sampling import SamplingSpec
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,8 @@ def _deliver(outbox: list[tuple]) -> None:
 class Engine:
     def __init__(self, metrics: Metrics, max_batch_size: int = 16, batch_wait_ms: float = 5.0,
                  max_queue: int = 256, max_tokens_in_flight: int = 65536, prefill_step_ratio: float = 0.0,
-                 prefill_first: bool = False, share_prefill: bool = True, kv_grow_columns: int = GROW_COLUMNS):
+                 prefill_first: bool = False, share_prefill: bool = True, kv_grow_columns: int = GROW_COLUMNS,
+                 prompt_cache_bytes: int = 0):
         self.metrics = metrics
         self.max_batch_size = max(1, max_batch_size)
         self.batch_wait = batch_wait_ms / 1000.0
@@ -94,6 +97,8 @@ class Engine:
         self.prefill_first = prefill_first
         self.share_prefill = share_prefill
         self.kv_grow_columns = kv_grow_columns
+        self.prompt_cache = PromptCache(prompt_cache_bytes)  # decode thread only
+        metrics.prompt_cache_bytes.set_function(lambda: self.prompt_cache.bytes)
         self._step_s = 0.0  # running mean of a decoding step's duration
         self._prefill_token_s = 0.0  # running mean of prefill time per prompt token
         self._waiting: collections.deque[Job] = collections.deque()
@@ -256,10 +261,13 @@ class Engine:
         fresh = RowBatch(batch.lm, self.kv_grow_columns)
         rows = [r for job in jobs for r in job.rows]
         started = time.perf_counter()
+        lookups, hits = self.prompt_cache.hits + self.prompt_cache.misses, self.prompt_cache.hits
         try:
-            tokens = fresh.prefill(rows, self.share_prefill)
-            self._prefill_token_s = self._mean(self._prefill_token_s, (time.perf_counter() - started) / max(tokens, 1))
+            tokens = fresh.prefill(rows, self.share_prefill, self.prompt_cache)
+            if tokens:  # a prefill served from the prompt cache alone says nothing of the model's speed
+                self._prefill_token_s = self._mean(self._prefill_token_s, (time.perf_counter() - started) / tokens)
             self.metrics.prefill_tokens.labels(batch.lm.version).inc(tokens)
+            self._count_cache(batch.lm.version, lookups, hits)
         except Exception:
             log.exception("prefill failed on %s", batch.lm.version)
             fresh.rows = rows  # a forward pass that failed before the batch took its rows: they are answered too
@@ -267,6 +275,13 @@ class Engine:
         self._release(fresh.release())
         batch.merge(fresh)
         self._flush()  # the joining rows' first tokens go out now, not after the running batch's step
+
+    def _count_cache(self, version: str, lookups: int, hits: int) -> None:
+        """Adds the prompt-cache lookups and hits made since (lookups, hits) were read to the metrics."""
+        cache = self.prompt_cache
+        if cache.enabled:
+            self.metrics.prompt_cache_lookups.labels(version).inc(cache.hits + cache.misses - lookups)
+            self.metrics.prompt_cache_hits.labels(version).inc(cache.hits - hits)
 
     def _step(self, key: int) -> None:
         """One decoding step of the version's batch; finished rows leave it (and an empty batch goes)."""

@@ -39,6 +39,12 @@ class Metrics:
                                       "candidates runs once).", v, registry=r)
         self.prompt_tokens = Counter("rlhf_prompt_tokens_total", "Prompt tokens processed (per candidate).", v,
                                      registry=r)
+        self.prompt_cache_lookups = Counter("rlhf_prompt_cache_lookups_total",
+                                            "Distinct prompts of a prefill looked up in the prompt cache.", v, registry=r)
+        self.prompt_cache_hits = Counter("rlhf_prompt_cache_hits_total",
+                                         "Prompts copied from the prompt cache instead of run.", v, registry=r)
+        self.prompt_cache_bytes = Gauge("rlhf_prompt_cache_bytes", "Bytes held by the prompt cache's entries.",
+                                        registry=r)
         self.requests_finished = Counter("rlhf_request_success_total", "Finished candidates by finish reason.",
                                          v + ["finish_reason"], registry=r)
         self.batch_size = Histogram("rlhf_batch_size", "Candidates decoded together in one decoding step.",

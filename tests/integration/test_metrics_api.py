@@ -21,9 +21,9 @@ def stack(redis_url, tiny_model_dir, tmp_path_factory):
     s.close()
 
 
-def gen(stack, n=1, max_new=6, **kw):
+def gen(stack, n=1, max_new=6, prompt="Metrics please.", **kw):
     return stack.server.policy.Generate(policy_pb2.GenerateRequest(
-        prompt="Metrics please.", num_candidates=n, sampling=policy_pb2.SamplingParams(max_new_tokens=max_new), **kw),
+        prompt=prompt, num_candidates=n, sampling=policy_pb2.SamplingParams(max_new_tokens=max_new), **kw),
         timeout=60)
 
 
@@ -68,7 +68,7 @@ def test_stream_metrics(stack):
 
 def test_token_counters_and_ttft(stack):
     before = stack.server.metrics_text()
-    resp = gen(stack, n=3, max_new=5)
+    resp = gen(stack, n=3, max_new=5, prompt="Counters, please.")  # a prompt no other test sends
     after = stack.server.metrics_text()
     v = dict(model_version="v0001")
     delta = lambda name: metric_value(after, name, **v) - metric_value(before, name, **v)
@@ -78,6 +78,15 @@ def test_token_counters_and_ttft(stack):
     assert delta("rlhf_time_to_first_token_seconds_count") == 1  # one per request
     assert delta("rlhf_e2e_request_latency_seconds_count") == 1
     assert delta("rlhf_request_success_total") == 3
+    assert delta("rlhf_prompt_cache_lookups_total") == 1 and delta("rlhf_prompt_cache_hits_total") == 0
+    # asked again: the prompt cache has it (RLHF_PROMPT_CACHE_MB), so no prompt token runs
+    before = after
+    again = gen(stack, n=2, max_new=5, prompt="Counters, please.")
+    after = stack.server.metrics_text()
+    assert delta("rlhf_prompt_tokens_total") == 2 * again.prompt_tokens
+    assert delta("rlhf_prefill_tokens_total") == 0
+    assert delta("rlhf_prompt_cache_lookups_total") == 1 and delta("rlhf_prompt_cache_hits_total") == 1
+    assert metric_value(after, "rlhf_prompt_cache_bytes") > 0
 
 
 def test_concurrent_calls_are_batched(stack):

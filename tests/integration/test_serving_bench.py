@@ -24,6 +24,11 @@ def test_serving_benchmark_smoke(redis_url, tiny_model_dir, tmp_path, monkeypatc
     distinct, unshared = r["closed_16_distinct_prompts"], r["closed_16_unshared_prefill"]  # at 4 clients here
     assert distinct["prompts"] == "distinct" and distinct["clients"] == 4 and distinct["requests"] > 0
     assert unshared["prompts"] == "shared" and unshared["requests"] > 0
+    uncached = r["closed_16_no_prompt_cache"]  # RLHF_PROMPT_CACHE_MB=0, the same load
+    assert uncached["requests"] > 0 and uncached["errors"] == 0 and r["targets"]["speedup_vs_no_prompt_cache_at_16"] > 0
+    assert uncached["prompt_cache_hit_rate"] == 0 == distinct["prompt_cache_hit_rate"]
+    assert r["closed_loop"][-1]["prompt_cache_hit_rate"] > 0  # the 4 prompts come back: the cache serves them
+    assert r["targets"]["prompt_cache_hit_rate_at_16"] == r["closed_loop"][-1]["prompt_cache_hit_rate"]
     plain = r["closed_16_plain_kv_cache"]  # the server with the model's own KV cache, same load
     assert plain["requests"] > 0 and plain["errors"] == 0 and r["targets"]["speedup_vs_plain_kv_cache_at_16"] > 0
     assert r["bare_loop_plain_kv_cache"]["decode_step_s"] > 0

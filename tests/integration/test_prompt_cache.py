@@ -1,0 +1,109 @@
+"""A prompt asked again on the same version joins by a copy from the prompt cache, and decodes as if it had run."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+import torch
+
+from service.decoder import Row, RowBatch
+from service.engine import Engine, Job
+from service.metrics import Metrics
+from service.model_pool import load_model_dir
+from service.prompt_cache import PromptCache
+from service.sampling import SamplingSpec
+from training.text_format import render_prompt
+
+PROMPTS = ["My order hasn't arrived. What should I do?", "How do I make a cup of tea?", "Hi", "Tell me a joke."]
+NEVER = ("\u2603",)  # a stop string the model never produces: rows run to max_new_tokens
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model_dir):
+    return dataclasses.replace(load_model_dir(tiny_model_dir, "v0001", torch.device("cpu")), eos_ids=frozenset())
+
+
+def ids(lm, prompt: str) -> list[int]:
+    return lm.tokenizer(render_prompt(lm.tokenizer, prompt), add_special_tokens=False)["input_ids"]
+
+
+def rows(lm, plan: list[tuple[str, int]]) -> list[Row]:
+    """(prompt, seed) per row, 10 sampled tokens each."""
+    return [Row(prompt_ids=ids(lm, p), spec=SamplingSpec(max_new_tokens=10, temperature=1.0, seed=seed, stop=NEVER),
+                on_delta=lambda _d: None, is_cancelled=lambda: False) for p, seed in plan]
+
+
+def decode(lm, plan, cache: PromptCache | None) -> tuple[int, list[list[int]], RowBatch]:
+    """Prefills the rows (with `cache`), keeps the batch after prefill, then decodes it to the end."""
+    batch, out = RowBatch(lm), rows(lm, plan)
+    ran = batch.prefill(out, True, cache)
+    after_prefill = RowBatch(lm)
+    after_prefill.cache = [(layer.keys.clone(), layer.values.clone()) for layer in batch.cache.layers]
+    after_prefill.mask = batch.mask.clone()
+    while batch.rows:
+        batch.step()
+        batch.release()
+    return ran, [r.tokens for r in out], after_prefill
+
+
+def test_prompts_from_the_cache_decode_as_if_they_had_run(lm):
+    cache = PromptCache(64 * 2**20)
+    first = [(PROMPTS[0], 1), (PROMPTS[1], 2)]
+    ran, _, _ = decode(lm, first, cache)
+    assert ran == len(ids(lm, PROMPTS[0])) + len(ids(lm, PROMPTS[1])) and len(cache) == 2
+    # two cached prompts (one twice), one new: only the new one runs
+    mixed = [(PROMPTS[1], 2), (PROMPTS[2], 3), (PROMPTS[0], 1), (PROMPTS[0], 4)]
+    ran, tokens, kv = decode(lm, mixed, cache)
+    plain_ran, plain_tokens, plain_kv = decode(lm, mixed, None)
+    assert ran == len(ids(lm, PROMPTS[2])) and plain_ran == ran + len(ids(lm, PROMPTS[0])) + len(ids(lm, PROMPTS[1]))
+    assert tokens == plain_tokens  # each row's seed gives the same text, copied or run
+    assert torch.equal(kv.mask, plain_kv.mask)
+    real = kv.mask[:, :-1].bool()  # (B, W) prompt tokens (padding columns hold whatever: attention skips them)
+    for (k, v), (pk, pv) in zip(kv.cache, plain_kv.cache):  # the same keys and values, up to float rounding
+        k, v, pk, pv = (t.transpose(1, 2)[real] for t in (k, v, pk, pv))  # (tokens, H, D)
+        assert torch.allclose(k, pk, atol=1e-5) and torch.allclose(v, pv, atol=1e-5)
+    assert len(cache) == 3 and (cache.hits, cache.misses) == (2, 3)
+
+
+def test_a_batch_served_from_the_cache_alone_runs_no_prompt_token(lm):
+    cache = PromptCache(64 * 2**20)
+    decode(lm, [(PROMPTS[3], 7)], cache)
+    ran, tokens, _ = decode(lm, [(PROMPTS[3], 7), (PROMPTS[3], 8)], cache)
+    assert ran == 0
+    assert tokens == decode(lm, [(PROMPTS[3], 7), (PROMPTS[3], 8)], None)[1]
+
+
+def test_the_engine_copies_a_prompt_asked_again_on_its_version_only(lm):
+    """Sequential calls: the second ask of a prompt runs no prefill; another version (same prompt) runs its own;
+    with the cache off every call runs its prompt. Metrics: lookups, hits, prefill and prompt tokens."""
+    other = dataclasses.replace(lm, version="v0002")
+    spec = [SamplingSpec(max_new_tokens=4, temperature=1.0, seed=0, stop=NEVER)]
+    calls = [lm, lm, other, lm]
+
+    async def scenario(cache_bytes: int) -> Metrics:
+        metrics = Metrics()
+        engine = Engine(metrics, batch_wait_ms=0.0, prompt_cache_bytes=cache_bytes)
+        engine.start()
+        for model in calls:  # one after the other: nothing shares a prefill within a step
+            await engine.submit(Job(lm=model, prompt_ids=ids(lm, PROMPTS[0]), specs=spec))
+        await engine.stop(5)
+        return metrics
+
+    n = len(ids(lm, PROMPTS[0]))
+    for cache_bytes, prefilled, hits in [(2**26, {"v0001": n, "v0002": n}, {"v0001": 2, "v0002": 0}),
+                                         (0, {"v0001": 3 * n, "v0002": n}, None)]:
+        metrics = asyncio.run(scenario(cache_bytes))
+        get = metrics.registry.get_sample_value
+        for version in ("v0001", "v0002"):
+            assert get("rlhf_prefill_tokens_total", {"model_version": version}) == prefilled[version]
+            assert get("rlhf_prompt_tokens_total", {"model_version": version}) == n * calls.count(
+                lm if version == "v0001" else other)
+            if hits is None:
+                assert get("rlhf_prompt_cache_lookups_total", {"model_version": version}) is None
+            else:
+                assert get("rlhf_prompt_cache_hits_total", {"model_version": version}) == hits[version]
+                assert get("rlhf_prompt_cache_lookups_total", {"model_version": version}) == calls.count(
+                    lm if version == "v0001" else other)
+        assert (get("rlhf_prompt_cache_bytes") > 0) == bool(cache_bytes)
