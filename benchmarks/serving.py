@@ -56,15 +56,15 @@ def server_sums(srv) -> dict[str, tuple[float, float]]:
     """(sum, count) of the server's histograms behind each of SERVER_MEANS, and (hits, lookups) of its prompt cache."""
     text = srv.metrics_text()
     sums = {k: (metric_value(text, f"{m}_sum"), metric_value(text, f"{m}_count")) for k, m in SERVER_MEANS.items()}
-    sums["prompt_cache_hit_rate"] = (metric_value(text, "rlhf_prompt_cache_hits_total"),
-                                     metric_value(text, "rlhf_prompt_cache_lookups_total"))
+    sums["prompt_cache_hit_rate"] = (metric_value(text, "rlhf_prompt_cache_hit_tokens_total"),
+                                     metric_value(text, "rlhf_prompt_cache_query_tokens_total"))
     return sums
 
 
 def server_means(before: dict, after: dict) -> dict[str, float]:
     """Mean batch size, engine-side TTFT (enqueued to first token) and queue time (enqueued to admitted)
     over a phase; with the clients' mean TTFT they split a call's TTFT into queue, prefill and transport. And the
-    share of the prefills' distinct prompts that the prompt cache served."""
+    share of the prefills' prompt tokens (distinct prompts) that the prompt cache served."""
     return {k: (after[k][0] - before[k][0]) / max(1.0, after[k][1] - before[k][1]) for k in before}
 
 

@@ -106,9 +106,10 @@ class Settings(BaseSettings):
     prefill forward pass, each with its own copy of the KV cache (compute shared, not memory)."""
     prompt_cache_mb: float = Field(default=64.0, ge=0.0)
     """Memory for prompts prefilled before (their KV cache and first-token logits, per model version, least recently
-    used out first): a prompt asked again on the same version joins by a copy instead of a forward pass (whole
-    prompts only, not shared prefixes; with `share_prefill`). 0: off. One entry holds layers x 2 x hidden x prompt
-    tokens values (74 KB a token on the 86M GPT-2 shape in float32) plus the vocabulary's logits."""
+    used out first): a prompt asked again on the same version joins by a copy instead of a forward pass, and one that
+    shares at least 16 leading tokens with a kept prompt (a system prompt, earlier turns) runs only the rest (with
+    `share_prefill`). 0: off. One entry holds layers x 2 x hidden x prompt tokens values (74 KB a token on the 86M
+    GPT-2 shape in float32) plus the vocabulary's logits."""
     kv_grow_columns: int = Field(default=64, ge=0, le=4096)
     """Spare columns a decoding batch's KV cache keeps per layer, so that each step writes its keys and values in
     place instead of copying the whole cache (transformers' `torch.cat`); 0: the model's own cache (measured: README,

@@ -165,20 +165,25 @@ class RowBatch:
         tokens the model ran. With `share`, rows with the same prompt (one call's n candidates, identical
         prompts joining in one step) share one forward pass: each gets a copy of its logits and KV cache; and
         with a `cache` (service/prompt_cache.py), prompts prefilled before on this version are copied from it
-        instead of run, and the prompts run now are kept in it."""
+        instead of run, prompts that start like a kept one run only the rest, and what ran is kept in it."""
         prompts = [tuple(r.prompt_ids) for r in rows]
         distinct = list(dict.fromkeys(prompts)) if share else prompts  # (U,) prompts of the batch, U <= B
         for r in rows:
             r.generator = make_generator(r.spec.seed, torch.device("cpu"))  # logits are sampled on the CPU
         cache = cache if share and cache is not None and cache.enabled else None
-        hits = {p: e for p in distinct if (e := cache.get(self.lm.version, p)) is not None} if cache is not None else {}
-        run = [p for p in distinct if p not in hits]  # (U - hits,) prompts the model runs
-        copied, ran = bool(hits), 0
+        found = {p: cache.lookup(self.lm.version, p) for p in distinct} if cache is not None else {}
+        hits = {p: e for p, (e, n) in found.items() if e is not None and n == len(p)}  # whole prompts kept
+        copied, ran = any(e is not None for e, _ in found.values()), 0
+        for p, (e, n) in found.items():
+            if e is not None and n < len(p):  # a kept prefix: only the rest of the prompt runs
+                hits[p] = self._extend(cache, p, e, n)
+                ran += len(p) - n
+        run = [p for p in distinct if p not in hits]  # prompts the model runs from their first token
         if run:
             ids, mask = left_pad([list(p) for p in run], self.lm.pad_id)  # (R, T0) ids, 1 = real token
             ids, mask = ids.to(self.lm.device), mask.to(self.lm.device)
             logits, self.cache = _forward(self.lm, ids, mask, position_ids(mask), make_cache(self.lm.model, self.grow))
-            ran = int(mask.sum())
+            ran += int(mask.sum())
             if cache is not None:
                 hits.update(self._keep(cache, run, logits))
         if copied:  # some came from the cache: the batch's KV is assembled from the entries
@@ -214,15 +219,33 @@ class RowBatch:
             kept[p] = entry
         return kept
 
+    def _extend(self, cache: PromptCache, prompt: tuple[int, ...], entry: CachedPrompt, n: int) -> CachedPrompt:
+        """Runs `prompt` after its first n tokens, whose keys and values are the first n of `entry`'s; keeps the
+        whole prompt's entry and returns it."""
+        kv = self._kv_cache([(k[:, :, :n], v[:, :, :n]) for k, v in zip(entry.keys, entry.values)])  # (1, H, n, D)
+        ids = torch.tensor([prompt[n:]], dtype=torch.long, device=self.lm.device)  # (1, S) the rest
+        mask = torch.ones((1, len(prompt)), dtype=torch.long, device=self.lm.device)  # (1, n + S)
+        positions = torch.arange(n, len(prompt), device=self.lm.device).unsqueeze(0)  # (1, S)
+        logits, kv = _forward(self.lm, ids, mask, positions, kv)  # (1, V)
+        whole = CachedPrompt(keys=tuple(layer.keys.clone() for layer in kv.layers),  # (1, H, n + S, D)
+                             values=tuple(layer.values.clone() for layer in kv.layers), logits=logits[0].clone())
+        cache.put(self.lm.version, prompt, whole)
+        return whole
+
+    def _kv_cache(self, layers: list[tuple[torch.Tensor, torch.Tensor]]):
+        """A KV cache (the batch's kind) holding these per layer (B, H, W, D) keys and values."""
+        kv = make_cache(self.lm.model, self.grow) or DynamicCache(config=self.lm.model.config)
+        for i, (keys, values) in enumerate(layers):
+            kv.update(keys, values, i)
+        return kv
+
     def _assemble(self, entries: list[CachedPrompt], lengths: list[int]) -> torch.Tensor:
         """Sets the batch's KV cache from prompt entries, left-padded to the longest; returns their (U, V) logits."""
         width = max(lengths)
-        cache = make_cache(self.lm.model, self.grow) or DynamicCache(config=self.lm.model.config)
-        for i in range(len(entries[0].keys)):
-            keys = torch.cat([_pad_left(e.keys[i], width - n, 2) for e, n in zip(entries, lengths)])  # (U, H, T0, D)
-            values = torch.cat([_pad_left(e.values[i], width - n, 2) for e, n in zip(entries, lengths)])
-            cache.update(keys, values, i)
-        self.cache = cache
+        self.cache = self._kv_cache([
+            (torch.cat([_pad_left(e.keys[i], width - n, 2) for e, n in zip(entries, lengths)]),  # (U, H, T0, D)
+             torch.cat([_pad_left(e.values[i], width - n, 2) for e, n in zip(entries, lengths)]))
+            for i in range(len(entries[0].keys))])
         return torch.stack([e.logits for e in entries])  # (U, V)
 
     @torch.inference_mode()

@@ -19,7 +19,8 @@ burst split by its arrival times does not wait a step between its halves.
 A call's n candidates share their prompt's prefill (one forward pass, the KV cache copied to each row), and
 so do identical prompts joining in one step (`share_prefill`, on by default; `rlhf_prefill_tokens_total` against
 `rlhf_prompt_tokens_total` shows what it saves). A prompt prefilled earlier on the same version is copied from
-the prompt cache instead of run (`prompt_cache_bytes`, service/prompt_cache.py; with `share_prefill` only).
+the prompt cache instead of run, and one that starts like a kept prompt runs only the rest (`prompt_cache_bytes`,
+service/prompt_cache.py; with `share_prefill` only).
 A job joins while the batch has room (`max_batch_size` rows) and while the tokens its rows may come
 to hold (prompt + max_new_tokens each) fit in `max_tokens_in_flight`; a job larger than the caps
 runs alone. Jobs waiting beyond `max_queue` are refused (QueueFull -> RESOURCE_EXHAUSTED).
@@ -261,13 +262,13 @@ class Engine:
         fresh = RowBatch(batch.lm, self.kv_grow_columns)
         rows = [r for job in jobs for r in job.rows]
         started = time.perf_counter()
-        lookups, hits = self.prompt_cache.hits + self.prompt_cache.misses, self.prompt_cache.hits
+        queried, hit = self.prompt_cache.query_tokens, self.prompt_cache.hit_tokens
         try:
             tokens = fresh.prefill(rows, self.share_prefill, self.prompt_cache)
             if tokens:  # a prefill served from the prompt cache alone says nothing of the model's speed
                 self._prefill_token_s = self._mean(self._prefill_token_s, (time.perf_counter() - started) / tokens)
             self.metrics.prefill_tokens.labels(batch.lm.version).inc(tokens)
-            self._count_cache(batch.lm.version, lookups, hits)
+            self._count_cache(batch.lm.version, queried, hit)
         except Exception:
             log.exception("prefill failed on %s", batch.lm.version)
             fresh.rows = rows  # a forward pass that failed before the batch took its rows: they are answered too
@@ -276,12 +277,12 @@ class Engine:
         batch.merge(fresh)
         self._flush()  # the joining rows' first tokens go out now, not after the running batch's step
 
-    def _count_cache(self, version: str, lookups: int, hits: int) -> None:
-        """Adds the prompt-cache lookups and hits made since (lookups, hits) were read to the metrics."""
+    def _count_cache(self, version: str, queried: int, hit: int) -> None:
+        """Adds the prompt-cache tokens looked up and found since (queried, hit) were read to the metrics."""
         cache = self.prompt_cache
         if cache.enabled:
-            self.metrics.prompt_cache_lookups.labels(version).inc(cache.hits + cache.misses - lookups)
-            self.metrics.prompt_cache_hits.labels(version).inc(cache.hits - hits)
+            self.metrics.prompt_cache_queries.labels(version).inc(cache.query_tokens - queried)
+            self.metrics.prompt_cache_hits.labels(version).inc(cache.hit_tokens - hit)
 
     def _step(self, key: int) -> None:
         """One decoding step of the version's batch; finished rows leave it (and an empty batch goes)."""

@@ -39,10 +39,12 @@ class Metrics:
                                       "candidates runs once).", v, registry=r)
         self.prompt_tokens = Counter("rlhf_prompt_tokens_total", "Prompt tokens processed (per candidate).", v,
                                      registry=r)
-        self.prompt_cache_lookups = Counter("rlhf_prompt_cache_lookups_total",
-                                            "Distinct prompts of a prefill looked up in the prompt cache.", v, registry=r)
-        self.prompt_cache_hits = Counter("rlhf_prompt_cache_hits_total",
-                                         "Prompts copied from the prompt cache instead of run.", v, registry=r)
+        self.prompt_cache_queries = Counter("rlhf_prompt_cache_query_tokens_total",
+                                            "Tokens of the distinct prompts of prefills looked up in the prompt cache.",
+                                            v, registry=r)
+        self.prompt_cache_hits = Counter("rlhf_prompt_cache_hit_tokens_total",
+                                         "Of those, tokens whose keys and values were copied from the prompt cache "
+                                         "(whole prompts and shared prefixes), not run.", v, registry=r)
         self.prompt_cache_bytes = Gauge("rlhf_prompt_cache_bytes", "Bytes held by the prompt cache's entries.",
                                         registry=r)
         self.requests_finished = Counter("rlhf_request_success_total", "Finished candidates by finish reason.",

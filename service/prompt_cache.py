@@ -4,8 +4,10 @@ A prefill computes, for every prompt token, each layer's keys and values, and th
 token. Nothing in them depends on the sampling settings, the seed or the other rows, so a prompt asked again on
 the same model version (a "regenerate", a comparison call's prompt asked by the next user, the FAQ-like questions
 of a support bot) can copy them instead of running the model: its first token then costs a copy and a sampling
-step, not a forward pass over the prompt (vLLM's automatic prefix caching does this per block of shared prefix;
-this cache matches whole prompts only).
+step, not a forward pass over the prompt. Attention is causal, so the keys and values of a prompt's first n tokens
+are those of any prompt that starts with the same n tokens (a shared system prompt or document, the earlier turns
+of a conversation): a prompt that shares at least `min_prefix_tokens` leading tokens with a kept one runs only the
+rest (vLLM's automatic prefix caching does the same per block of 16 tokens).
 
 `PromptCache` is an LRU of such entries keyed by (model version, prompt token ids), bounded by the bytes its
 tensors hold (`RLHF_PROMPT_CACHE_MB`; 0 turns it off). Versions are immutable, so an entry never goes stale; the
@@ -36,12 +38,27 @@ class CachedPrompt:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def common_prefix(a: tuple[int, ...], b: tuple[int, ...], limit: int) -> int:
+    """Length of the longest common prefix of `a` and `b`, at most `limit` (a bisection on slice equality)."""
+    lo, hi = 0, min(len(a), len(b), limit)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 class PromptCache:
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, min_prefix_tokens: int = 16):
         self.max_bytes = max(0, int(max_bytes))
+        self.min_prefix_tokens = max(1, min_prefix_tokens)
         self.bytes = 0
         self.hits = 0
         self.misses = 0
+        self.query_tokens = 0  # prompt tokens looked up
+        self.hit_tokens = 0  # of those, tokens whose keys and values came from an entry
         self._entries: OrderedDict[Key, CachedPrompt] = OrderedDict()
 
     def __len__(self) -> int:
@@ -60,6 +77,25 @@ class PromptCache:
         self._entries.move_to_end((version, prompt))
         self.hits += 1
         return entry
+
+    def lookup(self, version: str, prompt: tuple[int, ...]) -> tuple[CachedPrompt | None, int]:
+        """(the prompt's own entry, len(prompt)); else (the entry sharing the longest prefix with it, that prefix's
+        length n < len(prompt), n >= min_prefix_tokens: its keys and values up to n are the prompt's, its logits are
+        not); else (None, 0). Counts the tokens looked up and found."""
+        self.query_tokens += len(prompt)
+        entry = self.get(version, prompt)
+        if entry is not None:
+            self.hit_tokens += len(prompt)
+            return entry, len(prompt)
+        best, found = None, 0
+        for key in self._entries:
+            if key[0] == version and (n := common_prefix(key[1], prompt, len(prompt) - 1)) > found:
+                best, found = key, n
+        if best is None or found < self.min_prefix_tokens:
+            return None, 0
+        self._entries.move_to_end(best)
+        self.hit_tokens += found
+        return self._entries[best], found
 
     def put(self, version: str, prompt: tuple[int, ...], entry: CachedPrompt) -> bool:
         """Keeps `entry`, evicting the least recently used ones to stay within the budget; False (kept nothing)

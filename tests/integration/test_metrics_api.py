@@ -78,14 +78,15 @@ def test_token_counters_and_ttft(stack):
     assert delta("rlhf_time_to_first_token_seconds_count") == 1  # one per request
     assert delta("rlhf_e2e_request_latency_seconds_count") == 1
     assert delta("rlhf_request_success_total") == 3
-    assert delta("rlhf_prompt_cache_lookups_total") == 1 and delta("rlhf_prompt_cache_hits_total") == 0
+    assert delta("rlhf_prompt_cache_query_tokens_total") == resp.prompt_tokens
+    assert delta("rlhf_prompt_cache_hit_tokens_total") == 0
     # asked again: the prompt cache has it (RLHF_PROMPT_CACHE_MB), so no prompt token runs
     before = after
     again = gen(stack, n=2, max_new=5, prompt="Counters, please.")
     after = stack.server.metrics_text()
     assert delta("rlhf_prompt_tokens_total") == 2 * again.prompt_tokens
     assert delta("rlhf_prefill_tokens_total") == 0
-    assert delta("rlhf_prompt_cache_lookups_total") == 1 and delta("rlhf_prompt_cache_hits_total") == 1
+    assert delta("rlhf_prompt_cache_query_tokens_total") == delta("rlhf_prompt_cache_hit_tokens_total") == again.prompt_tokens
     assert metric_value(after, "rlhf_prompt_cache_bytes") > 0
 
 

@@ -29,10 +29,11 @@ def ids(lm, prompt: str) -> list[int]:
     return lm.tokenizer(render_prompt(lm.tokenizer, prompt), add_special_tokens=False)["input_ids"]
 
 
-def rows(lm, plan: list[tuple[str, int]]) -> list[Row]:
-    """(prompt, seed) per row, 10 sampled tokens each."""
-    return [Row(prompt_ids=ids(lm, p), spec=SamplingSpec(max_new_tokens=10, temperature=1.0, seed=seed, stop=NEVER),
-                on_delta=lambda _d: None, is_cancelled=lambda: False) for p, seed in plan]
+def rows(lm, plan: list[tuple[str | list[int], int]]) -> list[Row]:
+    """(prompt or its token ids, seed) per row, 10 sampled tokens each."""
+    return [Row(prompt_ids=ids(lm, p) if isinstance(p, str) else p, on_delta=lambda _d: None,
+                spec=SamplingSpec(max_new_tokens=10, temperature=1.0, seed=seed, stop=NEVER), is_cancelled=lambda: False)
+            for p, seed in plan]
 
 
 def decode(lm, plan, cache: PromptCache | None) -> tuple[int, list[list[int]], RowBatch]:
@@ -59,12 +60,38 @@ def test_prompts_from_the_cache_decode_as_if_they_had_run(lm):
     plain_ran, plain_tokens, plain_kv = decode(lm, mixed, None)
     assert ran == len(ids(lm, PROMPTS[2])) and plain_ran == ran + len(ids(lm, PROMPTS[0])) + len(ids(lm, PROMPTS[1]))
     assert tokens == plain_tokens  # each row's seed gives the same text, copied or run
+    assert_same_prefill(kv, plain_kv)  # the same keys and values on the prompts' columns, up to float rounding
+    assert len(cache) == 3 and (cache.hits, cache.misses) == (2, 3)
+
+
+def assert_same_prefill(kv, plain_kv) -> None:
     assert torch.equal(kv.mask, plain_kv.mask)
-    real = kv.mask[:, :-1].bool()  # (B, W) prompt tokens (padding columns hold whatever: attention skips them)
-    for (k, v), (pk, pv) in zip(kv.cache, plain_kv.cache):  # the same keys and values, up to float rounding
+    real = kv.mask[:, :-1].bool()  # (B, W) prompt tokens
+    for (k, v), (pk, pv) in zip(kv.cache, plain_kv.cache):
         k, v, pk, pv = (t.transpose(1, 2)[real] for t in (k, v, pk, pv))  # (tokens, H, D)
         assert torch.allclose(k, pk, atol=1e-5) and torch.allclose(v, pv, atol=1e-5)
-    assert len(cache) == 3 and (cache.hits, cache.misses) == (2, 3)
+
+
+def test_a_prompt_that_starts_like_a_kept_one_runs_only_the_rest(lm):
+    """Attention is causal: a kept prompt's first n tokens' keys and values are those of any prompt starting with
+    them. Longer (the earlier turn plus a new one) and shorter prompts both run only what the entry lacks."""
+    cache = PromptCache(64 * 2**20, min_prefix_tokens=4)
+    head = ids(lm, PROMPTS[0])
+    decode(lm, [(head, 1)], cache)
+    longer = head + ids(lm, PROMPTS[1])
+    shorter = head[:-3]  # the entry's logits are not this prompt's: its last token runs
+    ran, tokens, kv = decode(lm, [(longer, 5), (shorter, 6), (PROMPTS[2], 7)], cache)
+    plain_ran, plain_tokens, plain_kv = decode(lm, [(longer, 5), (shorter, 6), (PROMPTS[2], 7)], None)
+    assert ran == len(longer) - len(head) + 1 + len(ids(lm, PROMPTS[2]))
+    assert plain_ran == len(longer) + len(shorter) + len(ids(lm, PROMPTS[2]))
+    assert tokens == plain_tokens
+    assert_same_prefill(kv, plain_kv)
+    assert cache.hit_tokens == len(head) + len(shorter) - 1 and len(cache) == 4  # the extended prompts are kept too
+    assert decode(lm, [(longer, 5)], cache)[0] == 0
+    # under the minimum shared length (the chat template's first tokens are common to all prompts), it all runs
+    strict = PromptCache(64 * 2**20, min_prefix_tokens=len(head))
+    decode(lm, [(head, 1)], strict)
+    assert decode(lm, [(shorter, 6)], strict)[0] == len(shorter)
 
 
 def test_a_batch_served_from_the_cache_alone_runs_no_prompt_token(lm):
@@ -77,7 +104,7 @@ def test_a_batch_served_from_the_cache_alone_runs_no_prompt_token(lm):
 
 def test_the_engine_copies_a_prompt_asked_again_on_its_version_only(lm):
     """Sequential calls: the second ask of a prompt runs no prefill; another version (same prompt) runs its own;
-    with the cache off every call runs its prompt. Metrics: lookups, hits, prefill and prompt tokens."""
+    with the cache off every call runs its prompt. Metrics: tokens looked up and found, prefill and prompt tokens."""
     other = dataclasses.replace(lm, version="v0002")
     spec = [SamplingSpec(max_new_tokens=4, temperature=1.0, seed=0, stop=NEVER)]
     calls = [lm, lm, other, lm]
@@ -101,9 +128,9 @@ def test_the_engine_copies_a_prompt_asked_again_on_its_version_only(lm):
             assert get("rlhf_prompt_tokens_total", {"model_version": version}) == n * calls.count(
                 lm if version == "v0001" else other)
             if hits is None:
-                assert get("rlhf_prompt_cache_lookups_total", {"model_version": version}) is None
+                assert get("rlhf_prompt_cache_query_tokens_total", {"model_version": version}) is None
             else:
-                assert get("rlhf_prompt_cache_hits_total", {"model_version": version}) == hits[version]
-                assert get("rlhf_prompt_cache_lookups_total", {"model_version": version}) == calls.count(
+                assert get("rlhf_prompt_cache_hit_tokens_total", {"model_version": version}) == n * hits[version]
+                assert get("rlhf_prompt_cache_query_tokens_total", {"model_version": version}) == n * calls.count(
                     lm if version == "v0001" else other)
         assert (get("rlhf_prompt_cache_bytes") > 0) == bool(cache_bytes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from service.prompt_cache import CachedPrompt, PromptCache
+from service.prompt_cache import CachedPrompt, PromptCache, common_prefix
 
 
 def entry(tokens: int, layers: int = 2) -> CachedPrompt:
@@ -52,3 +52,28 @@ def test_putting_a_prompt_again_replaces_it_without_counting_it_twice():
 def test_a_zero_budget_is_off():
     cache = PromptCache(0)
     assert not cache.enabled and not cache.put("v1", (1,), entry(1)) and len(cache) == 0
+
+
+def test_common_prefix_against_a_plain_loop():
+    import random
+    rng = random.Random(0)
+    for _ in range(500):
+        a = tuple(rng.randrange(3) for _ in range(rng.randrange(12)))
+        b = tuple(rng.randrange(3) for _ in range(rng.randrange(12)))
+        limit = rng.randrange(14)
+        naive = 0
+        while naive < min(len(a), len(b), limit) and a[naive] == b[naive]:
+            naive += 1
+        assert common_prefix(a, b, limit) == naive
+
+
+def test_lookup_finds_the_prompt_else_the_longest_shared_prefix_of_its_version():
+    cache = PromptCache(10**6, min_prefix_tokens=3)
+    cache.put("v1", (1, 2, 3, 4), entry(4))
+    cache.put("v1", (1, 2, 3, 9, 9), entry(5))
+    cache.put("v2", (1, 2, 3, 4, 5, 6), entry(6))
+    assert cache.lookup("v1", (1, 2, 3, 4))[1] == 4  # itself: its logits too
+    assert cache.lookup("v1", (1, 2, 3, 4, 5, 6, 7))[1] == 4  # the longest kept prefix, this version's only
+    assert cache.lookup("v1", (1, 2, 3, 9))[1] == 3  # a longer kept prompt: its last token must run (its logits)
+    assert cache.lookup("v1", (1, 2, 7, 7)) == (None, 0)  # 2 shared tokens < min_prefix_tokens
+    assert (cache.query_tokens, cache.hit_tokens) == (4 + 7 + 4 + 4, 4 + 4 + 3)
