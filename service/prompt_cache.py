@@ -7,7 +7,9 @@ of a support bot) can copy them instead of running the model: its first token th
 step, not a forward pass over the prompt. Attention is causal, so the keys and values of a prompt's first n tokens
 are those of any prompt that starts with the same n tokens (a shared system prompt or document, the earlier turns
 of a conversation): a prompt that shares at least `min_prefix_tokens` leading tokens with a kept one runs only the
-rest (vLLM's automatic prefix caching does the same per block of 16 tokens).
+rest. Kept prompts are indexed by their leading blocks of `min_prefix_tokens` tokens (vLLM's automatic prefix caching
+keeps KV blocks of 16 tokens by the hash of the prefix they end): a lookup takes the kept prompt that shares the
+most whole blocks, and from it every token the two have in common.
 
 `PromptCache` is an LRU of such entries keyed by (model version, prompt token ids), bounded by the bytes its
 tensors hold (`RLHF_PROMPT_CACHE_MB`; 0 turns it off). Versions are immutable, so an entry never goes stale; the
@@ -60,6 +62,8 @@ class PromptCache:
         self.query_tokens = 0  # prompt tokens looked up
         self.hit_tokens = 0  # of those, tokens whose keys and values came from an entry
         self._entries: OrderedDict[Key, CachedPrompt] = OrderedDict()
+        # (version, a prompt's first k x min_prefix_tokens tokens) -> the kept prompts that start so (all k)
+        self._blocks: dict[Key, set[Key]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -79,23 +83,24 @@ class PromptCache:
         return entry
 
     def lookup(self, version: str, prompt: tuple[int, ...]) -> tuple[CachedPrompt | None, int]:
-        """(the prompt's own entry, len(prompt)); else (the entry sharing the longest prefix with it, that prefix's
-        length n < len(prompt), n >= min_prefix_tokens: its keys and values up to n are the prompt's, its logits are
-        not); else (None, 0). Counts the tokens looked up and found."""
+        """(the prompt's own entry, len(prompt)); else (an entry sharing the most whole blocks of `min_prefix_tokens`
+        with it, and n < len(prompt) the tokens they share: its keys and values up to n are the prompt's, its logits
+        are not); else (None, 0). Counts the tokens looked up and found."""
         self.query_tokens += len(prompt)
         entry = self.get(version, prompt)
         if entry is not None:
             self.hit_tokens += len(prompt)
             return entry, len(prompt)
-        best, found = None, 0
-        for key in self._entries:
-            if key[0] == version and (n := common_prefix(key[1], prompt, len(prompt) - 1)) > found:
-                best, found = key, n
-        if best is None or found < self.min_prefix_tokens:
-            return None, 0
-        self._entries.move_to_end(best)
-        self.hit_tokens += found
-        return self._entries[best], found
+        block = self.min_prefix_tokens
+        for head in range((len(prompt) - 1) // block * block, 0, -block):  # the longest whole blocks first
+            keys = self._blocks.get((version, prompt[:head]))
+            if keys:  # a kept prompt starts with these `head` tokens; it may share a few more
+                best = next(iter(keys))
+                found = common_prefix(best[1], prompt, len(prompt) - 1)  # < len(prompt): a token is left to run
+                self._entries.move_to_end(best)
+                self.hit_tokens += found
+                return self._entries[best], found
+        return None, 0
 
     def put(self, version: str, prompt: tuple[int, ...], entry: CachedPrompt) -> bool:
         """Keeps `entry`, evicting the least recently used ones to stay within the budget; False (kept nothing)
@@ -103,12 +108,24 @@ class PromptCache:
         size = entry.nbytes
         if size > self.max_bytes:
             return False
-        old = self._entries.pop((version, prompt), None)
-        if old is not None:
-            self.bytes -= old.nbytes
+        if (version, prompt) in self._entries:
+            self._drop((version, prompt))
         while self._entries and self.bytes + size > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self.bytes -= evicted.nbytes
+            self._drop(next(iter(self._entries)))  # the least recently used
         self._entries[(version, prompt)] = entry
         self.bytes += size
+        for head in self._heads(version, prompt):
+            self._blocks.setdefault(head, set()).add((version, prompt))
         return True
+
+    def _heads(self, version: str, prompt: tuple[int, ...]) -> list[Key]:
+        block = self.min_prefix_tokens
+        return [(version, prompt[:n]) for n in range(block, len(prompt) + 1, block)]
+
+    def _drop(self, key: Key) -> None:
+        self.bytes -= self._entries.pop(key).nbytes
+        for head in self._heads(*key):
+            keys = self._blocks[head]
+            keys.discard(key)
+            if not keys:
+                del self._blocks[head]

@@ -67,13 +67,37 @@ def test_common_prefix_against_a_plain_loop():
         assert common_prefix(a, b, limit) == naive
 
 
-def test_lookup_finds_the_prompt_else_the_longest_shared_prefix_of_its_version():
-    cache = PromptCache(10**6, min_prefix_tokens=3)
+def test_lookup_finds_the_prompt_else_the_kept_one_sharing_the_most_blocks_of_its_version():
+    cache = PromptCache(10**6, min_prefix_tokens=2)  # blocks of 2 tokens
     cache.put("v1", (1, 2, 3, 4), entry(4))
     cache.put("v1", (1, 2, 3, 9, 9), entry(5))
     cache.put("v2", (1, 2, 3, 4, 5, 6), entry(6))
     assert cache.lookup("v1", (1, 2, 3, 4))[1] == 4  # itself: its logits too
-    assert cache.lookup("v1", (1, 2, 3, 4, 5, 6, 7))[1] == 4  # the longest kept prefix, this version's only
-    assert cache.lookup("v1", (1, 2, 3, 9))[1] == 3  # a longer kept prompt: its last token must run (its logits)
-    assert cache.lookup("v1", (1, 2, 7, 7)) == (None, 0)  # 2 shared tokens < min_prefix_tokens
+    assert cache.lookup("v1", (1, 2, 3, 4, 5, 6, 7))[1] == 4  # two blocks shared with one, this version's only
+    assert cache.lookup("v1", (1, 2, 3, 9))[1] == 3  # one block, then a token more: the last must run (its logits)
+    assert cache.lookup("v1", (1, 7, 7, 7)) == (None, 0)  # 1 shared token < min_prefix_tokens
     assert (cache.query_tokens, cache.hit_tokens) == (4 + 7 + 4 + 4, 4 + 4 + 3)
+
+
+def test_an_evicted_or_replaced_entry_is_no_prefix_any_more():
+    size = entry(5).nbytes
+    cache = PromptCache(2 * size, min_prefix_tokens=3)
+    cache.put("v1", (1, 2, 3, 4, 5), entry(5))
+    cache.put("v1", (1, 2, 3, 4, 5), entry(5))  # replaced: indexed once
+    cache.put("v1", (7, 7, 7, 7, 7), entry(5))
+    cache.put("v1", (8, 8, 8, 8, 8), entry(5))  # evicts (1, 2, 3, 4, 5)
+    assert cache.lookup("v1", (1, 2, 3, 4, 5, 6)) == (None, 0)
+    assert cache.lookup("v1", (7, 7, 7, 0))[1] == 3 and cache.bytes == 2 * size
+
+
+def test_a_lookup_among_many_prompts_sharing_a_long_head_stays_cheap():
+    """3,000 kept prompts behind one 32-token system prompt: a lookup reads block prefixes, not every prompt."""
+    import time
+    cache = PromptCache(10**9, min_prefix_tokens=16)
+    head = tuple(range(32))
+    for i in range(3000):
+        cache.put("v1", head + (1000 + i, 7, 7, 7), entry(1))
+    started = time.perf_counter()
+    for i in range(100):
+        assert cache.lookup("v1", head + (5000 + i, 8))[1] == 32
+    assert (time.perf_counter() - started) / 100 < 0.002
