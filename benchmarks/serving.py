@@ -53,7 +53,8 @@ SERVER_MEANS = {"mean_batch": "rlhf_batch_size", "server_ttft_mean_s": "rlhf_tim
 
 
 def server_sums(srv) -> dict[str, tuple[float, float]]:
-    """(sum, count) of the server's histograms behind each of SERVER_MEANS, and (hits, lookups) of its prompt cache."""
+    """(sum, count) of the server's histograms behind each of SERVER_MEANS, and its prompt cache's (hit tokens,
+    query tokens)."""
     text = srv.metrics_text()
     sums = {k: (metric_value(text, f"{m}_sum"), metric_value(text, f"{m}_count")) for k, m in SERVER_MEANS.items()}
     sums["prompt_cache_hit_rate"] = (metric_value(text, "rlhf_prompt_cache_hit_tokens_total"),
@@ -202,8 +203,9 @@ def bench_model(name: str, model_dir: Path, p: dict, log=print) -> dict:
         f" {distinct['ttft_p99_s'] * 1e3:.0f} ms; unshared prefill: TTFT p99 {unshared['ttft_p99_s'] * 1e3:.0f} ms;"
         f" growing KV cache: {targets['speedup_vs_plain_kv_cache_at_16']:.2f}x the model's own at 16 clients,"
         f" bare step {targets['bare_step_plain_kv_cache_over_growing']:.2f}x faster; prompt cache: hits"
-        f" {targets['prompt_cache_hit_rate_at_16'] * 100:.0f}% at 16 clients, {targets['speedup_vs_no_prompt_cache_at_16']:.2f}x"
-        f" the load without it, whose TTFT p99 is {targets['ttft_p99_at_16_no_prompt_cache_s'] * 1e3:.0f} ms")
+        f" {targets['prompt_cache_hit_rate_at_16'] * 100:.0f}% at 16 clients,"
+        f" {targets['speedup_vs_no_prompt_cache_at_16']:.2f}x the load without it, whose TTFT p99 is"
+        f" {targets['ttft_p99_at_16_no_prompt_cache_s'] * 1e3:.0f} ms")
     return {"model_dir": str(model_dir), "naive": naive, **served, **alt, "bare_loop": bare,
             "bare_loop_plain_kv_cache": plain, **packed, "targets": targets}
 

@@ -171,13 +171,14 @@ class RowBatch:
         for r in rows:
             r.generator = make_generator(r.spec.seed, torch.device("cpu"))  # logits are sampled on the CPU
         cache = cache if share and cache is not None and cache.enabled else None
-        found = {p: cache.lookup(self.lm.version, p) for p in distinct} if cache is not None else {}
-        hits = {p: e for p, (e, n) in found.items() if e is not None and n == len(p)}  # whole prompts kept
-        copied, ran = any(e is not None for e, _ in found.values()), 0
-        for p, (e, n) in found.items():
-            if e is not None and n < len(p):  # a kept prefix: only the rest of the prompt runs
-                hits[p] = self._extend(cache, p, e, n)
-                ran += len(p) - n
+        hits, ran = {}, 0  # prompt -> its whole entry; prompt tokens the model ran
+        for p in distinct if cache is not None else []:
+            entry, n = cache.lookup(self.lm.version, p)
+            if entry is not None and n < len(p):  # a kept prefix: only the rest of the prompt runs
+                entry, ran = self._extend(cache, p, entry, n), ran + len(p) - n
+            if entry is not None:
+                hits[p] = entry
+        copied = bool(hits)
         run = [p for p in distinct if p not in hits]  # prompts the model runs from their first token
         if run:
             ids, mask = left_pad([list(p) for p in run], self.lm.pad_id)  # (R, T0) ids, 1 = real token

@@ -268,11 +268,11 @@ class Engine:
             if tokens:  # a prefill served from the prompt cache alone says nothing of the model's speed
                 self._prefill_token_s = self._mean(self._prefill_token_s, (time.perf_counter() - started) / tokens)
             self.metrics.prefill_tokens.labels(batch.lm.version).inc(tokens)
-            self._count_cache(batch.lm.version, queried, hit)
         except Exception:
             log.exception("prefill failed on %s", batch.lm.version)
             fresh.rows = rows  # a forward pass that failed before the batch took its rows: they are answered too
             fresh.fail("the model failed on this prompt; retry, or report it if it persists")
+        self._count_cache(batch.lm.version, queried, hit)  # the lookups happened, whether or not the forward failed
         self._release(fresh.release())
         batch.merge(fresh)
         self._flush()  # the joining rows' first tokens go out now, not after the running batch's step

@@ -150,7 +150,8 @@ def _in_stage(settings, stage: str) -> bool:
     r = redis.Redis.from_url(settings.redis_url)
     beats = [json.loads(v) for v in r.hvals(settings.key_prefix + "train:active")]
     ttl_ms = r.pttl(settings.key_prefix + "train:lock")
-    return any(b.get("stage") == stage for b in beats) and 0 < ttl_ms <= float(FAST_ROUND["RLHF_ROUND_LOCK_TTL_S"]) * 1000
+    stage_ttl_ms = float(FAST_ROUND["RLHF_ROUND_LOCK_TTL_S"]) * 1000
+    return any(b.get("stage") == stage for b in beats) and 0 < ttl_ms <= stage_ttl_ms
 
 
 def test_failed_round_frees_the_lock_and_leaves_the_registry_untouched(server, settings, start_worker):

@@ -11,38 +11,37 @@ import torch
 from service.decoder import Row, RowBatch
 from service.engine import Engine, Job
 from service.metrics import Metrics
-from service.model_pool import load_model_dir
 from service.prompt_cache import PromptCache
 from service.sampling import SamplingSpec
-from training.text_format import render_prompt
-
-PROMPTS = ["My order hasn't arrived. What should I do?", "How do I make a cup of tea?", "Hi", "Tell me a joke."]
-NEVER = ("\u2603",)  # a stop string the model never produces: rows run to max_new_tokens
+from tests.integration.test_engine import NEVER, PROMPTS, load, prompt_ids as ids
 
 
 @pytest.fixture(scope="module")
 def lm(tiny_model_dir):
-    return dataclasses.replace(load_model_dir(tiny_model_dir, "v0001", torch.device("cpu")), eos_ids=frozenset())
+    return load(tiny_model_dir, "v0001")
 
 
-def ids(lm, prompt: str) -> list[int]:
-    return lm.tokenizer(render_prompt(lm.tokenizer, prompt), add_special_tokens=False)["input_ids"]
+@dataclasses.dataclass
+class Prefilled:
+    """A batch's KV cache right after its prefill: per layer (keys, values) (B, H, W, D), and its (B, W + 1) mask."""
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    mask: torch.Tensor
 
 
 def rows(lm, plan: list[tuple[str | list[int], int]]) -> list[Row]:
     """(prompt or its token ids, seed) per row, 10 sampled tokens each."""
-    return [Row(prompt_ids=ids(lm, p) if isinstance(p, str) else p, on_delta=lambda _d: None,
-                spec=SamplingSpec(max_new_tokens=10, temperature=1.0, seed=seed, stop=NEVER), is_cancelled=lambda: False)
+    return [Row(prompt_ids=ids(lm, p) if isinstance(p, str) else p, on_delta=lambda _d: None, is_cancelled=lambda: False,
+                spec=SamplingSpec(max_new_tokens=10, temperature=1.0, seed=seed, stop=NEVER))
             for p, seed in plan]
 
 
-def decode(lm, plan, cache: PromptCache | None) -> tuple[int, list[list[int]], RowBatch]:
-    """Prefills the rows (with `cache`), keeps the batch after prefill, then decodes it to the end."""
+def decode(lm, plan, cache: PromptCache | None) -> tuple[int, list[list[int]], Prefilled]:
+    """Prefills the rows (with `cache`), keeps the batch's cache after prefill, then decodes it to the end."""
     batch, out = RowBatch(lm), rows(lm, plan)
     ran = batch.prefill(out, True, cache)
-    after_prefill = RowBatch(lm)
-    after_prefill.cache = [(layer.keys.clone(), layer.values.clone()) for layer in batch.cache.layers]
-    after_prefill.mask = batch.mask.clone()
+    after_prefill = Prefilled([(layer.keys.clone(), layer.values.clone()) for layer in batch.cache.layers],
+                              batch.mask.clone())
     while batch.rows:
         batch.step()
         batch.release()
@@ -67,7 +66,7 @@ def test_prompts_from_the_cache_decode_as_if_they_had_run(lm):
 def assert_same_prefill(kv, plain_kv) -> None:
     assert torch.equal(kv.mask, plain_kv.mask)
     real = kv.mask[:, :-1].bool()  # (B, W) prompt tokens
-    for (k, v), (pk, pv) in zip(kv.cache, plain_kv.cache):
+    for (k, v), (pk, pv) in zip(kv.kv, plain_kv.kv):
         k, v, pk, pv = (t.transpose(1, 2)[real] for t in (k, v, pk, pv))  # (tokens, H, D)
         assert torch.allclose(k, pk, atol=1e-5) and torch.allclose(v, pv, atol=1e-5)
 
@@ -104,14 +103,16 @@ def test_a_batch_served_from_the_cache_alone_runs_no_prompt_token(lm):
 
 def test_the_engine_copies_a_prompt_asked_again_on_its_version_only(lm):
     """Sequential calls: the second ask of a prompt runs no prefill; another version (same prompt) runs its own;
-    with the cache off every call runs its prompt. Metrics: tokens looked up and found, prefill and prompt tokens."""
+    with the cache off, or prefill sharing off (the cache needs it), every call runs its prompt. Metrics: tokens
+    looked up and found, prefill and prompt tokens."""
     other = dataclasses.replace(lm, version="v0002")
     spec = [SamplingSpec(max_new_tokens=4, temperature=1.0, seed=0, stop=NEVER)]
     calls = [lm, lm, other, lm]
+    asks = {"v0001": 3, "v0002": 1}
 
-    async def scenario(cache_bytes: int) -> Metrics:
+    async def scenario(**engine_kwargs) -> Metrics:
         metrics = Metrics()
-        engine = Engine(metrics, batch_wait_ms=0.0, prompt_cache_bytes=cache_bytes)
+        engine = Engine(metrics, batch_wait_ms=0.0, **engine_kwargs)
         engine.start()
         for model in calls:  # one after the other: nothing shares a prefill within a step
             await engine.submit(Job(lm=model, prompt_ids=ids(lm, PROMPTS[0]), specs=spec))
@@ -119,18 +120,18 @@ def test_the_engine_copies_a_prompt_asked_again_on_its_version_only(lm):
         return metrics
 
     n = len(ids(lm, PROMPTS[0]))
-    for cache_bytes, prefilled, hits in [(2**26, {"v0001": n, "v0002": n}, {"v0001": 2, "v0002": 0}),
-                                         (0, {"v0001": 3 * n, "v0002": n}, None)]:
-        metrics = asyncio.run(scenario(cache_bytes))
-        get = metrics.registry.get_sample_value
+    for kwargs, runs, hits in [({"prompt_cache_bytes": 2**26}, {"v0001": 1, "v0002": 1}, {"v0001": 2, "v0002": 0}),
+                               ({"prompt_cache_bytes": 0}, asks, None),
+                               ({"prompt_cache_bytes": 2**26, "share_prefill": False}, asks, None)]:
+        get = asyncio.run(scenario(**kwargs)).registry.get_sample_value
         for version in ("v0001", "v0002"):
-            assert get("rlhf_prefill_tokens_total", {"model_version": version}) == prefilled[version]
-            assert get("rlhf_prompt_tokens_total", {"model_version": version}) == n * calls.count(
-                lm if version == "v0001" else other)
-            if hits is None:
-                assert get("rlhf_prompt_cache_query_tokens_total", {"model_version": version}) is None
+            label = {"model_version": version}
+            assert get("rlhf_prefill_tokens_total", label) == n * runs[version]
+            assert get("rlhf_prompt_tokens_total", label) == n * asks[version]
+            if hits is None:  # nothing looked up (the cache off: no sample at all)
+                queried = get("rlhf_prompt_cache_query_tokens_total", label)
+                assert queried is None if not kwargs["prompt_cache_bytes"] else queried == 0
             else:
-                assert get("rlhf_prompt_cache_hit_tokens_total", {"model_version": version}) == n * hits[version]
-                assert get("rlhf_prompt_cache_query_tokens_total", {"model_version": version}) == n * calls.count(
-                    lm if version == "v0001" else other)
-        assert (get("rlhf_prompt_cache_bytes") > 0) == bool(cache_bytes)
+                assert get("rlhf_prompt_cache_hit_tokens_total", label) == n * hits[version]
+                assert get("rlhf_prompt_cache_query_tokens_total", label) == n * asks[version]
+        assert (get("rlhf_prompt_cache_bytes") > 0) == (hits is not None)
