@@ -107,6 +107,9 @@ def _step_row(lm: LoadedModel, row: Row, logits: torch.Tensor, finite: bool) -> 
     if row.finish is None and (len(row.tokens) >= row.spec.max_new_tokens or context_used >= lm.max_context):
         row.finish = LENGTH
         _advance_text(lm, row)
+    if len(row.tokens) == 1 and not row.emitted and row.finish is None:
+        row.on_delta("")  # its text is not final yet (a leading space, part of a character, a stop string's start):
+        # the first chunk goes out at the first token all the same, so a stream's time to first token is the token's
     return token
 
 

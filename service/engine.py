@@ -274,8 +274,8 @@ class Engine:
             fresh.fail("the model failed on this prompt; retry, or report it if it persists")
         self._count_cache(batch.lm.version, queried, hit)  # the lookups happened, whether or not the forward failed
         self._release(fresh.release())
+        self._flush()  # the joining rows' first tokens go out now: not after the merge's copy, nor the batch's step
         batch.merge(fresh)
-        self._flush()  # the joining rows' first tokens go out now, not after the running batch's step
 
     def _count_cache(self, version: str, queried: int, hit: int) -> None:
         """Adds the prompt-cache tokens looked up and found since (queried, hit) were read to the metrics."""

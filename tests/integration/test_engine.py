@@ -244,31 +244,39 @@ class SignallingQueue(asyncio.Queue):
         self.first_chunk.set()
 
 
-def holding_steps(monkeypatch, wait_for):
-    """Patches RowBatch.step: before a step of `wait_for`'s version (`(version, event)` or None), wait
-    up to 5 s for the event (set on the event loop) and record whether it came while the step waited."""
+def holding_steps(monkeypatch, wait_for, method: str = "step"):
+    """Patches RowBatch.step (or another `method`): before a call on `wait_for`'s version (`(version, event)` or
+    None), wait up to 5 s for the event (set on the event loop) and record whether it came while the call waited."""
     seen = []
-    original = RowBatch.step
+    original = getattr(RowBatch, method)
 
-    def step(batch):
+    def held(batch, *args):
         target = wait_for()
         if target is not None and batch.lm.version == target[0]:
             seen.append(target[1].wait(5.0))
-        return original(batch)
-    monkeypatch.setattr(RowBatch, "step", step)
+        return original(batch, *args)
+    monkeypatch.setattr(RowBatch, method, held)
     return seen
 
 
-def test_a_joining_rows_first_token_is_streamed_before_the_running_batch_steps(lm, monkeypatch):
+@pytest.mark.parametrize("held_back", [False, True])
+@pytest.mark.parametrize("before", ["step", "merge"])
+def test_a_joining_rows_first_token_is_streamed_before_the_running_batch_steps(lm, monkeypatch, before, held_back):
+    """Its first chunk reaches the stream before the running batch's next step, and before its cache is merged
+    into that batch (a copy of the whole batch's cache); also when the token's text is held back (here by a stop
+    string that starts with it): then the first chunk carries no text, and the text follows when it is final."""
     prompt = PROMPTS[1]
     one = next(spec for spec in (SamplingSpec(max_new_tokens=1, temperature=1.0, seed=s, stop=NEVER) for s in range(20))
                if solo_texts(lm, prompt, [spec])[0])  # a seed whose first token alone shows text
+    first_text = solo_texts(lm, prompt, [one])[0]
+    if held_back:
+        one = dataclasses.replace(one, stop=(first_text + NEVER[0],))
     late = {}
 
     def just_prefilled():  # the late row holds its first token only: the next step is the first after its prefill
         job = late.get("job")
         return ("v0001", job.stream.first_chunk) if job and len(job.rows[0].tokens) == 1 else None
-    seen = holding_steps(monkeypatch, just_prefilled)
+    seen = holding_steps(monkeypatch, just_prefilled, before)
 
     async def scenario():
         engine = Engine(Metrics(), batch_wait_ms=0.0)
@@ -285,7 +293,11 @@ def test_a_joining_rows_first_token_is_streamed_before_the_running_batch_steps(l
         await engine.stop(5)
 
     asyncio.run(scenario())
-    assert seen == [True]  # its first chunk reached the stream while the running batch's next step waited
+    assert seen == [True]  # its first chunk reached the stream while the running batch's next step (merge) waited
+    stream = late["job"].stream
+    chunks = [stream.get_nowait() for _ in range(stream.qsize())]
+    assert chunks[0] == (0, "" if held_back else first_text)
+    assert "".join(delta for _, delta in chunks) == late["job"].rows[0].text
 
 
 def test_a_finished_job_is_answered_before_another_versions_step(tiny_model_dir, lm, monkeypatch):
