@@ -125,7 +125,9 @@ def closed_loop(target: str, clients: int, seconds: float, max_new: int, calls_p
                         window["lo"] = lo = time.perf_counter()
                         window["hi"] = lo + max(seconds, calls_per_window * (lo - t0))
             await asyncio.gather(*(client(c) for c in range(clients)))
-            return {"ramp_s": window["lo"] - t0, **summarise(results, (window["lo"], window["hi"]))}
+            every = [r["ttft"] for r in results if r["error"] is None]  # the calls the server's histograms count
+            return {"ramp_s": window["lo"] - t0, **summarise(results, (window["lo"], window["hi"])),
+                    "ttft_mean_all_s": statistics.fmean(every) if every else float("nan")}
     return {"clients": clients, "max_new_tokens": max_new, "prompts": prompts, **asyncio.run(run())}
 
 

@@ -20,6 +20,8 @@ def test_serving_benchmark_smoke(redis_url, tiny_model_dir, tmp_path, monkeypatc
     assert all(c["requests"] > 0 and c["tokens_per_s"] > 0 for c in r["closed_loop"] + r["open_loop"])
     for c in r["closed_loop"]:  # the TTFT split: engine-side queue wait within engine-side TTFT, both measured
         assert 0.0 < c["queue_time_mean_s"] <= c["server_ttft_mean_s"] and c["ttft_mean_s"] > 0.0
+        # over the same calls (ramp-up included) a client's TTFT holds the engine's: the rest is never negative
+        assert c["ttft_mean_all_s"] >= c["server_ttft_mean_s"]
     assert r["naive"]["tokens_per_s"] > 0 and r["bare_loop"]["tokens_per_s"] > 0
     distinct, unshared = r["closed_16_distinct_prompts"], r["closed_16_unshared_prefill"]  # at 4 clients here
     assert distinct["prompts"] == "distinct" and distinct["clients"] == 4 and distinct["requests"] > 0
