@@ -147,6 +147,11 @@ class PPOConfig:
     budget by ``z`` x its standard error (sd over the batch's responses / sqrt(B)) and the round's first batch
     by ``z`` standard errors of the difference. Per-batch means of 32 responses scatter by nats around a fixed
     policy's KL, so at 0 (a bare comparison of means) many crossings, and the retries' beta backoff, are noise."""
+    kl_round_step: float | None = None
+    """Most KL (nats per response) one round may add to its parent's (the round's first rollout batch's mean KL):
+    the round's budget is min(``kl_budget``, KL_parent + this), held as ``kl_budget`` is (undo, retries). None:
+    off, and a round may spend the whole budget at once (thumbs-only lineages reached the bound in one or two
+    rounds, and every later round started at it)."""
     seed: int = 0
     """Seed of prompt order, sampling and minibatch permutations."""
     device: str | None = None

@@ -120,6 +120,15 @@ def over_kl_budget(kl: Tensor, budget: float | None, start: float, z: float = 0.
     return above_budget and above_start
 
 
+def round_budget(budget: float | None, start: float, step: float | None) -> float | None:
+    """A round's KL budget: ``budget`` (nats to the reference), and with a ``step`` at most ``start`` (the parent's
+    KL, from the round's first batch) + ``step``, so that one round cannot spend the whole bound."""
+    if step is None:
+        return budget
+    paced = start + step  # () KL_parent + delta
+    return paced if budget is None else min(budget, paced)
+
+
 WITHIN, RETRY, END = "within", "retry", "end"
 
 
@@ -128,8 +137,9 @@ class KLBudget:
     is over budget, the trainable weights of the last policy whose rollouts were within it are put back; the
     round then ends, or (``retries`` > 0) carries on at a tighter leash until that many batches in a row were over."""
 
-    def __init__(self, budget: float | None, module: nn.Module, retries: int = 0, z: float = 0.0):
-        self.budget, self.module, self.retries, self.z = budget, module, retries, z
+    def __init__(self, budget: float | None, module: nn.Module, retries: int = 0, z: float = 0.0,
+                 step: float | None = None):
+        self.budget, self.module, self.retries, self.z, self.step = budget, module, retries, z, step
         self.start: float | None = None  # () the round's first batch's KL: the parent's
         self.start_se = 0.0  # () its standard error
         self.saved: dict[str, Tensor] | None = None
@@ -140,10 +150,11 @@ class KLBudget:
         the weights were restored and the undone update's entry dropped from ``history``; skip the batch
         (RETRY: the caller tightens beta) or stop (END). The first batch sets ``start``, so it is never over:
         weights are always saved before any batch can be."""
-        if self.budget is None:
+        if self.budget is None and self.step is None:
             return WITHIN
         if self.start is None:
             self.start, self.start_se = kl_mean_se(kl)
+            self.budget = round_budget(self.budget, self.start, self.step)
         trainable = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
         with torch.no_grad():
             if not over_kl_budget(kl, self.budget, self.start, self.z, self.start_se):
@@ -214,7 +225,7 @@ def ppo_iterations(sample: Callable[[list[str]], Rollout],
     gain, bias = ref.norm
     floor = DiversityFloor(cfg.diversity_floor, ref.distinct_2, cfg.diversity_lr, cfg.repeat_coef_max)
     kl_ctl = make_kl_controller(cfg.init_kl_coef, cfg.adaptive_kl, cfg.kl_target, cfg.kl_horizon)
-    budget = KLBudget(cfg.kl_budget, trainable, cfg.kl_budget_retries, cfg.kl_budget_z)
+    budget = KLBudget(cfg.kl_budget, trainable, cfg.kl_budget_retries, cfg.kl_budget_z, cfg.kl_round_step)
     rng, order = random.Random(cfg.seed), []
     history: list[dict[str, float]] = []
     for step in range(cfg.steps):

@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="factor on beta after each such batch (RLHF_PPO__KL_BUDGET_BACKOFF)")
     g.add_argument("--kl-budget-z", type=float,
                    help="standard errors a batch's KL must clear the budget by to count as over (RLHF_PPO__KL_BUDGET_Z)")
+    g.add_argument("--kl-round-step", type=float,
+                   help="most KL one round may add to its parent's (RLHF_PPO__KL_ROUND_STEP)")
     g.add_argument("--judge-ensemble", type=int, help="reward models the gate's judge averages (RLHF_JUDGE_ENSEMBLE)")
     g.add_argument("--policy-rm-ensemble", type=int,
                    help="reward models whose mean is PPO's reward (RLHF_POLICY_RM_ENSEMBLE)")

@@ -50,7 +50,8 @@ KNOB_SETTINGS = {
     "round_kl_budget_share": (None, "round_kl_budget_share"),
     "gate_samples_per_prompt": (None, "gate_samples_per_prompt"),
     "kl_budget_retries": ("ppo", "kl_budget_retries"), "kl_budget_backoff": ("ppo", "kl_budget_backoff"),
-    "kl_budget_z": ("ppo", "kl_budget_z"), "judge_ensemble": (None, "judge_ensemble"),
+    "kl_budget_z": ("ppo", "kl_budget_z"), "kl_round_step": ("ppo", "kl_round_step"),
+    "judge_ensemble": (None, "judge_ensemble"),
     "policy_rm_ensemble": (None, "policy_rm_ensemble"),
 }
 TRAINING_KNOBS = tuple(KNOB_SETTINGS)

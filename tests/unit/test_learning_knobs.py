@@ -42,6 +42,11 @@ def test_kl_budget_backoff_flag_sets_the_ppo_backoff() -> None:
     assert worker_env(training_settings(args)).get("RLHF_PPO__KL_BUDGET_BACKOFF") == "1.25"
 
 
+def test_kl_round_step_flag_sets_the_ppo_step() -> None:
+    args = build_parser().parse_args(["--kl-round-step", "2.5"])
+    assert worker_env(training_settings(args)).get("RLHF_PPO__KL_ROUND_STEP") == "2.5"
+
+
 def test_gate_prompts_flag_gives_the_gate_those_prompts_after_the_held_out_ones(tmp_path, monkeypatch) -> None:
     """`--gate-prompts 40`: the worker's gate judges on the 20 held-out prompts and then the 40 of gate_prompts.py
     (RLHF_EVAL_PROMPTS grows to 60 to fit), none of them a fresh evaluation prompt; an explicit

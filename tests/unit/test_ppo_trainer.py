@@ -129,6 +129,32 @@ def test_kl_budget_retries_go_on_at_a_tighter_beta_instead_of_ending_the_round(s
     assert all(h["kl"] <= budget for h in retried)
 
 
+def test_a_kl_round_step_caps_what_one_round_adds_to_its_parents_kl(setup):
+    """With a step and no budget (or a budget far above), the round's budget is the parent's KL + the step: here the
+    parent is the reference (KL 0), so a step just under the unconstrained run's step-3 KL ends the round as a
+    budget of that size does, with the same policy."""
+    tok, policy_dir = setup
+    rm = VowelReward(tiny_gpt2(len(tok.get_vocab()), 1).transformer, tok, 64)
+    _, free = run_ppo(policy_dir, policy_dir, rm, PROMPTS, config(), log=lambda s: None)
+    step = free[3]["kl"] - 1e-6
+    runs = [run_ppo(policy_dir, policy_dir, rm, PROMPTS, config(kl_budget_retries=0, **kw), log=lambda s: None)
+            for kw in ({"kl_budget": step}, {"kl_round_step": step}, {"kl_budget": 1e9, "kl_round_step": step})]
+    (want_policy, want), *paced = runs
+    assert want == free[:2]
+    for policy, hist in paced:
+        assert hist == want
+        for (name, a), (_, b) in zip(policy.state_dict().items(), want_policy.state_dict().items()):
+            assert torch.equal(a, b), name
+
+
+def test_round_budget_matches_a_naive_reference():
+    from training.ppo_trainer import round_budget
+    for budget, start, step in [(None, 0.0, None), (8.55, 3.0, None), (None, 3.0, 2.0), (8.55, 3.0, 2.0),
+                                (8.55, 7.5, 2.0), (8.55, 9.0, 2.0)]:
+        caps = [c for c in (budget, None if step is None else start + step) if c is not None]
+        assert round_budget(budget, start, step) == (min(caps) if caps else None)
+
+
 def test_over_kl_budget_matches_a_naive_reference():
     from training.ppo_trainer import over_kl_budget
     kl = torch.tensor([[0.5, 0.25, 0.0], [1.0, 1.0, 1.0]])  # (B, T) per-token KL; responses sum to 0.75 and 3.0
