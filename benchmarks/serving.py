@@ -72,8 +72,7 @@ def server_means(before: dict, after: dict) -> dict[str, float]:
 def ttft_split(r: dict) -> str:
     """The clients' mean TTFT over every call of the phase, ramp-up included (the calls the server's histograms
     count; the window's own mean is `ttft_mean_s`), split into the engine's queue wait, its prefill and the rest."""
-    queue, server = r["queue_time_mean_s"], r["server_ttft_mean_s"]
-    ttft = r.get("ttft_mean_all_s", r["ttft_mean_s"])
+    queue, server, ttft = r["queue_time_mean_s"], r["server_ttft_mean_s"], r["ttft_mean_all_s"]
     return (f"TTFT mean {ttft * 1e3:.0f} ms = queue {queue * 1e3:.0f} + prefill {(server - queue) * 1e3:.0f}"
             f" + gRPC/transport {(ttft - server) * 1e3:.0f}")
 

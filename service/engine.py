@@ -5,8 +5,9 @@ step, rows that finished, were cancelled or passed their deadline leave the batc
 is freed with them), and waiting jobs join: their prompts are prefilled together, their first
 tokens sampled, and their cache merged into the running batch before the next step. What the decode
 thread produces (stream chunks, answers) is handed to the event loop in one wake-up after each prefill
-and after each version's step: a joining row's first token does not wait for the running batch's step,
-nor one version's answer for another version's step.
+and after each version's step: a joining row's first token does not wait for its merge into the running batch
+nor for that batch's step (it goes out even when its text is not final yet: service/decoder.py), nor one version's
+answer for another version's step.
 
 Admission is FIFO: the oldest waiting job joins first, and none overtakes it, so nothing starves.
 Optionally (`prefill_step_ratio` > 0), while rows are running the prompts prefilled in one

@@ -147,6 +147,32 @@ def test_a_kl_round_step_caps_what_one_round_adds_to_its_parents_kl(setup):
             assert torch.equal(a, b), name
 
 
+def test_a_kl_round_step_counts_from_the_parents_kl_not_from_zero():
+    """A parent at KL 3 (its round's first batch) with a step of 1 and a far budget: a batch at 3.5 trains, one at 4.5
+    is over (a step counted from 0 would refuse 3.5; without the step both train), and the update that produced its
+    sampler is undone."""
+    from training.ppo_trainer import END, WITHIN, KLBudget
+
+    def batch(kl: float) -> torch.Tensor:
+        return torch.full((4, 2), kl / 2)  # (B, T) per-token KL: every response sums to `kl`
+
+    for step, want in [(1.0, [WITHIN, WITHIN, END]), (None, [WITHIN, WITHIN, WITHIN])]:
+        module, history = torch.nn.Linear(1, 1), []
+        w0 = module.weight.item()
+        budget = KLBudget(100.0, module, retries=0, step=step)
+        got = []
+        for i, kl in enumerate([3.0, 3.5, 4.5]):
+            got.append(budget.verdict(batch(kl), i, history, log=lambda s: None))
+            if got[-1] == WITHIN:  # train on it: one update, one history entry
+                history.append({"step": i})
+                with torch.no_grad():
+                    module.weight.add_(1.0)
+        assert got == want
+        assert budget.budget == (4.0 if step else 100.0)  # min(100, KL_parent 3 + 1)
+        trained = 1 if step else 3  # the 4.5 batch's sampler (the 3.5 batch's update) undone
+        assert len(history) == trained and module.weight.item() == pytest.approx(w0 + trained)
+
+
 def test_round_budget_matches_a_naive_reference():
     from training.ppo_trainer import round_budget
     for budget, start, step in [(None, 0.0, None), (8.55, 3.0, None), (None, 3.0, 2.0), (8.55, 3.0, 2.0),
